@@ -1,0 +1,1 @@
+"""Model runtimes and the replica model server."""

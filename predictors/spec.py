@@ -1,0 +1,56 @@
+"""What to serve: one model's configuration, as the CLI, a model repository or the control plane gives it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = ["DEFAULT_MAX_LATENCY_MS", "ModelSpec", "TrustPolicy"]
+
+DEFAULT_MAX_LATENCY_MS = 5.0
+
+
+@dataclass(frozen=True, slots=True)
+class TrustPolicy:
+    """Which model sources may hold pickles (joblib, pickle): loading one runs code from its author.
+
+    A source is trusted when `trust_all` is set or its storage URI starts with one of `sources`
+    (for example `s3://ml-prod/` or `/srv/models/`). Formats that cannot run code (ONNX, TorchScript,
+    torch.export, skops) need no trust.
+    """
+
+    sources: tuple[str, ...] = ()
+    trust_all: bool = False
+
+    def trusts(self, uri: str) -> bool:
+        return self.trust_all or any(uri.startswith(prefix) for prefix in self.sources)
+
+
+@dataclass(frozen=True, slots=True)
+class ModelSpec:
+    """One model to serve.
+
+    name: the name clients use. uri: storage URI (path, file://, http(s)://, s3://), an import path
+    for the python format, or the server address for triton. format: onnx, pytorch, sklearn, python
+    or triton; None infers it from the artifact. version: reported in metadata and checked against
+    versioned URLs. max_batch_size: rows merged into one model call (1 turns batching off).
+    max_latency_ms: how long the first request of a batch waits for others, in milliseconds.
+    threads: intra-op threads for ONNX Runtime / torch (None: the library's default).
+    instances: model calls that may run at once on this replica (threads in its executor).
+    """
+
+    name: str
+    uri: str
+    format: str | None = None
+    version: str = "1"
+    max_batch_size: int = 1
+    max_latency_ms: float = DEFAULT_MAX_LATENCY_MS
+    threads: int | None = None
+    instances: int = 1
+    trust: TrustPolicy = field(default_factory=TrustPolicy)
+    #: runtime-specific settings (e.g. an explicit input/output signature for TorchScript).
+    options: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def batching(self) -> bool:
+        return self.max_batch_size > 1
