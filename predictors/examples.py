@@ -6,6 +6,7 @@ seeded random weights, so they need neither torch nor a network.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -40,7 +41,7 @@ IDENTITY_DATATYPES: dict[str, int] = {
 def mlp_weights(sizes: Sequence[int], seed: int = 0) -> list[tuple[np.ndarray, np.ndarray]]:
     rng = np.random.default_rng(seed)
     layers = []
-    for fan_in, fan_out in zip(sizes[:-1], sizes[1:], strict=False):
+    for fan_in, fan_out in itertools.pairwise(sizes):
         weight = rng.normal(0.0, 1.0 / np.sqrt(fan_in), size=(fan_in, fan_out)).astype(np.float32)
         bias = rng.normal(0.0, 0.01, size=(fan_out,)).astype(np.float32)
         layers.append((weight, bias))
@@ -86,14 +87,22 @@ def make_mlp_onnx(
     return _save(graph, path)
 
 
-def make_identity_onnx(path: str | Path, datatypes: Sequence[str] = tuple(IDENTITY_DATATYPES), width: int = -1) -> Path:
+def make_identity_onnx(
+    path: str | Path, datatypes: Sequence[str] = tuple(IDENTITY_DATATYPES), width: int = -1
+) -> Path:
     """One Identity per datatype: input `in_<DT>` -> output `out_<DT>`, shape [batch, width]."""
     dim = "width" if width < 0 else width
     graph = helper.make_graph(
         [helper.make_node("Identity", [f"in_{dt}"], [f"out_{dt}"]) for dt in datatypes],
         "identity",
-        [helper.make_tensor_value_info(f"in_{dt}", IDENTITY_DATATYPES[dt], ["batch", dim]) for dt in datatypes],
-        [helper.make_tensor_value_info(f"out_{dt}", IDENTITY_DATATYPES[dt], ["batch", dim]) for dt in datatypes],
+        [
+            helper.make_tensor_value_info(f"in_{dt}", IDENTITY_DATATYPES[dt], ["batch", dim])
+            for dt in datatypes
+        ],
+        [
+            helper.make_tensor_value_info(f"out_{dt}", IDENTITY_DATATYPES[dt], ["batch", dim])
+            for dt in datatypes
+        ],
     )
     return _save(graph, path)
 

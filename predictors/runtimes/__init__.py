@@ -13,7 +13,7 @@ from pathlib import Path
 from predictors.runtime import Runtime
 from serving.errors import InvalidInput
 
-__all__ = ["FORMATS", "infer_format", "runtime_class"]
+__all__ = ["FORMATS", "infer_format", "is_import_path", "model_file", "normalize_format", "runtime_class"]
 
 #: format -> "module:Class"
 FORMATS: dict[str, str] = {
@@ -65,13 +65,18 @@ def model_file(path: Path) -> Path | None:
     return (preferred or candidates or [None])[0]
 
 
+def is_import_path(uri: str) -> bool:
+    """Whether `uri` names a Python class (the python format) rather than an artifact."""
+    return "://" not in uri and bool(_IMPORT_PATH.match(uri))
+
+
 def infer_format(uri: str, path: Path | None = None) -> str:
     """The format of a model from its artifact's file name; python and triton must be named."""
     if path is not None:
         artifact = model_file(path)
         if artifact is not None:
             return _SUFFIXES[artifact.suffix.lower()]
-    if "://" not in uri and _IMPORT_PATH.match(uri):
+    if is_import_path(uri):
         return "python"
     suffix = Path(uri.split("?", 1)[0]).suffix.lower()
     if suffix in _SUFFIXES:

@@ -1,0 +1,142 @@
+"""Open Inference Protocol over gRPC: `inference.GRPCInferenceService` over the data plane.
+
+Triton's generated stubs (shipped with tritonclient) define the service; RPCs servegate does not
+offer (shared memory, tracing, statistics) answer UNIMPLEMENTED from the generated base class.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+from grpc import aio
+from tritonclient.grpc import service_pb2 as pb
+from tritonclient.grpc import service_pb2_grpc
+
+from predictors.dataplane import DataPlane
+from serving.errors import ErrorKind, as_serving_error
+from serving.protocol import grpc_codec
+
+__all__ = ["build_grpc_server"]
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+
+async def _answer(context: aio.ServicerContext, work: Callable[[], Awaitable[T]]) -> T:
+    try:
+        return await work()
+    except Exception as exc:
+        error = as_serving_error(exc)
+        if error is not exc:
+            log.exception("gRPC call failed")
+        await context.abort(error.grpc_code, error.message)
+        raise  # not reached: abort() raises
+
+
+class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
+    def __init__(self, dataplane: DataPlane) -> None:
+        self.dataplane = dataplane
+
+    async def ServerLive(self, request: pb.ServerLiveRequest, context: Any) -> pb.ServerLiveResponse:
+        return pb.ServerLiveResponse(live=self.dataplane.live())
+
+    async def ServerReady(self, request: pb.ServerReadyRequest, context: Any) -> pb.ServerReadyResponse:
+        return pb.ServerReadyResponse(ready=self.dataplane.ready())
+
+    async def ModelReady(self, request: pb.ModelReadyRequest, context: Any) -> pb.ModelReadyResponse:
+        async def work() -> pb.ModelReadyResponse:
+            return pb.ModelReadyResponse(
+                ready=self.dataplane.model_ready(request.name, request.version or None)
+            )
+
+        return await _answer(context, work)
+
+    async def ServerMetadata(
+        self, request: pb.ServerMetadataRequest, context: Any
+    ) -> pb.ServerMetadataResponse:
+        return pb.ServerMetadataResponse(**self.dataplane.server_metadata())
+
+    async def ModelMetadata(self, request: pb.ModelMetadataRequest, context: Any) -> pb.ModelMetadataResponse:
+        async def work() -> pb.ModelMetadataResponse:
+            meta = self.dataplane.model_metadata(request.name, request.version or None)
+            tensor = pb.ModelMetadataResponse.TensorMetadata
+            return pb.ModelMetadataResponse(
+                name=meta.name,
+                versions=list(meta.versions),
+                platform=meta.platform,
+                inputs=[tensor(name=s.name, datatype=s.datatype, shape=s.shape) for s in meta.inputs],
+                outputs=[tensor(name=s.name, datatype=s.datatype, shape=s.shape) for s in meta.outputs],
+            )
+
+        return await _answer(context, work)
+
+    async def ModelInfer(
+        self, request: pb.ModelInferRequest, context: aio.ServicerContext
+    ) -> pb.ModelInferResponse:
+        started = time.perf_counter()
+        kind: ErrorKind | None = None
+        try:
+            remaining = context.time_remaining()
+            deadline = time.monotonic() + remaining if remaining is not None else None
+            infer_request = grpc_codec.decode_request(request, deadline)
+            infer_request.headers = {k: v for k, v in context.invocation_metadata() if isinstance(v, str)}
+            response = await self.dataplane.infer(infer_request)
+            return grpc_codec.encode_response(response)
+        except Exception as exc:
+            error = as_serving_error(exc)
+            if error is not exc:
+                log.exception("inference on model %s failed", request.model_name)
+            kind = error.kind
+            await context.abort(error.grpc_code, error.message)
+            raise  # not reached: abort() raises
+        finally:
+            self.dataplane.record(request.model_name, "grpc", kind, started)
+
+    async def RepositoryIndex(
+        self, request: pb.RepositoryIndexRequest, context: Any
+    ) -> pb.RepositoryIndexResponse:
+        entries = self.dataplane.repository_index(request.ready)
+        model_index = pb.RepositoryIndexResponse.ModelIndex
+        return pb.RepositoryIndexResponse(
+            models=[
+                model_index(
+                    name=e["name"], version=e["version"], state=e.get("state", ""), reason=e.get("reason", "")
+                )
+                for e in entries
+            ]
+        )
+
+    async def RepositoryModelLoad(
+        self, request: pb.RepositoryModelLoadRequest, context: Any
+    ) -> pb.RepositoryModelLoadResponse:
+        async def work() -> pb.RepositoryModelLoadResponse:
+            await self.dataplane.load(request.model_name)
+            return pb.RepositoryModelLoadResponse()
+
+        return await _answer(context, work)
+
+    async def RepositoryModelUnload(
+        self, request: pb.RepositoryModelUnloadRequest, context: Any
+    ) -> pb.RepositoryModelUnloadResponse:
+        async def work() -> pb.RepositoryModelUnloadResponse:
+            await self.dataplane.unload(request.model_name)
+            return pb.RepositoryModelUnloadResponse()
+
+        return await _answer(context, work)
+
+
+def build_grpc_server(dataplane: DataPlane, max_message_bytes: int, reuse_port: bool = False) -> aio.Server:
+    options = [
+        ("grpc.max_receive_message_length", max_message_bytes),
+        ("grpc.max_send_message_length", -1),
+        # Only worker processes of one replica may share the port (--workers); otherwise a second
+        # server on the same port must fail rather than silently split the traffic.
+        ("grpc.so_reuseport", 1 if reuse_port else 0),
+    ]
+    server = aio.server(options=options)
+    service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(dataplane), server)
+    return server

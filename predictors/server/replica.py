@@ -1,0 +1,153 @@
+"""One replica process: the models, the REST server and the gRPC server on one event loop.
+
+Start-up: both servers listen first (so liveness answers while large models load), then the models
+load concurrently; readiness turns true once every model is ready. SIGTERM or SIGINT: readiness
+turns false, both servers stop accepting, in-flight requests finish (up to the drain timeout),
+models are released, and the process exits 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import socket
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import uvicorn
+from prometheus_client import CollectorRegistry
+
+from predictors.dataplane import DataPlane
+from predictors.metrics import ReplicaMetrics
+from predictors.repository import ModelRepository
+from predictors.server.grpc_service import build_grpc_server
+from predictors.server.rest import build_app
+from predictors.spec import ModelSpec
+from predictors.storage import StorageConfig
+
+__all__ = ["Replica", "ReplicaOptions", "bind_socket"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ReplicaOptions:
+    """host: interface to listen on. http_port / grpc_port: 0 picks a free port (grpc_port None: no gRPC).
+    max_body_bytes: largest request body (REST) or message (gRPC) accepted, in bytes.
+    drain_timeout_s: how long shutdown waits for in-flight requests, in seconds.
+    """
+
+    host: str = "0.0.0.0"
+    http_port: int = 8080
+    grpc_port: int | None = 8081
+    max_body_bytes: int = 256 * 1024 * 1024
+    drain_timeout_s: float = 30.0
+    model_repository: Path | None = None
+    storage: StorageConfig = field(default_factory=StorageConfig.from_env)
+    access_log: bool = False
+    #: set by the worker supervisor: several processes share the ports.
+    shared_ports: bool = False
+
+
+def bind_socket(host: str, port: int, reuse_port: bool = False) -> socket.socket:
+    """A listening TCP socket, bound here so a busy port fails with a clear message."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if reuse_port:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise OSError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
+    sock.listen(2048)
+    sock.set_inheritable(True)
+    return sock
+
+
+class _HttpServer(uvicorn.Server):
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        # The replica owns SIGTERM/SIGINT so that HTTP and gRPC drain together.
+        yield
+
+
+class Replica:
+    def __init__(
+        self,
+        options: ReplicaOptions,
+        specs: list[ModelSpec],
+        template: ModelSpec | None = None,
+        registry: CollectorRegistry | None = None,
+    ) -> None:
+        self.options = options
+        self.specs = specs
+        self.registry = registry or CollectorRegistry()
+        self.metrics = ReplicaMetrics(self.registry)
+        self.repository = ModelRepository(self.metrics, options.storage, options.model_repository, template)
+        self.dataplane = DataPlane(self.repository, self.metrics)
+        self.http_port: int | None = None
+        self.grpc_port: int | None = None
+        self._stop = asyncio.Event()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    async def run(self, http_socket: socket.socket | None = None) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.add_signal_handler(sig, self.stop)
+
+        opts = self.options
+        sock = http_socket or bind_socket(opts.host, opts.http_port, opts.shared_ports)
+        self.http_port = sock.getsockname()[1]
+        app = build_app(self.dataplane, self.registry, opts.max_body_bytes)
+        config = uvicorn.Config(
+            app,
+            lifespan="off",
+            loop="none",
+            http="httptools",
+            access_log=opts.access_log,
+            log_config=None,
+            timeout_graceful_shutdown=int(opts.drain_timeout_s),
+        )
+        http = _HttpServer(config)
+
+        grpc_server = None
+        if opts.grpc_port is not None:
+            grpc_server = build_grpc_server(self.dataplane, opts.max_body_bytes, reuse_port=opts.shared_ports)
+            try:
+                self.grpc_port = grpc_server.add_insecure_port(f"{opts.host}:{opts.grpc_port}")
+            except RuntimeError as exc:
+                raise OSError(f"cannot listen on {opts.host}:{opts.grpc_port} for gRPC: {exc}") from None
+            await grpc_server.start()
+
+        http_task = asyncio.create_task(http.serve(sockets=[sock]), name="http")
+        load_task = asyncio.create_task(self.repository.start(self.specs), name="load-models")
+        log.info(
+            "replica listening: HTTP %s:%s, gRPC %s",
+            opts.host,
+            self.http_port,
+            f"{opts.host}:{self.grpc_port}" if grpc_server else "off",
+        )
+        stop_task = asyncio.create_task(self._stop.wait())
+        await asyncio.wait({stop_task, http_task}, return_when=asyncio.FIRST_COMPLETED)
+
+        log.info("shutting down: draining in-flight requests (up to %.0fs)", opts.drain_timeout_s)
+        self.dataplane.draining = True
+        http.should_exit = True
+        drains = [http_task]
+        if grpc_server is not None:
+            drains.append(asyncio.create_task(grpc_server.stop(grace=opts.drain_timeout_s)))
+        await asyncio.gather(*drains, return_exceptions=True)
+        if not load_task.done():
+            load_task.cancel()
+        await asyncio.gather(load_task, return_exceptions=True)
+        await self.repository.close()
+        stop_task.cancel()
+        log.info("replica stopped")

@@ -1,0 +1,193 @@
+"""KServe V1 and Open Inference Protocol V2 over REST: a Starlette app over the data plane."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import orjson
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from predictors.dataplane import DataPlane
+from predictors.server._body import compress, read_body
+from serving.errors import ErrorKind, InvalidInput, ServingError, as_serving_error
+from serving.protocol import v1, v2
+
+__all__ = ["build_app"]
+
+log = logging.getLogger(__name__)
+
+_JSON = "application/json"
+_BINARY = "application/octet-stream"
+
+
+def json_response(content: Any, status: int = 200) -> Response:
+    return Response(orjson.dumps(content), status_code=status, media_type=_JSON)
+
+
+def error_response(error: ServingError) -> Response:
+    return json_response({"error": error.message}, error.http_status)
+
+
+class _Endpoints:
+    def __init__(self, dataplane: DataPlane, registry: CollectorRegistry, max_body_bytes: int) -> None:
+        self.dataplane = dataplane
+        self.registry = registry
+        self.max_body = max_body_bytes
+
+    # -- inference: one path for every protocol, so metrics and errors cannot drift apart ---------
+
+    async def _infer(
+        self, request: Request, protocol: str, handle: Callable[[Request, bytes], Awaitable[Response]]
+    ) -> Response:
+        started = time.perf_counter()
+        name = request.path_params["model_name"]
+        kind: ErrorKind | None = None
+        try:
+            body = await read_body(request, self.max_body)
+            return await handle(request, body)
+        except Exception as exc:
+            error = as_serving_error(exc)
+            if error is not exc:
+                log.exception("inference on model %s failed", name)
+            kind = error.kind
+            return error_response(error)
+        finally:
+            self.dataplane.record(name, protocol, kind, started)
+
+    async def v2_infer(self, request: Request) -> Response:
+        return await self._infer(request, "v2", self._v2_infer)
+
+    async def _v2_infer(self, request: Request, body: bytes) -> Response:
+        params = request.path_params
+        header = request.headers.get(v2.HEADER_LENGTH)
+        if header is not None and not header.isdigit():
+            raise InvalidInput(f"Inference-Header-Content-Length must be an integer, got '{header}'")
+        infer_request = v2.decode_request(
+            body, params["model_name"], params.get("version"), int(header) if header is not None else None
+        )
+        infer_request.headers = request.headers
+        response = await self.dataplane.infer(infer_request)
+        content, header_length = v2.encode_response(response, infer_request)
+        headers = {}
+        if header_length is not None:
+            headers["Inference-Header-Content-Length"] = str(header_length)
+        content, encoding = compress(content, request.headers.get("accept-encoding"))
+        if encoding:
+            headers["Content-Encoding"] = encoding
+        media_type = _JSON if header_length is None else _BINARY
+        return Response(content, media_type=media_type, headers=headers)
+
+    async def v1_predict(self, request: Request) -> Response:
+        return await self._infer(request, "v1", self._v1_predict)
+
+    async def _v1_predict(self, request: Request, body: bytes) -> Response:
+        model = self.dataplane.model(request.path_params["model_name"])
+        infer_request = v1.decode_request(body, model.name, model.signature.inputs)
+        infer_request.headers = request.headers
+        response = await self.dataplane.infer(infer_request)
+        return Response(v1.encode_response(response), media_type=_JSON)
+
+    # -- health and metadata ----------------------------------------------------------------------
+
+    async def root(self, request: Request) -> Response:
+        return json_response({"status": "alive"})
+
+    async def live(self, request: Request) -> Response:
+        return json_response({"live": True})
+
+    async def ready(self, request: Request) -> Response:
+        ready = self.dataplane.ready()
+        return json_response({"ready": ready}, 200 if ready else 503)
+
+    async def server_metadata(self, request: Request) -> Response:
+        return json_response(self.dataplane.server_metadata())
+
+    async def model_metadata(self, request: Request) -> Response:
+        params = request.path_params
+        return json_response(
+            self.dataplane.model_metadata(params["model_name"], params.get("version")).as_dict()
+        )
+
+    async def model_ready(self, request: Request) -> Response:
+        params = request.path_params
+        ready = self.dataplane.model_ready(params["model_name"], params.get("version"))
+        return json_response({"name": params["model_name"], "ready": ready}, 200 if ready else 503)
+
+    async def v1_models(self, request: Request) -> Response:
+        return json_response({"models": sorted(self.dataplane.repository.names)})
+
+    async def v1_model(self, request: Request) -> Response:
+        model = self.dataplane.model(request.path_params["model_name"])
+        return json_response({"name": model.name, "ready": model.state == "READY"})
+
+    async def metrics(self, request: Request) -> Response:
+        return Response(generate_latest(self.registry), media_type=CONTENT_TYPE_LATEST)
+
+    # -- repository extension ---------------------------------------------------------------------
+
+    async def repository_index(self, request: Request) -> Response:
+        body = await read_body(request, self.max_body)
+        options = v2.loads_object(body, "index request") if body.strip() else {}
+        return json_response(self.dataplane.repository_index(bool(options.get("ready", False))))
+
+    async def load(self, request: Request) -> Response:
+        await read_body(request, self.max_body)
+        await self.dataplane.load(request.path_params["model_name"])
+        return json_response({"name": request.path_params["model_name"], "load": True})
+
+    async def unload(self, request: Request) -> Response:
+        await read_body(request, self.max_body)
+        await self.dataplane.unload(request.path_params["model_name"])
+        return json_response({"name": request.path_params["model_name"], "unload": True})
+
+
+async def _serving_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, ServingError)
+    return error_response(exc)
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    return json_response({"error": f"{exc.detail}: {request.method} {request.url.path}"}, exc.status_code)
+
+
+async def _unexpected(request: Request, exc: Exception) -> Response:
+    log.exception("unexpected error on %s %s", request.method, request.url.path)
+    return error_response(as_serving_error(exc))
+
+
+def build_app(dataplane: DataPlane, registry: CollectorRegistry, max_body_bytes: int) -> Starlette:
+    e = _Endpoints(dataplane, registry, max_body_bytes)
+    model = "/v2/models/{model_name}"
+    versioned = model + "/versions/{version}"
+    routes = [
+        Route("/", e.root),
+        Route("/metrics", e.metrics),
+        Route("/v1/models", e.v1_models),
+        Route("/v1/models/{model_name}", e.v1_model),
+        Route("/v1/models/{model_name}:predict", e.v1_predict, methods=["POST"]),
+        Route("/v2", e.server_metadata),
+        Route("/v2/health/live", e.live),
+        Route("/v2/health/ready", e.ready),
+        Route(model, e.model_metadata),
+        Route(versioned, e.model_metadata),
+        Route(model + "/ready", e.model_ready),
+        Route(versioned + "/ready", e.model_ready),
+        Route(model + "/infer", e.v2_infer, methods=["POST"]),
+        Route(versioned + "/infer", e.v2_infer, methods=["POST"]),
+        Route("/v2/repository/index", e.repository_index, methods=["POST"]),
+        Route("/v2/repository/models/{model_name}/load", e.load, methods=["POST"]),
+        Route("/v2/repository/models/{model_name}/unload", e.unload, methods=["POST"]),
+    ]
+    return Starlette(
+        routes=routes,
+        exception_handlers={ServingError: _serving_error, HTTPException: _http_error, Exception: _unexpected},
+    )

@@ -1,0 +1,23 @@
+"""The `servegate` command: the entry point; sub-commands live in their own modules."""
+
+from __future__ import annotations
+
+import click
+
+from serving import __version__
+from serving.cli.model import model
+
+__all__ = ["cli", "main"]
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
+@click.version_option(__version__, prog_name="servegate")
+def cli() -> None:
+    """servegate: serve models over KServe V1, Open Inference Protocol V2 (REST and gRPC)."""
+
+
+cli.add_command(model)
+
+
+def main() -> None:
+    cli()

@@ -1,0 +1,167 @@
+"""`servegate model ...`: run a standalone replica (like KServe's model server), make example models."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import click
+
+from serving.cli._options import ByteSize
+
+__all__ = ["model"]
+
+_FORMATS = ("onnx", "pytorch", "sklearn", "python", "triton")
+
+
+@click.group()
+def model() -> None:
+    """Serve models from one replica process."""
+
+
+@model.command()
+@click.option(
+    "--model-name",
+    "names",
+    multiple=True,
+    help="Name clients use; repeat with --model-uri for several models.",
+)
+@click.option(
+    "--model-uri",
+    "uris",
+    multiple=True,
+    help="Storage URI (path, file://, http(s)://, s3://); python: an import path; triton: the server URL.",
+)
+@click.option(
+    "--model-format",
+    "formats",
+    multiple=True,
+    type=click.Choice(_FORMATS, case_sensitive=False),
+    help="Format per model (default: from the artifact); give none, one for all, or one per model.",
+)
+@click.option(
+    "--model-repository",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Serve every model in this folder (KServe/Triton layout).",
+)
+@click.option("--host", default="0.0.0.0", show_default=True, help="Interface to listen on.")
+@click.option(
+    "--http-port",
+    type=click.IntRange(0, 65535),
+    default=8080,
+    show_default=True,
+    help="REST port (0: any free port).",
+)
+@click.option(
+    "--grpc-port",
+    type=click.IntRange(0, 65535),
+    default=8081,
+    show_default=True,
+    help="gRPC port (0: any free port).",
+)
+@click.option("--no-grpc", is_flag=True, help="Do not serve gRPC.")
+@click.option(
+    "--max-batch-size",
+    type=click.IntRange(1),
+    default=1,
+    show_default=True,
+    help="Rows merged into one model call; 1 turns dynamic batching off.",
+)
+@click.option(
+    "--max-latency-ms",
+    type=click.FloatRange(0),
+    default=5.0,
+    show_default=True,
+    help="How long a request may wait for its batch to fill, in milliseconds.",
+)
+@click.option(
+    "--workers",
+    type=click.IntRange(1),
+    default=1,
+    show_default=True,
+    help="Worker processes sharing the ports, each holding every model.",
+)
+@click.option(
+    "--threads",
+    type=click.IntRange(1),
+    default=None,
+    help="Intra-op threads for ONNX Runtime / torch (default: the library's).",
+)
+@click.option(
+    "--instances",
+    type=click.IntRange(1),
+    default=1,
+    show_default=True,
+    help="Model calls (or batches) that may run at once per model.",
+)
+@click.option(
+    "--max-body-size",
+    type=ByteSize(),
+    default="256MiB",
+    show_default=True,
+    help="Largest request body or gRPC message accepted.",
+)
+@click.option(
+    "--trust-source",
+    "trusted",
+    multiple=True,
+    help="URI prefix whose pickled models (joblib/pickle) may be loaded; repeatable. "
+    "Also SERVEGATE_TRUSTED_SOURCES (comma-separated).",
+)
+@click.option("--s3-endpoint", help="S3-compatible endpoint URL (default: AWS_ENDPOINT_URL or S3_ENDPOINT).")
+@click.option(
+    "--cache-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Where downloaded models are kept (default: SERVEGATE_CACHE_DIR or ~/.cache/servegate/models).",
+)
+@click.option(
+    "--drain-timeout",
+    type=click.FloatRange(0),
+    default=30.0,
+    show_default=True,
+    help="Seconds shutdown waits for in-flight requests.",
+)
+@click.option("--access-log", is_flag=True, help="Log every HTTP request.")
+@click.option(
+    "--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="info", show_default=True
+)
+def serve(**kw: object) -> None:
+    """Serve one or more models over KServe V1, V2 REST and V2 gRPC.
+
+    \b
+    servegate model serve --model-name mlp --model-uri ./mlp.onnx
+    servegate model serve --model-name a --model-uri a.onnx --model-name b --model-uri s3://bucket/b/
+    servegate model serve --model-repository ./models --max-batch-size 32 --max-latency-ms 2
+    """
+    from serving.cli._serve import ServeArgs, run_serve
+
+    try:
+        args = ServeArgs(**kw)  # type: ignore[arg-type]
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
+    run_serve(args)
+
+
+@model.command()
+@click.argument("directory", type=click.Path(file_okay=False, path_type=Path), default=Path("models"))
+@click.option("--name", default="mlp", show_default=True, help="Model name (a sub-folder of DIRECTORY).")
+@click.option("--sizes", default="64,256,256,10", show_default=True, help="Layer widths of the MLP.")
+def example(directory: Path, name: str, sizes: str) -> None:
+    """Write an example ONNX MLP into DIRECTORY/NAME/1/model.onnx (made locally, no download)."""
+    from predictors.examples import make_mlp_onnx
+
+    try:
+        widths = tuple(int(s) for s in sizes.split(","))
+    except ValueError:
+        raise click.BadParameter(
+            f"'{sizes}' is not a comma-separated list of integers", param_hint="--sizes"
+        ) from None
+    if len(widths) < 2 or min(widths) < 1:
+        raise click.BadParameter("give at least two positive widths", param_hint="--sizes")
+    path = make_mlp_onnx(directory / name / "1" / "model.onnx", widths)
+    click.echo(f"wrote {path} (input [-1, {widths[0]}] FP32 -> output [-1, {widths[-1]}] FP32)")
+
+
+def trusted_sources(flags: tuple[str, ...]) -> tuple[str, ...]:
+    env = os.environ.get("SERVEGATE_TRUSTED_SOURCES", "")
+    return tuple(flags) + tuple(s.strip() for s in env.split(",") if s.strip())
