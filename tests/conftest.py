@@ -1,0 +1,48 @@
+"""Fixtures shared by every test tier: models made at test time and a running replica."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from predictors.examples import IDENTITY_DATATYPES, make_identity_onnx, make_mlp_onnx
+from tests.servers import ReplicaProcess
+
+#: small MLP used by the functional tests (the benchmark uses the issue's sizes).
+MLP_SIZES = (8, 16, 4)
+#: every datatype the identity model echoes; BF16 lives in its own model because ONNX Runtime
+#: cannot take string inputs in the same call that returns bfloat16.
+IDENTITY_TYPES = tuple(dt for dt in IDENTITY_DATATYPES if dt != "BF16")
+
+_BATCHED_CONFIG = """
+name: "mlp_batched"
+platform: "onnxruntime_onnx"
+max_batch_size: 8
+dynamic_batching { max_queue_delay_microseconds: 50000 }
+"""
+
+
+@pytest.fixture(scope="session")
+def model_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A model repository folder: mlp, identity (all datatypes but BF16), identity_bf16, mlp_batched."""
+    root = tmp_path_factory.mktemp("models")
+    make_mlp_onnx(root / "mlp" / "1" / "model.onnx", MLP_SIZES)
+    make_identity_onnx(root / "identity" / "model.onnx", IDENTITY_TYPES)
+    make_identity_onnx(root / "identity_bf16" / "model.onnx", ("BF16", "FP32"))
+    make_mlp_onnx(root / "mlp_batched" / "1" / "model.onnx", MLP_SIZES)
+    (root / "mlp_batched" / "config.pbtxt").write_text(_BATCHED_CONFIG)
+    return root
+
+
+@pytest.fixture(scope="session")
+def replica(model_repo: Path) -> Iterator[ReplicaProcess]:
+    """One replica for read-mostly tests: the repository models plus python models by import path."""
+    with ReplicaProcess(
+        "--model-repository", str(model_repo),
+        "--model-name", "doubler", "--model-uri", "tests.python_models:Doubler",
+        "--max-body-size", "1MiB",
+    ) as server:  # fmt: skip
+        server.wait_ready()
+        yield server
