@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Any
+from typing import Any, Protocol
 
 from predictors.metrics import ReplicaMetrics
 from predictors.model import ServedModel
@@ -26,12 +26,21 @@ __all__ = ["DataPlane"]
 EXTENSIONS = ("binary_tensor_data", "model_repository", "parameters", "schedule_policy")
 
 
+class RepositoryControl(Protocol):
+    """Where repository load/unload requests go: the local repository, or every worker's."""
+
+    async def load(self, name: str) -> object: ...
+
+    async def unload(self, name: str) -> None: ...
+
+
 class DataPlane:
     def __init__(self, repository: ModelRepository, metrics: ReplicaMetrics, name: str = "servegate") -> None:
         self.repository = repository
         self.metrics = metrics
         self.name = name
         self.draining = False
+        self.control: RepositoryControl = repository
 
     # -- health and metadata ---------------------------------------------------------------------
 
@@ -122,7 +131,7 @@ class DataPlane:
         return [entry for entry in index if entry.get("state") == "READY"] if ready_only else index
 
     async def load(self, name: str) -> None:
-        await self.repository.load(name)
+        await self.control.load(name)
 
     async def unload(self, name: str) -> None:
-        await self.repository.unload(name)
+        await self.control.unload(name)

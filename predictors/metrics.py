@@ -7,11 +7,13 @@ error kind (invalid_input, not_found, payload_too_large, model_failure, unavaila
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterable
 from functools import cache
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.metrics_core import GaugeMetricFamily, Metric
+from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
 from serving.errors import ErrorKind
@@ -30,6 +32,7 @@ def status_label(kind: ErrorKind | None) -> str:
 class ReplicaMetrics:
     def __init__(self, registry: CollectorRegistry) -> None:
         self._registry = registry
+        self._states: _ModelStateCollector | None = None
         self.requests = Counter(
             "servegate_requests",
             "Inference requests by model, protocol and outcome.",
@@ -90,7 +93,19 @@ class ReplicaMetrics:
 
     def watch_model_states(self, source: Callable[[], Iterable[tuple[str, str, str]]]) -> None:
         """Export `servegate_model_state` from `source()`: (model, version, state) of every model."""
-        self._registry.register(_ModelStateCollector(source))
+        self._states = _ModelStateCollector(source)
+        self._registry.register(self._states)
+
+    def exposition(self) -> CollectorRegistry:
+        """The registry `/metrics` renders: this one, or in multiprocess mode (`--workers`) one that
+        adds up every worker's files, plus this worker's view of model states."""
+        if "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
+            return self._registry
+        registry = CollectorRegistry()
+        MultiProcessCollector(registry)
+        if self._states is not None:
+            registry.register(self._states)
+        return registry
 
 
 class _ModelStateCollector(Collector):

@@ -58,6 +58,7 @@ class ServedModel:
 
     async def start(self, runtime: Runtime) -> None:
         """Load `runtime`; on failure the model is FAILED with the reason, and nothing is raised."""
+        started = time.perf_counter()
         try:
             self.signature = await runtime.load()
         except Exception as exc:
@@ -78,6 +79,11 @@ class ServedModel:
                     observer=self._observe_batch,
                 )
         self._set_state(ModelState.READY)
+        log.info(
+            "model %s version %s ready (%s, %.2fs, batching %s)",
+            self.name, self.version, runtime.platform, time.perf_counter() - started,
+            f"up to {self.spec.max_batch_size} rows" if self._batcher else "off",
+        )  # fmt: skip
 
     def fail(self, reason: str) -> None:
         self._set_state(ModelState.FAILED, reason)

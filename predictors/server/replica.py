@@ -90,12 +90,21 @@ class Replica:
         self.metrics = ReplicaMetrics(self.registry)
         self.repository = ModelRepository(self.metrics, options.storage, options.model_repository, template)
         self.dataplane = DataPlane(self.repository, self.metrics)
+        self.exposition = self.metrics.exposition()
+        #: set once the start-up models have loaded (or failed to).
+        self.models_loaded = asyncio.Event()
         self.http_port: int | None = None
         self.grpc_port: int | None = None
         self._stop = asyncio.Event()
 
     def stop(self) -> None:
         self._stop.set()
+
+    async def _load_models(self) -> None:
+        try:
+            await self.repository.start(self.specs)
+        finally:
+            self.models_loaded.set()
 
     async def run(self, http_socket: socket.socket | None = None) -> None:
         loop = asyncio.get_running_loop()
@@ -106,7 +115,7 @@ class Replica:
         opts = self.options
         sock = http_socket or bind_socket(opts.host, opts.http_port, opts.shared_ports)
         self.http_port = sock.getsockname()[1]
-        app = build_app(self.dataplane, self.registry, opts.max_body_bytes)
+        app = build_app(self.dataplane, self.exposition, opts.max_body_bytes)
         config = uvicorn.Config(
             app,
             lifespan="off",
@@ -128,7 +137,7 @@ class Replica:
             await grpc_server.start()
 
         http_task = asyncio.create_task(http.serve(sockets=[sock]), name="http")
-        load_task = asyncio.create_task(self.repository.start(self.specs), name="load-models")
+        load_task = asyncio.create_task(self._load_models(), name="load-models")
         log.info(
             "replica listening: HTTP %s:%s, gRPC %s",
             opts.host,

@@ -10,11 +10,12 @@ from pathlib import Path
 
 import click
 import uvloop
+from prometheus_client import disable_created_metrics
 from pydantic import BaseModel, ConfigDict, model_validator
 
 from predictors.spec import ModelSpec, TrustPolicy
 
-__all__ = ["ServeArgs", "run_serve"]
+__all__ = ["ServeArgs", "configure_logging", "run_serve"]
 
 
 class ServeArgs(BaseModel):
@@ -89,7 +90,9 @@ def run_serve(args: ServeArgs) -> None:
     from predictors.server.replica import Replica, ReplicaOptions
     from predictors.storage import StorageConfig
 
-    _configure_logging(args.log_level)
+    configure_logging(args.log_level)
+    # `*_created` series double every counter's output and no dashboard reads them.
+    disable_created_metrics()
     storage = StorageConfig.from_env()
     if args.cache_dir is not None or args.s3_endpoint is not None:
         storage = StorageConfig(
@@ -111,7 +114,7 @@ def run_serve(args: ServeArgs) -> None:
     if args.workers > 1:
         from predictors.server.workers import run_workers
 
-        sys.exit(run_workers(options, args.specs(), args.template(), args.workers))
+        sys.exit(run_workers(options, args.specs(), args.template(), args.workers, args.log_level))
     replica = Replica(options, args.specs(), args.template())
     try:
         with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
@@ -120,10 +123,10 @@ def run_serve(args: ServeArgs) -> None:
         raise click.ClickException(str(exc)) from None
 
 
-def _configure_logging(level: str) -> None:
+def configure_logging(level: str) -> None:
     logging.basicConfig(
         level=level.upper(),
-        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
+        format="%(asctime)s %(levelname)-7s [%(process)d] %(name)s: %(message)s",
         stream=sys.stderr,
     )
     # uvicorn's own error logger is useful; its per-request access logger is opt-in (--access-log).
