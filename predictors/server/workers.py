@@ -111,9 +111,9 @@ def _worker_main(
     import uvloop
 
     from predictors.server.replica import Replica
-    from serving.cli._serve import configure_logging
+    from serving.cli._serve import prepare_process
 
-    configure_logging(log_level)
+    prepare_process(log_level)
     replica = Replica(options, specs, template)
 
     async def main() -> None:

@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, model_validator
 
 from predictors.spec import ModelSpec, TrustPolicy
 
-__all__ = ["ServeArgs", "configure_logging", "run_serve"]
+__all__ = ["ServeArgs", "prepare_process", "run_serve"]
 
 
 class ServeArgs(BaseModel):
@@ -90,9 +90,7 @@ def run_serve(args: ServeArgs) -> None:
     from predictors.server.replica import Replica, ReplicaOptions
     from predictors.storage import StorageConfig
 
-    configure_logging(args.log_level)
-    # `*_created` series double every counter's output and no dashboard reads them.
-    disable_created_metrics()
+    prepare_process(args.log_level)
     storage = StorageConfig.from_env()
     if args.cache_dir is not None or args.s3_endpoint is not None:
         storage = StorageConfig(
@@ -121,6 +119,13 @@ def run_serve(args: ServeArgs) -> None:
             runner.run(replica.run())
     except OSError as exc:
         raise click.ClickException(str(exc)) from None
+
+
+def prepare_process(log_level: str) -> None:
+    """Process-wide settings for a replica (or worker) process, made once at its start."""
+    configure_logging(log_level)
+    # `*_created` series double every counter's output and no dashboard reads them.
+    disable_created_metrics()
 
 
 def configure_logging(level: str) -> None:
