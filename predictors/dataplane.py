@@ -62,6 +62,10 @@ class DataPlane:
     def model_metadata(self, name: str, version: str | None = None) -> ModelMetadata:
         return self.repository.get(name, version).metadata()
 
+    def model_config(self, name: str, version: str | None = None) -> dict[str, Any]:
+        """Triton's model configuration (its `get_model_config`), for Triton tooling."""
+        return self.repository.get(name, version).config()
+
     # -- inference -------------------------------------------------------------------------------
 
     async def infer(self, request: InferRequest) -> InferResponse:

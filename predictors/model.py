@@ -6,6 +6,7 @@ import asyncio
 import enum
 import logging
 import time
+from typing import Any
 
 import numpy as np
 
@@ -13,6 +14,7 @@ from predictors.batcher import DynamicBatcher
 from predictors.metrics import ReplicaMetrics
 from predictors.runtime import Runtime, RuntimeRequest, Signature
 from predictors.spec import ModelSpec
+from predictors.triton_config import render_config
 from serving.errors import ModelFailure, ModelNotFound, ModelNotReady, as_serving_error
 from serving.protocol.types import ModelMetadata
 
@@ -82,7 +84,7 @@ class ServedModel:
         log.info(
             "model %s version %s ready (%s, %.2fs, batching %s)",
             self.name, self.version, runtime.platform, time.perf_counter() - started,
-            f"up to {self.spec.max_batch_size} rows" if self._batcher else "off",
+            f"up to {self.spec.max_batch_size} rows" if self.batching else "off",
         )  # fmt: skip
 
     def fail(self, reason: str) -> None:
@@ -97,6 +99,14 @@ class ServedModel:
             inputs=self.signature.inputs,
             outputs=self.signature.outputs,
         )
+
+    @property
+    def batching(self) -> bool:
+        """Whether requests are merged (asked for, and the model has a batch dimension)."""
+        return self._batcher is not None
+
+    def config(self) -> dict[str, Any]:
+        return render_config(self.metadata(), self.spec, self.batching)
 
     def ensure_ready(self) -> None:
         if self.state is ModelState.READY:

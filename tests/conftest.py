@@ -42,6 +42,7 @@ def replica(model_repo: Path) -> Iterator[ReplicaProcess]:
     with ReplicaProcess(
         "--model-repository", str(model_repo),
         "--model-name", "doubler", "--model-uri", "tests.python_models:Doubler",
+        "--model-name", "echo", "--model-uri", "tests.probe_models:Echo",
         "--max-body-size", "1MiB",
     ) as server:  # fmt: skip
         server.wait_ready()

@@ -74,7 +74,7 @@ def infer_format(uri: str, path: Path | None = None) -> str:
     """The format of a model from its artifact's file name; python and triton must be named."""
     if path is not None:
         artifact = model_file(path)
-        if artifact is not None:
+        if artifact is not None and artifact.suffix.lower() in _SUFFIXES:
             return _SUFFIXES[artifact.suffix.lower()]
     if is_import_path(uri):
         return "python"

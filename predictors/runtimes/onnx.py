@@ -72,11 +72,17 @@ class OnnxRuntime(BlockingRuntime):
         names = list(request.outputs) if request.outputs is not None else self._output_names
         feeds: dict[str, object] = {}
         for name, array in request.inputs.items():
-            feeds[name] = _bf16_value(array) if array.dtype == DATATYPES["BF16"] else array
+            if array.dtype == DATATYPES["BF16"]:
+                feeds[name] = _bf16_value(array)
+            elif array.dtype == object:
+                feeds[name] = _as_text(name, array)
+            else:
+                feeds[name] = array
         if self._bf16_outputs.intersection(names):
-            return self._run_with_ort_values(names, feeds)
-        results = self.session.run(names, feeds)
-        return dict(zip(names, results, strict=True))
+            outputs = self._run_with_ort_values(names, feeds)
+        else:
+            outputs = dict(zip(names, self.session.run(names, feeds), strict=True))
+        return {name: _as_bytes(array) if array.dtype == object else array for name, array in outputs.items()}
 
     def _run_with_ort_values(self, names: list[str], feeds: dict[str, object]) -> dict[str, np.ndarray]:
         # Plain run() cannot hand back bfloat16; OrtValues can, but cannot hold strings.
@@ -97,6 +103,22 @@ class OnnxRuntime(BlockingRuntime):
 def _providers() -> list[str]:
     available = ort.get_available_providers()
     return [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
+
+
+def _as_text(name: str, array: np.ndarray) -> np.ndarray:
+    # ONNX Runtime's Python binding takes string tensors as str (it would stringify bytes as "b'..'")
+    # and hands them to the model UTF-8 encoded, so only UTF-8 text can pass through it faithfully.
+    try:
+        return np.vectorize(lambda b: b.decode("utf-8"), otypes=[object])(array)
+    except UnicodeDecodeError:
+        raise InvalidInput(
+            f"input '{name}' holds bytes that are not UTF-8 text, "
+            "which ONNX Runtime string tensors cannot carry"
+        ) from None
+
+
+def _as_bytes(array: np.ndarray) -> np.ndarray:
+    return np.vectorize(lambda s: s.encode("utf-8") if isinstance(s, str) else s, otypes=[object])(array)
 
 
 def _bf16_value(array: np.ndarray) -> ort.OrtValue:

@@ -67,6 +67,8 @@ class TritonRuntime(Runtime):
             meta = await self._metadata()
         except InferenceServerException as exc:
             await self.unload()
+            if str(exc.status()) in _UNAVAILABLE:  # how the gRPC client reports a refused connection
+                raise ModelFailure(f"cannot reach {self._where()}: {exc.message()}") from None
             raise ModelFailure(
                 f"cannot use model '{self.remote_name}' on {self._where()}: {exc.message()}"
             ) from None

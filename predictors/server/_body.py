@@ -45,6 +45,8 @@ async def read_body(request: Request, limit: int) -> bytes:
         raise InvalidInput(f"request body is not valid {encoding} data: {exc}") from None
     if len(out) > limit:
         raise _too_large(limit)
+    if not inflater.eof:
+        raise InvalidInput(f"request body is truncated {encoding} data")
     return out
 
 

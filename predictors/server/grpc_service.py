@@ -9,11 +9,15 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from grpc import aio
+import grpc
+from google.protobuf import json_format
+from google.protobuf.message import DecodeError
+from grpc import StatusCode, aio
+from tritonclient.grpc import model_config_pb2, service_pb2_grpc
 from tritonclient.grpc import service_pb2 as pb
-from tritonclient.grpc import service_pb2_grpc
 
 from predictors.dataplane import DataPlane
 from serving.errors import ErrorKind, as_serving_error
@@ -70,6 +74,15 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
                 platform=meta.platform,
                 inputs=[tensor(name=s.name, datatype=s.datatype, shape=s.shape) for s in meta.inputs],
                 outputs=[tensor(name=s.name, datatype=s.datatype, shape=s.shape) for s in meta.outputs],
+            )
+
+        return await _answer(context, work)
+
+    async def ModelConfig(self, request: pb.ModelConfigRequest, context: Any) -> pb.ModelConfigResponse:
+        async def work() -> pb.ModelConfigResponse:
+            config = self.dataplane.model_config(request.name, request.version or None)
+            return pb.ModelConfigResponse(
+                config=json_format.ParseDict(config, model_config_pb2.ModelConfig())
             )
 
         return await _answer(context, work)
@@ -138,5 +151,48 @@ def build_grpc_server(dataplane: DataPlane, max_message_bytes: int, reuse_port: 
         ("grpc.so_reuseport", 1 if reuse_port else 0),
     ]
     server = aio.server(options=options)
-    service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(dataplane), server)
+    server.add_generic_rpc_handlers((_handlers(InferenceServicer(dataplane)),))
     return server
+
+
+@dataclass(frozen=True, slots=True)
+class _Malformed:
+    error: str
+
+
+def _parser(message_class: Any) -> Callable[[bytes], Any]:
+    # grpc-python answers UNKNOWN when its deserializer raises; parse here and let the handler say
+    # INVALID_ARGUMENT instead, like every other bad request.
+    def parse(data: bytes) -> Any:
+        try:
+            return message_class.FromString(data)
+        except DecodeError as exc:
+            return _Malformed(str(exc))
+
+    return parse
+
+
+def _guarded(method: Callable[[Any, Any], Awaitable[Any]], name: str) -> Callable[[Any, Any], Awaitable[Any]]:
+    async def handle(request: Any, context: aio.ServicerContext) -> Any:
+        if isinstance(request, _Malformed):
+            await context.abort(StatusCode.INVALID_ARGUMENT, f"malformed {name} request: {request.error}")
+        return await method(request, context)
+
+    return handle
+
+
+def _handlers(servicer: InferenceServicer) -> grpc.GenericRpcHandler:
+    """Handlers for the RPCs servegate implements; any other RPC answers UNIMPLEMENTED."""
+    service = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"]
+    base = service_pb2_grpc.GRPCInferenceServiceServicer
+    handlers = {}
+    for method in service.methods:
+        implementation = getattr(type(servicer), method.name, None)
+        if implementation is None or implementation is getattr(base, method.name, None):
+            continue
+        handlers[method.name] = grpc.unary_unary_rpc_method_handler(
+            _guarded(getattr(servicer, method.name), method.name),
+            request_deserializer=_parser(getattr(pb, method.input_type.name)),
+            response_serializer=lambda message: message.SerializeToString(),
+        )
+    return grpc.method_handlers_generic_handler(service.full_name, handlers)

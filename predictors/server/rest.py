@@ -67,8 +67,10 @@ class _Endpoints:
 
     async def _v2_infer(self, request: Request, body: bytes) -> Response:
         params = request.path_params
+        # An unknown model is the first thing to tell, whatever else is wrong with the request.
+        self.dataplane.model(params["model_name"], params.get("version"))
         header = request.headers.get(v2.HEADER_LENGTH)
-        if header is not None and not header.isdigit():
+        if header is not None and not (header.isascii() and header.isdigit()):
             raise InvalidInput(f"Inference-Header-Content-Length must be an integer, got '{header}'")
         infer_request = v2.decode_request(
             body, params["model_name"], params.get("version"), int(header) if header is not None else None
@@ -116,6 +118,10 @@ class _Endpoints:
             self.dataplane.model_metadata(params["model_name"], params.get("version")).as_dict()
         )
 
+    async def model_config(self, request: Request) -> Response:
+        params = request.path_params
+        return json_response(self.dataplane.model_config(params["model_name"], params.get("version")))
+
     async def model_ready(self, request: Request) -> Response:
         params = request.path_params
         ready = self.dataplane.model_ready(params["model_name"], params.get("version"))
@@ -125,6 +131,8 @@ class _Endpoints:
         return json_response({"models": sorted(self.dataplane.repository.names)})
 
     async def v1_model(self, request: Request) -> Response:
+        if request.path_params["model_name"].endswith(":predict"):
+            return json_response({"error": f"use POST for {request.url.path}"}, 405)
         model = self.dataplane.model(request.path_params["model_name"])
         return json_response({"name": model.name, "ready": model.state == "READY"})
 
@@ -179,6 +187,8 @@ def build_app(dataplane: DataPlane, registry: CollectorRegistry, max_body_bytes:
         Route("/v2/health/ready", e.ready),
         Route(model, e.model_metadata),
         Route(versioned, e.model_metadata),
+        Route(model + "/config", e.model_config),
+        Route(versioned + "/config", e.model_config),
         Route(model + "/ready", e.model_ready),
         Route(versioned + "/ready", e.model_ready),
         Route(model + "/infer", e.v2_infer, methods=["POST"]),

@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 import click
+from pydantic import ValidationError
 
 from serving.cli._options import ByteSize
 
@@ -137,8 +138,10 @@ def serve(**kw: object) -> None:
 
     try:
         args = ServeArgs(**kw)  # type: ignore[arg-type]
-    except ValueError as exc:
-        raise click.UsageError(str(exc)) from None
+    except ValidationError as exc:
+        raise click.UsageError(
+            "; ".join(e["msg"].removeprefix("Value error, ") for e in exc.errors())
+        ) from None
     run_serve(args)
 
 

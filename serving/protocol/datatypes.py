@@ -74,11 +74,17 @@ def datatype_of(array: np.ndarray) -> str:
     raise InvalidInput(f"numpy dtype {dtype} has no V2 datatype")
 
 
+#: no tensor dimension, nor element count, may reach 2**63 (numpy's and protobuf's int64 limit).
+_MAX_ELEMENTS = 2**63 - 1
+
+
 def validate_shape(shape: object, what: str) -> tuple[int, ...]:
     if not isinstance(shape, list | tuple) or not all(
         isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape
     ):
         raise InvalidInput(f"{what}: shape must be a list of non-negative integers, got {shape!r}")
+    if math.prod(d for d in shape if d) > _MAX_ELEMENTS:
+        raise InvalidInput(f"{what}: shape {list(shape)} is larger than any tensor can be")
     return tuple(shape)
 
 
@@ -98,35 +104,69 @@ def _as_bytes(item: object) -> bytes:
 
 
 def from_json_data(data: object, datatype: str, shape: tuple[int, ...], what: str) -> np.ndarray:
-    """A JSON `data` list (flat or nested, row-major) as an array of `shape`."""
+    """A JSON `data` list (flat or nested, row-major) as an array of `shape`.
+
+    Nothing is coerced with loss: null or text in a numeric tensor, a fraction in an integer one, or
+    a value outside the datatype's range is refused rather than turned into NaN, truncated or wrapped.
+    """
     dtype = numpy_dtype(datatype)
+    if not isinstance(data, list):
+        raise InvalidInput(f"{what}: data must be a list")
     expected = element_count(shape)
     if datatype == "BYTES":
-        flat = np.asarray(data, dtype=object).ravel() if isinstance(data, list) else None
-        if flat is None:
-            raise InvalidInput(f"{what}: data must be a list")
+        flat = np.asarray(data, dtype=object).ravel()
+        if any(isinstance(item, list) for item in flat):
+            raise InvalidInput(f"{what}: BYTES data is ragged (nested lists of different lengths)")
         if flat.size != expected:
             raise _count_mismatch(what, flat.size, shape)
         out = np.empty(flat.size, dtype=object)
         out[:] = [_as_bytes(x) for x in flat]
-        return out.reshape(shape)
-    if not isinstance(data, list):
-        raise InvalidInput(f"{what}: data must be a list")
+        return _reshape(out, shape, what)
     try:
-        if datatype == "BF16":
-            array = np.asarray(data, dtype=np.float32).astype(dtype)
-        elif datatype == "BOOL":
-            array = np.asarray(data)
-            if array.size and array.dtype != np.bool_ and array.dtype.kind not in "iu":
-                raise ValueError("BOOL data must be true/false")
-            array = array.astype(np.bool_)
-        else:
-            array = np.asarray(data, dtype=dtype)
-    except (ValueError, TypeError, OverflowError) as exc:
-        raise InvalidInput(f"{what}: data does not fit datatype {datatype}: {exc}") from None
-    if array.size != expected:
-        raise _count_mismatch(what, array.size, shape)
-    return array.reshape(shape)
+        probe = np.asarray(data)
+    except ValueError:
+        raise InvalidInput(f"{what}: data is ragged (nested lists of different lengths)") from None
+    if probe.size != expected:
+        raise _count_mismatch(what, probe.size, shape)
+    return _reshape(_json_numbers(data, probe, datatype, dtype, what), shape, what)
+
+
+#: numpy kinds of JSON-parsed data each datatype family accepts (ints are fine for floats).
+_JSON_KINDS = {"b": "b", "i": "iu", "u": "iu", "f": "iuf"}
+
+
+def _json_numbers(data: list, probe: np.ndarray, datatype: str, dtype: np.dtype, what: str) -> np.ndarray:
+    if not probe.size:
+        return probe.astype(dtype)
+    kind = "f" if datatype == "BF16" else dtype.kind
+    if kind in "iu" and probe.dtype.kind in "fO":
+        # numpy reads integers past the int64 range as float64, losing digits: look at the values.
+        exact = np.asarray(data, dtype=object)
+        if all(type(value) is int for value in exact.flat):
+            _check_range(min(exact.flat), max(exact.flat), datatype, dtype, what)
+            return exact.astype(dtype)
+    if probe.dtype.kind not in _JSON_KINDS[kind]:
+        found = {"f": "a fraction", "b": "a boolean", "U": "text"}.get(
+            probe.dtype.kind, "null or a non-number"
+        )
+        raise InvalidInput(f"{what}: data does not fit datatype {datatype}: it holds {found}")
+    if kind in "iu":
+        _check_range(probe.min(), probe.max(), datatype, dtype, what)
+    return probe.astype(dtype, copy=False)
+
+
+def _check_range(low: int, high: int, datatype: str, dtype: np.dtype, what: str) -> None:
+    info = np.iinfo(dtype)
+    for value in (low, high):
+        if not info.min <= value <= info.max:
+            raise InvalidInput(f"{what}: data does not fit datatype {datatype}: {value} is out of range")
+
+
+def _reshape(array: np.ndarray, shape: tuple[int, ...], what: str) -> np.ndarray:
+    try:
+        return array.reshape(shape)
+    except ValueError as exc:  # dimensions numpy cannot represent, even for zero elements
+        raise InvalidInput(f"{what}: cannot make a tensor of shape {list(shape)}: {exc}") from None
 
 
 def _count_mismatch(what: str, got: int, shape: tuple[int, ...]) -> InvalidInput:
@@ -159,7 +199,7 @@ def from_raw(buffer: bytes | memoryview, datatype: str, shape: tuple[int, ...], 
     """Raw little-endian bytes (V2 binary extension, gRPC raw contents) as an array of `shape`."""
     count = element_count(shape)
     if datatype == "BYTES":
-        return _deserialize_bytes(buffer, count, what).reshape(shape)
+        return _reshape(_deserialize_bytes(buffer, count, what), shape, what)
     dtype = numpy_dtype(datatype)
     expected = count * dtype.itemsize
     if len(buffer) != expected:
@@ -167,7 +207,7 @@ def from_raw(buffer: bytes | memoryview, datatype: str, shape: tuple[int, ...], 
             f"{what}: got {len(buffer)} bytes of {datatype} data but shape {list(shape)} needs {expected}"
         )
     wire = dtype if datatype == "BF16" else _WIRE[datatype]
-    return np.frombuffer(buffer, dtype=wire).astype(dtype, copy=False).reshape(shape)
+    return _reshape(np.frombuffer(buffer, dtype=wire).astype(dtype, copy=False), shape, what)
 
 
 def to_raw(array: np.ndarray) -> bytes:
@@ -190,7 +230,8 @@ def _serialize_bytes(array: np.ndarray) -> bytes:
 
 def _deserialize_bytes(buffer: bytes | memoryview, count: int, what: str) -> np.ndarray:
     view = memoryview(buffer)
-    out = np.empty(count, dtype=object)
+    # Collected in a list, not preallocated: a lying shape must not make the server allocate.
+    items: list[bytes] = []
     offset = 0
     for i in range(count):
         if offset + 4 > len(view):
@@ -199,8 +240,10 @@ def _deserialize_bytes(buffer: bytes | memoryview, count: int, what: str) -> np.
         offset += 4
         if offset + length > len(view):
             raise InvalidInput(f"{what}: BYTES element {i} claims {length} bytes past the end of the data")
-        out[i] = bytes(view[offset : offset + length])
+        items.append(bytes(view[offset : offset + length]))
         offset += length
     if offset != len(view):
         raise InvalidInput(f"{what}: {len(view) - offset} bytes left over after {count} BYTES elements")
+    out = np.empty(count, dtype=object)
+    out[:] = items
     return out

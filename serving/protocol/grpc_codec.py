@@ -15,7 +15,7 @@ import numpy as np
 from tritonclient.grpc import service_pb2 as pb
 
 from serving.errors import InvalidInput
-from serving.protocol.datatypes import from_raw, numpy_dtype, to_raw, validate_shape
+from serving.protocol.datatypes import element_count, from_raw, numpy_dtype, to_raw, validate_shape
 from serving.protocol.types import InferRequest, InferResponse, InferTensor, RequestedOutput
 
 __all__ = ["decode_request", "encode_response", "from_parameters", "to_parameters"]
@@ -110,7 +110,7 @@ def _from_contents(tensor: Any, shape: tuple[int, ...], what: str) -> np.ndarray
         numpy_dtype(tensor.datatype)  # unknown datatypes get the standard message
         raise InvalidInput(f"{what}: {tensor.datatype} data must be sent in raw_input_contents")
     values = getattr(tensor.contents, field)
-    count = int(np.prod(shape))
+    count = element_count(shape)
     if len(values) != count:
         raise InvalidInput(
             f"{what}: contents hold {len(values)} elements but shape {list(shape)} needs {count}"
