@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -143,3 +144,28 @@ class NotAModel:
 
 
 not_a_class = 42
+
+
+class Slow(PythonModel):
+    """A predict that takes `SECONDS` (or the request's `seconds` parameter), to keep requests in
+    flight (graceful shutdown tests)."""
+
+    SECONDS = 1.5
+    inputs = (TensorSpec("x", "FP32", (-1,)),)
+    outputs = (TensorSpec("y", "FP32", (-1,)),)
+
+    def predict(self, data: dict[str, np.ndarray], context: Context) -> dict[str, np.ndarray]:
+        time.sleep(float(context.parameters.get("seconds", self.SECONDS)))
+        return {"y": data["x"] * 2}
+
+
+class SlowLoad(Slow):
+    """A load that takes `LOAD_SECONDS`, to watch readiness during start-up; predict is quick."""
+
+    LOAD_SECONDS = 2.0
+
+    def load(self) -> None:
+        time.sleep(self.LOAD_SECONDS)
+
+    def predict(self, data: dict[str, np.ndarray], context: Context) -> dict[str, np.ndarray]:
+        return {"y": data["x"] * 2}

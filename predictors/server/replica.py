@@ -123,7 +123,7 @@ class Replica:
             http="httptools",
             access_log=opts.access_log,
             log_config=None,
-            timeout_graceful_shutdown=int(opts.drain_timeout_s),
+            timeout_graceful_shutdown=opts.drain_timeout_s,  # type: ignore[arg-type] - uvicorn takes floats too
         )
         http = _HttpServer(config)
 
@@ -147,7 +147,7 @@ class Replica:
         stop_task = asyncio.create_task(self._stop.wait())
         await asyncio.wait({stop_task, http_task}, return_when=asyncio.FIRST_COMPLETED)
 
-        log.info("shutting down: draining in-flight requests (up to %.0fs)", opts.drain_timeout_s)
+        log.info("shutting down: draining in-flight requests (up to %gs)", opts.drain_timeout_s)
         self.dataplane.draining = True
         http.should_exit = True
         drains = [http_task]

@@ -3,9 +3,11 @@
 The supervisor binds the HTTP socket once and hands it to N spawned workers (gRPC binds with
 SO_REUSEPORT); every worker holds every model. What one worker is asked must hold for all:
 
-- Repository load/unload: the worker that receives it asks the supervisor, which applies it on
-  every worker and answers once all have; the supervisor keeps the log of such changes and replays
-  it on a worker it restarts.
+- Repository load/unload: the worker that receives it asks the supervisor, which sends it to every
+  worker and answers once all have applied it. The supervisor keeps the log of such changes; a
+  worker it (re)starts replays that log after loading its models, then applies, in order, the
+  changes that arrived meanwhile (so a change made during a restart returns once the restarted
+  worker has it too), and then reports "started".
 - Metrics: prometheus-client's multiprocess mode adds up every worker's counters and histograms.
 - A worker that dies is restarted; SIGTERM/SIGINT drains every worker, then the supervisor exits.
 """
@@ -22,7 +24,6 @@ import shutil
 import signal
 import socket
 import tempfile
-import time
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, wait
 from typing import Any
@@ -34,9 +35,7 @@ __all__ = ["SupervisorLink", "run_workers"]
 
 log = logging.getLogger(__name__)
 
-#: a worker that dies sooner than this after starting failed at start-up, not in service.
-_STARTUP_S = 10.0
-#: start-up failures in a row after which the supervisor gives up instead of restarting.
+#: workers dying before they report "started", in a row, after which the supervisor gives up.
 _MAX_STARTUP_FAILURES = 3
 
 
@@ -52,7 +51,21 @@ class SupervisorLink:
         self._ids = ((index, n) for n in itertools.count())
         self._pending: dict[tuple[int, int], asyncio.Future[tuple[str, str] | None]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
+        #: changes that arrive before start-up is over wait here, so they land after the replay.
+        self._backlog: list[tuple[tuple[int, int], str, str]] | None = []
         asyncio.get_running_loop().add_reader(conn.fileno(), self._on_message)
+
+    async def start(self, models_loaded: asyncio.Event, replay: list[tuple[str, str]]) -> None:
+        """After the start-up models load: replay the supervisor's log, then the backlog; report started."""
+        await models_loaded.wait()
+        for op, name in replay:
+            error = await apply_op(self._repository, op, name)
+            if error is not None:
+                log.warning("replaying %s %s: %s", op, name, error[1])
+        while self._backlog:
+            await self._apply(*self._backlog.pop(0))
+        self._backlog = None
+        self._conn.send(("started",))
 
     async def load(self, name: str) -> None:
         await self._request("load", name)
@@ -77,6 +90,9 @@ class SupervisorLink:
             asyncio.get_running_loop().remove_reader(self._conn.fileno())
             return
         if message[0] == "apply":
+            if self._backlog is not None:
+                self._backlog.append(message[1:])
+                return
             task = asyncio.get_running_loop().create_task(self._apply(*message[1:]))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
@@ -117,21 +133,14 @@ def _worker_main(
     replica = Replica(options, specs, template)
 
     async def main() -> None:
-        replica.dataplane.control = SupervisorLink(conn, replica.repository, index)
-        if replay:
-            asyncio.get_running_loop().create_task(_replay(replica, replay))
+        link = SupervisorLink(conn, replica.repository, index)
+        replica.dataplane.control = link
+        starting = asyncio.get_running_loop().create_task(link.start(replica.models_loaded, replay))
         await replica.run(http_socket=sock)
+        starting.cancel()
 
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         runner.run(main())
-
-
-async def _replay(replica: Any, ops: list[tuple[str, str]]) -> None:
-    await replica.models_loaded.wait()
-    for op, name in ops:
-        error = await apply_op(replica.repository, op, name)
-        if error is not None:
-            log.warning("replaying %s %s: %s", op, name, error[1])
 
 
 # -- supervisor side ---------------------------------------------------------------------------------
@@ -142,7 +151,8 @@ class _Worker:
     index: int
     process: Any
     conn: Connection
-    started: float = field(default_factory=time.monotonic)
+    #: set once the worker has loaded its models and caught up with the change log.
+    started: bool = False
 
 
 @dataclass
@@ -213,7 +223,10 @@ class _Supervisor:
             message = worker.conn.recv()
         except (EOFError, OSError):
             return  # the sentinel reports the death
-        if message[0] == "request":
+        if message[0] == "started":
+            worker.started = True
+            self.startup_failures = 0
+        elif message[0] == "request":
             _, request_id, op, name = message
             self.ops.append((op, name))
             self.pending[request_id] = _Broadcast(worker.index, set(self.workers))
@@ -248,14 +261,12 @@ class _Supervisor:
         if self.stopping:
             return
         code = worker.process.exitcode
-        if time.monotonic() - worker.started < _STARTUP_S:
+        if not worker.started:
             self.startup_failures += 1
             if self.startup_failures >= _MAX_STARTUP_FAILURES:
                 log.error("workers keep failing at start-up (last exit status %s); stopping", code)
                 self.stopping, self.exit_status = True, 1
                 return
-        else:
-            self.startup_failures = 0
         log.error(
             "worker %d (pid %d) exited with status %s; restarting it", worker.index, worker.process.pid, code
         )
