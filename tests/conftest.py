@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from predictors.examples import IDENTITY_DATATYPES, make_identity_onnx, make_mlp_onnx
-from tests.servers import ReplicaProcess
+from tests.servers import ReplicaProcess, moto_server
 
 #: small MLP used by the functional tests (the benchmark uses the issue's sizes).
 MLP_SIZES = (8, 16, 4)
@@ -47,3 +47,10 @@ def replica(model_repo: Path) -> Iterator[ReplicaProcess]:
     ) as server:  # fmt: skip
         server.wait_ready()
         yield server
+
+
+@pytest.fixture(scope="session")
+def moto_endpoint() -> Iterator[str]:
+    """A fake S3 on loopback for the whole session (tests use buckets of their own)."""
+    with moto_server() as endpoint:
+        yield endpoint

@@ -1,31 +1,95 @@
-"""Shared test helpers: free ports, and a real `servegate model serve` process on loopback."""
+"""Shared test helpers: free ports, polling, a real `servegate model serve` process on loopback, and
+the fakes the storage tests fetch from (a static HTTP server and moto's S3), all on 127.0.0.1."""
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import http.server
 import os
 import signal
 import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
 
 ROOT = Path(__file__).resolve().parent.parent
 
-__all__ = ["ROOT", "ReplicaProcess", "free_port", "wait_for"]
+__all__ = ["ROOT", "FileServer", "ReplicaProcess", "free_port", "moto_server", "serve_files", "until"]
 
 
-def wait_for(predicate: Callable[[], bool], timeout: float = 30.0, interval: float = 0.05) -> None:
-    """Poll `predicate` until it holds; fail after `timeout` seconds."""
+def until(check: Callable[[], Any], timeout: float = 20.0, what: str = "condition") -> Any:
+    """Poll `check` until it returns something truthy, and return that; fail after `timeout` seconds."""
     deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"condition not met within {timeout}s")
-        time.sleep(interval)
+    while time.monotonic() < deadline:
+        if result := check():
+            return result
+        time.sleep(0.05)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+@dataclass
+class FileServer:
+    url: str
+    root: Path
+    #: the paths of every GET, in order.
+    gets: list[str] = field(default_factory=list)
+
+
+class _FileHandler(http.server.SimpleHTTPRequestHandler):
+    gets: list[str]
+
+    def do_GET(self) -> None:
+        self.gets.append(self.path)
+        if self.path == "/truncated":
+            # Promise more than is sent, then hang up: the client sees a broken stream.
+            self.send_response(200)
+            self.send_header("Content-Length", "100000")
+            self.end_headers()
+            self.wfile.write(b"partial")
+            return
+        super().do_GET()
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+@contextlib.contextmanager
+def serve_files(root: Path) -> Iterator[FileServer]:
+    """A static HTTP server for `root` on a free loopback port; `/truncated` answers a broken body."""
+    gets: list[str] = []
+    handler = type("Handler", (_FileHandler,), {"gets": gets})
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(handler, directory=root))
+    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
+    thread.start()
+    try:
+        yield FileServer(f"http://127.0.0.1:{server.server_address[1]}", root, gets)
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+
+
+@contextlib.contextmanager
+def moto_server() -> Iterator[str]:
+    """moto's S3 (and the rest of AWS) on a free loopback port; yields its endpoint URL."""
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    try:
+        host, port = server.get_host_and_port()
+        yield f"http://{host}:{port}"
+    finally:
+        server.stop()
 
 
 def free_port() -> int:

@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-import functools
-import http.server
 import os
 import signal
 import socket
-import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +21,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from predictors.examples import make_mlp_onnx, mlp_forward
 from tests.conftest import MLP_SIZES
-from tests.servers import ReplicaProcess
+from tests.servers import FileServer, ReplicaProcess, serve_files, until
 
 pytestmark = pytest.mark.integration
 
@@ -33,16 +30,6 @@ X = np.arange(3 * MLP_SIZES[0], dtype=np.float32).reshape(3, MLP_SIZES[0]) / 10
 
 
 # -- helpers -----------------------------------------------------------------------------------------
-
-
-def until(check: Callable[[], Any], timeout: float = 10.0, what: str = "condition") -> Any:
-    """Poll `check` until it returns something truthy; fail after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if result := check():
-            return result
-        time.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 def status(url: str) -> int | None:
@@ -189,39 +176,12 @@ def test_ready_only_once_models_have_loaded() -> None:
 # -- storage -----------------------------------------------------------------------------------------
 
 
-@dataclass
-class HttpServer:
-    url: str
-    root: Path
-    gets: list[str] = field(default_factory=list)
-
-
-class _Handler(http.server.SimpleHTTPRequestHandler):
-    gets: list[str]
-
-    def do_GET(self) -> None:
-        self.gets.append(self.path)
-        super().do_GET()
-
-    def log_message(self, format: str, *args: object) -> None:
-        pass
-
-
 @pytest.fixture
-def http_server(tmp_path: Path) -> Iterator[HttpServer]:
+def http_server(tmp_path: Path) -> Iterator[FileServer]:
     root = tmp_path / "www"
     root.mkdir()
-    gets: list[str] = []
-    handler = type("Handler", (_Handler,), {"gets": gets})
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(handler, directory=root))
-    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
-    thread.start()
-    try:
-        yield HttpServer(f"http://127.0.0.1:{server.server_address[1]}", root, gets)
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join()
+    with serve_files(root) as server:
+        yield server
 
 
 @dataclass
@@ -231,19 +191,6 @@ class S3:
     client: Any
     #: what a replica needs in its environment to reach the fake S3.
     env: dict[str, str]
-
-
-@pytest.fixture(scope="module")
-def moto_endpoint() -> Iterator[str]:
-    from moto.server import ThreadedMotoServer
-
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    try:
-        host, port = server.get_host_and_port()
-        yield f"http://{host}:{port}"
-    finally:
-        server.stop()
 
 
 @pytest.fixture
@@ -268,7 +215,7 @@ def s3(moto_endpoint: str) -> S3:
 
 
 def test_storage_failures_leave_the_model_failed_and_the_server_up(
-    tmp_path: Path, http_server: HttpServer, s3: S3
+    tmp_path: Path, http_server: FileServer, s3: S3
 ) -> None:
     make_mlp_onnx(tmp_path / "mlp.onnx", MLP_SIZES)
     missing = tmp_path / "nowhere" / "model.onnx"
@@ -316,7 +263,7 @@ def test_storage_failures_leave_the_model_failed_and_the_server_up(
 
 
 def test_http_model_is_downloaded_once_and_served_from_the_cache(
-    tmp_path: Path, http_server: HttpServer
+    tmp_path: Path, http_server: FileServer
 ) -> None:
     make_mlp_onnx(http_server.root / "models" / "mlp.onnx", MLP_SIZES, seed=3)
     args = ("--model-name", "web", "--model-uri", f"{http_server.url}/models/mlp.onnx")

@@ -10,7 +10,7 @@ import tritonclient.grpc as grpcclient
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import MLP_SIZES
-from tests.servers import ReplicaProcess, wait_for
+from tests.servers import ReplicaProcess, until
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
@@ -84,7 +84,7 @@ def test_readiness_and_model_state_follow_the_load_state(tmp_path: Path) -> None
         grpc=False,
     ) as server:  # fmt: skip
         server.wait_live()
-        wait_for(lambda: value(scrape(server.url), "servegate_model_state", model="doubler", version="1",
+        until(lambda: value(scrape(server.url), "servegate_model_state", model="doubler", version="1",
                                state="READY") == 1)  # fmt: skip
         samples = scrape(server.url)
         assert value(samples, "servegate_model_state", model="broken", version="1", state="FAILED") == 1

@@ -9,11 +9,9 @@ from __future__ import annotations
 import os
 import re
 import signal
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
 
 import httpx
 import numpy as np
@@ -22,23 +20,13 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from predictors.examples import make_mlp_onnx, mlp_forward
 from tests.conftest import MLP_SIZES
-from tests.servers import ReplicaProcess
+from tests.servers import ReplicaProcess, until
 
 pytestmark = pytest.mark.integration
 
 WORKERS = 2
 X = np.linspace(-1.0, 1.0, 2 * MLP_SIZES[0], dtype=np.float32).reshape(2, MLP_SIZES[0])
 BODY = {"inputs": [{"name": "input", "shape": list(X.shape), "datatype": "FP32", "data": X.ravel().tolist()}]}
-
-
-def until(check: Callable[[], Any], timeout: float = 20.0, what: str = "condition") -> Any:
-    """Poll `check` until it returns something truthy; fail after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if result := check():
-            return result
-        time.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 def children(pid: int) -> set[int]:

@@ -2,23 +2,21 @@
 
 from __future__ import annotations
 
-import functools
 import hashlib
-import http.server
 import re
 import socket
 import sys
-import threading
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from predictors.storage import StorageConfig, StorageError, fetch
 from serving.errors import ModelFailure
+from tests.servers import FileServer, serve_files
 
 MODEL = b"onnx-bytes-" * 1000
 
@@ -101,50 +99,16 @@ def test_config_from_env(tmp_path: Path, monkeypatch) -> None:
 # -- http --------------------------------------------------------------------------------------------
 
 
-@dataclass
-class HttpServer:
-    url: str
-    root: Path
-    gets: list[str] = field(default_factory=list)
-
-
-class _Handler(http.server.SimpleHTTPRequestHandler):
-    gets: list[str]
-
-    def do_GET(self) -> None:
-        self.gets.append(self.path)
-        if self.path == "/truncated":
-            # Promise more than we send, then hang up: the client sees a broken stream.
-            self.send_response(200)
-            self.send_header("Content-Length", "100000")
-            self.end_headers()
-            self.wfile.write(b"partial")
-            return
-        super().do_GET()
-
-    def log_message(self, format: str, *args: object) -> None:
-        pass
-
-
 @pytest.fixture
-def http_server(tmp_path: Path) -> Iterator[HttpServer]:
+def http_server(tmp_path: Path) -> Iterator[FileServer]:
     root = tmp_path / "www"
     (root / "models").mkdir(parents=True)
     (root / "models" / "model.onnx").write_bytes(MODEL)
-    gets: list[str] = []
-    handler = type("Handler", (_Handler,), {"gets": gets})
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(handler, directory=root))
-    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
-    thread.start()
-    try:
-        yield HttpServer(f"http://127.0.0.1:{server.server_address[1]}", root, gets)
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join()
+    with serve_files(root) as server:
+        yield server
 
 
-def test_http_download_and_cache_reuse(http_server: HttpServer, config: StorageConfig) -> None:
+def test_http_download_and_cache_reuse(http_server: FileServer, config: StorageConfig) -> None:
     uri = f"{http_server.url}/models/model.onnx"
     path = fetch(uri, config)
     key = _sha256(uri.encode())[:16]
@@ -157,7 +121,7 @@ def test_http_download_and_cache_reuse(http_server: HttpServer, config: StorageC
     assert not [p for p in _files(path.parent) if p.name.endswith(".part")]
 
 
-def test_http_corrupted_cache_is_downloaded_again(http_server: HttpServer, config: StorageConfig) -> None:
+def test_http_corrupted_cache_is_downloaded_again(http_server: FileServer, config: StorageConfig) -> None:
     uri = f"{http_server.url}/models/model.onnx"
     path = fetch(uri, config)
     path.write_bytes(b"bit rot")
@@ -165,18 +129,18 @@ def test_http_corrupted_cache_is_downloaded_again(http_server: HttpServer, confi
     assert len(http_server.gets) == 2
 
 
-def test_http_empty_basename_is_named_model(http_server: HttpServer, config: StorageConfig) -> None:
+def test_http_empty_basename_is_named_model(http_server: FileServer, config: StorageConfig) -> None:
     (http_server.root / "index.html").write_bytes(MODEL)
     assert fetch(f"{http_server.url}/", config).name == "model"
 
 
-def test_http_expected_checksum(http_server: HttpServer, config: StorageConfig) -> None:
+def test_http_expected_checksum(http_server: FileServer, config: StorageConfig) -> None:
     uri = f"{http_server.url}/models/model.onnx#sha256={_sha256(MODEL)}"
     assert fetch(uri, config).read_bytes() == MODEL
     assert http_server.gets == ["/models/model.onnx"]  # the fragment is not sent
 
 
-def test_http_checksum_mismatch_leaves_nothing(http_server: HttpServer, config: StorageConfig) -> None:
+def test_http_checksum_mismatch_leaves_nothing(http_server: FileServer, config: StorageConfig) -> None:
     wrong = _sha256(b"something else")
     uri = f"{http_server.url}/models/model.onnx#sha256={wrong}"
     with pytest.raises(StorageError, match=f"checksum mismatch for .*expected {wrong}, got {_sha256(MODEL)}"):
@@ -184,19 +148,19 @@ def test_http_checksum_mismatch_leaves_nothing(http_server: HttpServer, config: 
     assert _files(config.cache_dir / "http") == []
 
 
-def test_http_bad_checksum_fragment(http_server: HttpServer, config: StorageConfig) -> None:
+def test_http_bad_checksum_fragment(http_server: FileServer, config: StorageConfig) -> None:
     with pytest.raises(StorageError, match="sha256=<64 hex digits>"):
         fetch(f"{http_server.url}/models/model.onnx#md5=abc", config)
 
 
-def test_http_404(http_server: HttpServer, config: StorageConfig) -> None:
+def test_http_404(http_server: FileServer, config: StorageConfig) -> None:
     url = f"{http_server.url}/models/missing.onnx"
     with pytest.raises(StorageError, match=re.escape(f"HTTP 404 fetching {url}")):
         fetch(url, config)
     assert _files(config.cache_dir / "http") == []
 
 
-def test_http_broken_stream_leaves_nothing(http_server: HttpServer, config: StorageConfig) -> None:
+def test_http_broken_stream_leaves_nothing(http_server: FileServer, config: StorageConfig) -> None:
     with pytest.raises(StorageError, match="cannot fetch"):
         fetch(f"{http_server.url}/truncated", config)
     assert _files(config.cache_dir / "http") == []
@@ -219,7 +183,7 @@ def test_http_timeout(tmp_path: Path) -> None:
             fetch(url, config)
 
 
-def test_http_concurrent_fetches_download_once(http_server: HttpServer, config: StorageConfig) -> None:
+def test_http_concurrent_fetches_download_once(http_server: FileServer, config: StorageConfig) -> None:
     uri = f"{http_server.url}/models/model.onnx"
     with ThreadPoolExecutor(max_workers=8) as pool:
         paths = list(pool.map(lambda _: fetch(uri, config), range(8)))
@@ -237,19 +201,6 @@ class S3:
     endpoint: str
     bucket: str
     client: object
-
-
-@pytest.fixture(scope="module")
-def moto_endpoint() -> Iterator[str]:
-    from moto.server import ThreadedMotoServer
-
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    try:
-        host, port = server.get_host_and_port()
-        yield f"http://{host}:{port}"
-    finally:
-        server.stop()
 
 
 @pytest.fixture

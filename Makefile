@@ -1,0 +1,40 @@
+# servegate: `make up` runs a replica with an example model; `make test` runs every test.
+# Both install into .venv first (torch is pinned to its CPU build by the [torch] extra).
+
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STATE ?= .servegate
+
+.PHONY: install up test lint bench bench-tools clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e ".[test,bench]"
+	touch $@
+
+up: install
+	$(BIN)/servegate model example $(STATE)/models
+	$(BIN)/servegate model serve --model-repository $(STATE)/models
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+test: lint
+	$(BIN)/python -m pytest
+
+# The benchmark loads servers with wrk and h2load (Debian packages); the peers it compares with
+# (KServe, Ray Serve) come from ../shared/bench and install themselves on first use.
+bench-tools:
+	@command -v wrk >/dev/null && command -v h2load >/dev/null || \
+		(apt-get update -qq && apt-get install -y -qq wrk nghttp2-client)
+
+bench: install bench-tools
+	$(BIN)/python loadtests/bench_replica.py
+
+clean:
+	rm -rf $(VENV) $(STATE) .pytest_cache .ruff_cache
