@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import functools
 import logging
 import time
 from typing import Any
@@ -78,7 +79,7 @@ class ServedModel:
                     self.spec.max_batch_size,
                     self.spec.max_latency_ms / 1000.0,
                     max_concurrent_batches=self.spec.instances,
-                    observer=self._observe_batch,
+                    observer=functools.partial(self._metrics.observe_call, self.name),
                 )
         self._set_state(ModelState.READY)
         log.info(
@@ -135,8 +136,7 @@ class ServedModel:
             started = time.perf_counter()
             outputs = await self._run(request)
             finished = time.perf_counter()
-        rows = next(iter(request.inputs.values())).shape[:1] if request.inputs else ()
-        self._metrics.observe_call(self.name, rows[0] if rows else 1, [started - queued], finished - started)
+        self._metrics.observe_call(self.name, _rows(request), [started - queued], finished - started)
         return outputs
 
     async def _run(self, request: RuntimeRequest) -> dict[str, np.ndarray]:
@@ -145,9 +145,6 @@ class ServedModel:
         if not isinstance(outputs, dict):
             raise ModelFailure(f"model '{self.name}' returned {type(outputs).__name__}, not named outputs")
         return outputs
-
-    def _observe_batch(self, rows: int, queue_seconds: list[float], compute_seconds: float) -> None:
-        self._metrics.observe_call(self.name, rows, queue_seconds, compute_seconds)
 
     async def stop(self, drain_timeout_s: float = 30.0) -> None:
         """Let in-flight requests finish (up to the timeout), then release the runtime."""
@@ -169,3 +166,9 @@ class ServedModel:
                 log.exception("model %s failed to unload cleanly", self.name)
             self.runtime = None
         self._set_state(ModelState.UNAVAILABLE, "unloaded")
+
+
+def _rows(request: RuntimeRequest) -> int:
+    """Rows in a call: the first dimension of its first input (1 for a scalar or no input)."""
+    first = next(iter(request.inputs.values()), None)
+    return first.shape[0] if first is not None and first.ndim else 1

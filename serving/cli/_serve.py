@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -63,8 +64,6 @@ class ServeArgs(BaseModel):
 
     def template(self) -> ModelSpec:
         """Settings every model gets unless its own configuration says otherwise."""
-        from serving.cli.model import trusted_sources
-
         return ModelSpec(
             name="",
             uri="",
@@ -72,7 +71,7 @@ class ServeArgs(BaseModel):
             max_latency_ms=self.max_latency_ms,
             threads=self.threads,
             instances=self.instances,
-            trust=TrustPolicy(sources=trusted_sources(self.trusted)),
+            trust=TrustPolicy(sources=self.trusted + _env_list("SERVEGATE_TRUSTED_SOURCES")),
         )
 
     def specs(self) -> list[ModelSpec]:
@@ -84,6 +83,10 @@ class ServeArgs(BaseModel):
                 self.names, self.uris, formats or (None,) * len(self.names), strict=True
             )
         ]
+
+
+def _env_list(name: str) -> tuple[str, ...]:
+    return tuple(item.strip() for item in os.environ.get(name, "").split(",") if item.strip())
 
 
 def run_serve(args: ServeArgs) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import click
@@ -163,8 +162,3 @@ def example(directory: Path, name: str, sizes: str) -> None:
         raise click.BadParameter("give at least two positive widths", param_hint="--sizes")
     path = make_mlp_onnx(directory / name / "1" / "model.onnx", widths)
     click.echo(f"wrote {path} (input [-1, {widths[0]}] FP32 -> output [-1, {widths[-1]}] FP32)")
-
-
-def trusted_sources(flags: tuple[str, ...]) -> tuple[str, ...]:
-    env = os.environ.get("SERVEGATE_TRUSTED_SOURCES", "")
-    return tuple(flags) + tuple(s.strip() for s in env.split(",") if s.strip())
