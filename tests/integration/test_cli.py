@@ -115,29 +115,17 @@ def test_usage_errors_exit_2_with_a_clear_message(args: str, message: str) -> No
     assert result.stdout == ""
 
 
-def test_busy_http_port_fails_fast_with_the_address() -> None:
+@pytest.mark.parametrize("busy_port", ["http", "grpc"])
+def test_a_busy_port_fails_fast_with_the_address(busy_port: str) -> None:
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
         busy.listen()
-        port = busy.getsockname()[1]
+        port = str(busy.getsockname()[1])
+        ports = ["--http-port", port, "--no-grpc"] if busy_port == "http" else [
+            "--http-port", str(free_port()), "--grpc-port", port]  # fmt: skip
         result = servegate(
             "model", "serve", "--model-name", "doubler", "--model-uri", "tests.python_models:Doubler",
-            "--host", "127.0.0.1", "--http-port", str(port), "--no-grpc",
-            timeout=20,
-        )  # fmt: skip
-    assert result.returncode != 0
-    assert f"cannot listen on 127.0.0.1:{port}" in result.stdout + result.stderr
-
-
-def test_busy_grpc_port_fails_fast_with_the_address() -> None:
-    with socket.socket() as busy:
-        busy.bind(("127.0.0.1", 0))
-        busy.listen()
-        port = busy.getsockname()[1]
-        result = servegate(
-            "model", "serve", "--model-name", "doubler", "--model-uri", "tests.python_models:Doubler",
-            "--host", "127.0.0.1", "--http-port", str(free_port()), "--grpc-port", str(port),
-            timeout=20,
+            "--host", "127.0.0.1", *ports, timeout=20,
         )  # fmt: skip
     assert result.returncode != 0
     assert f"cannot listen on 127.0.0.1:{port}" in result.stdout + result.stderr
