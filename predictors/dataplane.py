@@ -57,7 +57,7 @@ class DataPlane:
         return self.repository.get(name, version)
 
     def model_ready(self, name: str, version: str | None = None) -> bool:
-        return self.repository.get(name, version).state == "READY"
+        return self.repository.get(name, version).ready
 
     def model_metadata(self, name: str, version: str | None = None) -> ModelMetadata:
         return self.repository.get(name, version).metadata()

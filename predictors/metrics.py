@@ -79,17 +79,25 @@ class ReplicaMetrics:
             lambda model, protocol, status: self.requests.labels(model, protocol, status)
         )
         self.inflight_child = cache(lambda model: self.inflight.labels(model))
+        # Per-model children of the per-call histograms: (queue, compute, batch size).
+        self._call_children = cache(
+            lambda model: (
+                self.queue_seconds.labels(model),
+                self.compute_seconds.labels(model),
+                self.batch_size.labels(model),
+            )
+        )
 
     def observe_request(self, model: str, protocol: str, kind: ErrorKind | None, seconds: float) -> None:
         self.count_child(model, protocol, status_label(kind)).inc()
         self.request_child(model, protocol).observe(seconds)
 
     def observe_call(self, model: str, rows: int, queue_seconds: list[float], compute_seconds: float) -> None:
-        queue = self.queue_seconds.labels(model)
+        queue, compute, batch = self._call_children(model)
         for seconds in queue_seconds:
             queue.observe(seconds)
-        self.compute_seconds.labels(model).observe(compute_seconds)
-        self.batch_size.labels(model).observe(rows)
+        compute.observe(compute_seconds)
+        batch.observe(rows)
 
     def watch_model_states(self, source: Callable[[], Iterable[tuple[str, str, str]]]) -> None:
         """Export `servegate_model_state` from `source()`: (model, version, state) of every model."""

@@ -102,6 +102,10 @@ class ServedModel:
         )
 
     @property
+    def ready(self) -> bool:
+        return self.state is ModelState.READY
+
+    @property
     def batching(self) -> bool:
         """Whether requests are merged (asked for, and the model has a batch dimension)."""
         return self._batcher is not None

@@ -8,7 +8,6 @@ only once the new one is ready; in-flight requests on the old copy finish before
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
 from collections.abc import KeysView
 from pathlib import Path
@@ -59,9 +58,6 @@ class ModelRepository:
             )
         return model
 
-    def models(self) -> list[ServedModel]:
-        return list(self._models.values())
-
     @property
     def names(self) -> KeysView[str]:
         return self._models.keys()
@@ -95,12 +91,10 @@ class ModelRepository:
         self._specs.update(found)
         await asyncio.gather(*(self.load(name) for name in found))
 
-    async def load(self, name: str, overrides: dict[str, Any] | None = None) -> ServedModel:
+    async def load(self, name: str) -> ServedModel:
         """(Re)load `name` from its known spec or the repository folder; raise if it does not become ready."""
         async with self._lock(name):
             spec = self._find_spec(name)
-            if overrides:
-                spec = dataclasses.replace(spec, **overrides)
             self._specs[name] = spec
             current = self._models.get(name)
             fresh = ServedModel(spec, self._metrics)
@@ -113,7 +107,7 @@ class ModelRepository:
                         f"failed to load model '{name}': {fresh.reason} (still serving the loaded copy)"
                     )
                 raise ModelNotReady(f"failed to load model '{name}': {fresh.reason}")
-            if current is not None and current is not fresh:
+            if current is not None:
                 self._models[name] = fresh
                 await current.stop()
             return fresh

@@ -10,7 +10,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any
 
 import grpc
 from google.protobuf import json_format
@@ -27,21 +27,10 @@ __all__ = ["build_grpc_server"]
 
 log = logging.getLogger(__name__)
 
-T = TypeVar("T")
-
-
-async def _answer(context: aio.ServicerContext, work: Callable[[], Awaitable[T]]) -> T:
-    try:
-        return await work()
-    except Exception as exc:
-        error = as_serving_error(exc)
-        if error is not exc:
-            log.exception("gRPC call failed")
-        await context.abort(error.grpc_code, error.message)
-        raise  # not reached: abort() raises
-
 
 class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
+    """The RPCs; a failure raises, and `_guarded` turns it into the status the error table gives."""
+
     def __init__(self, dataplane: DataPlane) -> None:
         self.dataplane = dataplane
 
@@ -52,12 +41,7 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
         return pb.ServerReadyResponse(ready=self.dataplane.ready())
 
     async def ModelReady(self, request: pb.ModelReadyRequest, context: Any) -> pb.ModelReadyResponse:
-        async def work() -> pb.ModelReadyResponse:
-            return pb.ModelReadyResponse(
-                ready=self.dataplane.model_ready(request.name, request.version or None)
-            )
-
-        return await _answer(context, work)
+        return pb.ModelReadyResponse(ready=self.dataplane.model_ready(request.name, request.version or None))
 
     async def ServerMetadata(
         self, request: pb.ServerMetadataRequest, context: Any
@@ -65,27 +49,19 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
         return pb.ServerMetadataResponse(**self.dataplane.server_metadata())
 
     async def ModelMetadata(self, request: pb.ModelMetadataRequest, context: Any) -> pb.ModelMetadataResponse:
-        async def work() -> pb.ModelMetadataResponse:
-            meta = self.dataplane.model_metadata(request.name, request.version or None)
-            tensor = pb.ModelMetadataResponse.TensorMetadata
-            return pb.ModelMetadataResponse(
-                name=meta.name,
-                versions=list(meta.versions),
-                platform=meta.platform,
-                inputs=[tensor(name=s.name, datatype=s.datatype, shape=s.shape) for s in meta.inputs],
-                outputs=[tensor(name=s.name, datatype=s.datatype, shape=s.shape) for s in meta.outputs],
-            )
-
-        return await _answer(context, work)
+        meta = self.dataplane.model_metadata(request.name, request.version or None)
+        tensor = pb.ModelMetadataResponse.TensorMetadata
+        return pb.ModelMetadataResponse(
+            name=meta.name,
+            versions=list(meta.versions),
+            platform=meta.platform,
+            inputs=[tensor(name=s.name, datatype=s.datatype, shape=s.shape) for s in meta.inputs],
+            outputs=[tensor(name=s.name, datatype=s.datatype, shape=s.shape) for s in meta.outputs],
+        )
 
     async def ModelConfig(self, request: pb.ModelConfigRequest, context: Any) -> pb.ModelConfigResponse:
-        async def work() -> pb.ModelConfigResponse:
-            config = self.dataplane.model_config(request.name, request.version or None)
-            return pb.ModelConfigResponse(
-                config=json_format.ParseDict(config, model_config_pb2.ModelConfig())
-            )
-
-        return await _answer(context, work)
+        config = self.dataplane.model_config(request.name, request.version or None)
+        return pb.ModelConfigResponse(config=json_format.ParseDict(config, model_config_pb2.ModelConfig()))
 
     async def ModelInfer(
         self, request: pb.ModelInferRequest, context: aio.ServicerContext
@@ -100,12 +76,8 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
             response = await self.dataplane.infer(infer_request)
             return grpc_codec.encode_response(response)
         except Exception as exc:
-            error = as_serving_error(exc)
-            if error is not exc:
-                log.exception("inference on model %s failed", request.model_name)
-            kind = error.kind
-            await context.abort(error.grpc_code, error.message)
-            raise  # not reached: abort() raises
+            kind = as_serving_error(exc).kind
+            raise
         finally:
             self.dataplane.record(request.model_name, "grpc", kind, started)
 
@@ -126,20 +98,14 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
     async def RepositoryModelLoad(
         self, request: pb.RepositoryModelLoadRequest, context: Any
     ) -> pb.RepositoryModelLoadResponse:
-        async def work() -> pb.RepositoryModelLoadResponse:
-            await self.dataplane.load(request.model_name)
-            return pb.RepositoryModelLoadResponse()
-
-        return await _answer(context, work)
+        await self.dataplane.load(request.model_name)
+        return pb.RepositoryModelLoadResponse()
 
     async def RepositoryModelUnload(
         self, request: pb.RepositoryModelUnloadRequest, context: Any
     ) -> pb.RepositoryModelUnloadResponse:
-        async def work() -> pb.RepositoryModelUnloadResponse:
-            await self.dataplane.unload(request.model_name)
-            return pb.RepositoryModelUnloadResponse()
-
-        return await _answer(context, work)
+        await self.dataplane.unload(request.model_name)
+        return pb.RepositoryModelUnloadResponse()
 
 
 def build_grpc_server(dataplane: DataPlane, max_message_bytes: int, reuse_port: bool = False) -> aio.Server:
@@ -173,10 +139,18 @@ def _parser(message_class: Any) -> Callable[[bytes], Any]:
 
 
 def _guarded(method: Callable[[Any, Any], Awaitable[Any]], name: str) -> Callable[[Any, Any], Awaitable[Any]]:
+    """`method` with a malformed request refused, and any failure reported through the error table."""
+
     async def handle(request: Any, context: aio.ServicerContext) -> Any:
         if isinstance(request, _Malformed):
             await context.abort(StatusCode.INVALID_ARGUMENT, f"malformed {name} request: {request.error}")
-        return await method(request, context)
+        try:
+            return await method(request, context)
+        except Exception as exc:
+            error = as_serving_error(exc)
+            if error is not exc:
+                log.exception("gRPC %s failed", name)
+            await context.abort(error.grpc_code, error.message)
 
     return handle
 

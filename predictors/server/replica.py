@@ -48,17 +48,15 @@ class ReplicaOptions:
     model_repository: Path | None = None
     storage: StorageConfig = field(default_factory=StorageConfig.from_env)
     access_log: bool = False
-    #: set by the worker supervisor: several processes share the ports.
+    #: set with --workers: the workers share the gRPC port (HTTP comes as one socket from the supervisor).
     shared_ports: bool = False
 
 
-def bind_socket(host: str, port: int, reuse_port: bool = False) -> socket.socket:
+def bind_socket(host: str, port: int) -> socket.socket:
     """A listening TCP socket, bound here so a busy port fails with a clear message."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    if reuse_port:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     try:
         sock.bind((host, port))
     except OSError as exc:
@@ -113,7 +111,7 @@ class Replica:
                 loop.add_signal_handler(sig, self.stop)
 
         opts = self.options
-        sock = http_socket or bind_socket(opts.host, opts.http_port, opts.shared_ports)
+        sock = http_socket or bind_socket(opts.host, opts.http_port)
         self.http_port = sock.getsockname()[1]
         app = build_app(self.dataplane, self.exposition, opts.max_body_bytes)
         config = uvicorn.Config(

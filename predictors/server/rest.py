@@ -134,7 +134,7 @@ class _Endpoints:
         if request.path_params["model_name"].endswith(":predict"):
             return json_response({"error": f"use POST for {request.url.path}"}, 405)
         model = self.dataplane.model(request.path_params["model_name"])
-        return json_response({"name": model.name, "ready": model.state == "READY"})
+        return json_response({"name": model.name, "ready": model.ready})
 
     async def metrics(self, request: Request) -> Response:
         return Response(generate_latest(self.registry), media_type=CONTENT_TYPE_LATEST)
