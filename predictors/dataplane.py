@@ -17,7 +17,7 @@ from predictors.repository import ModelRepository
 from predictors.runtime import RuntimeRequest
 from predictors.validation import check_inputs, check_outputs
 from serving import __version__
-from serving.errors import ErrorKind, InferenceTimeout, ModelFailure, ServerUnavailable
+from serving.errors import ErrorKind, InferenceTimeout, InvalidInput, ModelFailure, ServerUnavailable
 from serving.protocol.datatypes import datatype_of
 from serving.protocol.types import InferRequest, InferResponse, InferTensor, ModelMetadata
 
@@ -134,7 +134,14 @@ class DataPlane:
         index = self.repository.index()
         return [entry for entry in index if entry.get("state") == "READY"] if ready_only else index
 
-    async def load(self, name: str) -> None:
+    async def load(self, name: str, uri: str | None = None, fmt: str | None = None) -> None:
+        """Load (or reload) `name`; with `uri`, from that storage URI (how a gateway places TrainedModels)."""
+        if uri is not None:
+            if self.control is not self.repository:
+                raise InvalidInput(
+                    "loading a model from a storage URI needs a single-worker replica (--workers 1)"
+                )
+            self.repository.register(name, uri, fmt)
         await self.control.load(name)
 
     async def unload(self, name: str) -> None:

@@ -8,6 +8,7 @@ only once the new one is ready; in-flight requests on the old copy finish before
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 from collections.abc import KeysView
 from pathlib import Path
@@ -90,6 +91,10 @@ class ModelRepository:
             found[spec.name] = spec
         self._specs.update(found)
         await asyncio.gather(*(self.load(name) for name in found))
+
+    def register(self, name: str, uri: str, fmt: str | None) -> None:
+        """Make `name` loadable from `uri` (the repository folder, if any, still wins for its own models)."""
+        self._specs[name] = dataclasses.replace(self._template, name=name, uri=uri, format=fmt)
 
     async def load(self, name: str) -> ServedModel:
         """(Re)load `name` from its known spec or the repository folder; raise if it does not become ready."""

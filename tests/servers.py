@@ -17,13 +17,23 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import httpx
 
 ROOT = Path(__file__).resolve().parent.parent
 
-__all__ = ["ROOT", "FileServer", "ReplicaProcess", "free_port", "moto_server", "serve_files", "until"]
+__all__ = [
+    "ROOT",
+    "FileServer",
+    "GatewayProcess",
+    "ReplicaProcess",
+    "ServerProcess",
+    "free_port",
+    "moto_server",
+    "serve_files",
+    "until",
+]
 
 
 def until(check: Callable[[], Any], timeout: float = 20.0, what: str = "condition") -> Any:
@@ -98,32 +108,16 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-class ReplicaProcess:
-    """`servegate model serve ARGS` on 127.0.0.1 and free ports; always stopped by `stop()`."""
+class ServerProcess:
+    """A `servegate` sub-command, its output kept in a file; always stopped by `stop()`."""
 
-    def __init__(self, *args: str, env: dict[str, str] | None = None, grpc: bool = True) -> None:
-        self.http_port = free_port()
-        self.grpc_port = free_port() if grpc else None
-        self.url = f"http://127.0.0.1:{self.http_port}"
-        self.grpc_url = f"127.0.0.1:{self.grpc_port}"
-        ports = ["--grpc-port", str(self.grpc_port)] if grpc else ["--no-grpc"]
-        command = [
-            sys.executable,
-            "-m",
-            "serving",
-            "model",
-            "serve",
-            "--host",
-            "127.0.0.1",
-            "--http-port",
-            str(self.http_port),
-            *ports,
-            *args,
-        ]
+    url: str
+
+    def __init__(self, command: list[str], env: dict[str, str] | None = None) -> None:
         # A file, not a pipe: a pipe nobody reads fills up and blocks a chatty server.
         self._log = tempfile.TemporaryFile("w+")  # noqa: SIM115 - closed in stop()
         self.process = subprocess.Popen(
-            command,
+            [sys.executable, "-m", "serving", *command],
             cwd=ROOT,
             env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})},
             stdout=self._log,
@@ -131,11 +125,11 @@ class ReplicaProcess:
             text=True,
         )
 
-    def wait_live(self, timeout: float = 60.0) -> ReplicaProcess:
+    def wait_live(self, timeout: float = 60.0) -> Self:
         self._wait("/v2/health/live", timeout)
         return self
 
-    def wait_ready(self, timeout: float = 60.0) -> ReplicaProcess:
+    def wait_ready(self, timeout: float = 60.0) -> Self:
         self._wait("/v2/health/ready", timeout)
         return self
 
@@ -172,8 +166,35 @@ class ReplicaProcess:
         self._log.seek(0)
         return self._log.read()
 
-    def __enter__(self) -> ReplicaProcess:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+class ReplicaProcess(ServerProcess):
+    """`servegate model serve ARGS` on 127.0.0.1 and free ports."""
+
+    def __init__(self, *args: str, env: dict[str, str] | None = None, grpc: bool = True) -> None:
+        self.http_port = free_port()
+        self.grpc_port = free_port() if grpc else None
+        self.url = f"http://127.0.0.1:{self.http_port}"
+        self.grpc_url = f"127.0.0.1:{self.grpc_port}"
+        ports = ["--grpc-port", str(self.grpc_port)] if grpc else ["--no-grpc"]
+        command = ["model", "serve", "--host", "127.0.0.1", "--http-port", str(self.http_port), *ports, *args]
+        super().__init__(command, env)
+
+
+class GatewayProcess(ServerProcess):
+    """`servegate up ARGS` on 127.0.0.1 and free ports, its state under `state_dir`."""
+
+    def __init__(self, state_dir: Path, *args: str, env: dict[str, str] | None = None) -> None:
+        self.http_port = free_port()
+        self.grpc_port = free_port()
+        self.url = f"http://127.0.0.1:{self.http_port}"
+        self.grpc_url = f"127.0.0.1:{self.grpc_port}"
+        self.state_dir = state_dir
+        command = ["up", "--host", "127.0.0.1", "--http-port", str(self.http_port)]
+        command += ["--grpc-port", str(self.grpc_port), "--state-dir", str(state_dir), *args]
+        super().__init__(command, env)

@@ -9,7 +9,7 @@ from starlette.requests import Request
 
 from serving.errors import InvalidInput, PayloadTooLarge
 
-__all__ = ["compress", "read_body"]
+__all__ = ["compress", "read_body", "read_raw"]
 
 #: responses smaller than this are not worth compressing.
 _MIN_COMPRESS = 1024
@@ -19,8 +19,8 @@ def _too_large(limit: int) -> PayloadTooLarge:
     return PayloadTooLarge(f"request body exceeds the server's limit of {limit} bytes (--max-body-size)")
 
 
-async def read_body(request: Request, limit: int) -> bytes:
-    """The request body, decompressed per Content-Encoding, refused past `limit` bytes either way."""
+async def read_raw(request: Request, limit: int) -> bytes:
+    """The request body as sent (still encoded), refused past `limit` bytes."""
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise _too_large(limit)
@@ -31,7 +31,12 @@ async def read_body(request: Request, limit: int) -> bytes:
         if size > limit:
             raise _too_large(limit)
         chunks.append(chunk)
-    body = b"".join(chunks)
+    return b"".join(chunks)
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The request body, decompressed per Content-Encoding, refused past `limit` bytes either way."""
+    body = await read_raw(request, limit)
     encoding = request.headers.get("content-encoding", "identity").strip().lower()
     if encoding in ("", "identity"):
         return body

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
+import os
 import signal
 import socket
 from collections.abc import Iterator
@@ -28,7 +30,7 @@ from predictors.server.rest import build_app
 from predictors.spec import ModelSpec
 from predictors.storage import StorageConfig
 
-__all__ = ["Replica", "ReplicaOptions", "bind_socket"]
+__all__ = ["HttpServer", "Replica", "ReplicaOptions", "bind_socket"]
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +52,8 @@ class ReplicaOptions:
     access_log: bool = False
     #: set with --workers: the workers share the gRPC port (HTTP comes as one socket from the supervisor).
     shared_ports: bool = False
+    #: where to write `{"http": port, "grpc": port | null, "pid": pid}` once both servers listen.
+    port_file: Path | None = None
 
 
 def bind_socket(host: str, port: int) -> socket.socket:
@@ -67,7 +71,14 @@ def bind_socket(host: str, port: int) -> socket.socket:
     return sock
 
 
-class _HttpServer(uvicorn.Server):
+def _write_port_file(path: Path, ports: dict[str, int | None]) -> None:
+    # Atomic: a process manager polling for the file never reads half of it.
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(ports))
+    os.replace(tmp, path)
+
+
+class HttpServer(uvicorn.Server):
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
         # The replica owns SIGTERM/SIGINT so that HTTP and gRPC drain together.
@@ -123,7 +134,7 @@ class Replica:
             log_config=None,
             timeout_graceful_shutdown=opts.drain_timeout_s,  # type: ignore[arg-type] - uvicorn takes floats too
         )
-        http = _HttpServer(config)
+        http = HttpServer(config)
 
         grpc_server = None
         if opts.grpc_port is not None:
@@ -142,6 +153,9 @@ class Replica:
             self.http_port,
             f"{opts.host}:{self.grpc_port}" if grpc_server else "off",
         )
+        if opts.port_file is not None:
+            ports = {"http": self.http_port, "grpc": self.grpc_port, "pid": os.getpid()}
+            _write_port_file(opts.port_file, ports)
         stop_task = asyncio.create_task(self._stop.wait())
         await asyncio.wait({stop_task, http_task}, return_when=asyncio.FIRST_COMPLETED)
 

@@ -147,8 +147,17 @@ class _Endpoints:
         return json_response(self.dataplane.repository_index(bool(options.get("ready", False))))
 
     async def load(self, request: Request) -> Response:
-        await read_body(request, self.max_body)
-        await self.dataplane.load(request.path_params["model_name"])
+        # Triton's load request, plus servegate's `storage_uri` / `model_format` parameters: load a
+        # model the replica was not started with (a gateway placing TrainedModels does this).
+        body = await read_body(request, self.max_body)
+        options = v2.loads_object(body, "load request") if body.strip() else {}
+        parameters = options.get("parameters") or {}
+        if not isinstance(parameters, dict):
+            raise InvalidInput("load request 'parameters' must be an object")
+        uri, fmt = parameters.get("storage_uri"), parameters.get("model_format")
+        if not isinstance(uri, str | None) or not isinstance(fmt, str | None):
+            raise InvalidInput("load parameters 'storage_uri' and 'model_format' must be strings")
+        await self.dataplane.load(request.path_params["model_name"], uri, fmt)
         return json_response({"name": request.path_params["model_name"], "load": True})
 
     async def unload(self, request: Request) -> Response:

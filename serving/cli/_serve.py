@@ -40,6 +40,7 @@ class ServeArgs(BaseModel):
     s3_endpoint: str | None = None
     cache_dir: Path | None = None
     drain_timeout: float = 30.0
+    port_file: Path | None = None
     access_log: bool = False
     log_level: str = "info"
 
@@ -60,6 +61,8 @@ class ServeArgs(BaseModel):
             raise ValueError(f"--model-repository {self.model_repository} is not a directory")
         if self.workers > 1 and (self.http_port == 0 or (self.grpc_port == 0 and not self.no_grpc)):
             raise ValueError("--workers > 1 needs fixed ports (the workers share them)")
+        if self.workers > 1 and self.port_file is not None:
+            raise ValueError("--port-file needs --workers 1")
         return self
 
     def template(self) -> ModelSpec:
@@ -111,6 +114,7 @@ def run_serve(args: ServeArgs) -> None:
         storage=storage,
         access_log=args.access_log,
         shared_ports=args.workers > 1,
+        port_file=args.port_file,
     )
     if args.workers > 1:
         from predictors.server.workers import run_workers

@@ -6,6 +6,7 @@ import click
 
 from serving import __version__
 from serving.cli.model import model
+from serving.cli.up import up
 
 __all__ = ["cli", "main"]
 
@@ -17,6 +18,7 @@ def cli() -> None:
 
 
 cli.add_command(model)
+cli.add_command(up)
 
 
 def main() -> None:

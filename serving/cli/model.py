@@ -121,6 +121,11 @@ def model() -> None:
     show_default=True,
     help="Seconds shutdown waits for in-flight requests.",
 )
+@click.option(
+    "--port-file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Write the bound ports as JSON to this file once listening (for process managers).",
+)
 @click.option("--access-log", is_flag=True, help="Log every HTTP request.")
 @click.option(
     "--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="info", show_default=True

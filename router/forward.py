@@ -1,0 +1,146 @@
+"""Sending one request to one replica, over HTTP (aiohttp, kept-alive connections) or gRPC (one
+channel per replica, raw bytes both ways: the router never re-encodes a tensor).
+
+A failure to reach the replica (refused, reset, the process died mid-request) is `Unreachable`, so
+the caller can retry on another replica; anything the replica answers, errors included, is a reply.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import aiohttp
+import grpc
+from grpc import aio
+
+__all__ = ["GrpcForwarder", "HttpForwarder", "HttpReply", "Unreachable"]
+
+#: request headers passed on to a replica; hop-by-hop ones (connection, host, ...) are not.
+FORWARDED_REQUEST_HEADERS = frozenset(
+    {
+        "content-type",
+        "content-encoding",
+        "accept-encoding",
+        "inference-header-content-length",
+        "x-request-id",
+        "traceparent",
+        "tracestate",
+    }
+)
+#: response headers passed back to the client.
+FORWARDED_RESPONSE_HEADERS = ("content-type", "content-encoding", "inference-header-content-length")
+
+
+class Unreachable(Exception):
+    """The request could not be delivered to (or answered by) the replica; safe to retry elsewhere."""
+
+
+@dataclass(frozen=True, slots=True)
+class HttpReply:
+    status: int
+    body: bytes
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+def forwarded_headers(headers: Mapping[str, str]) -> dict[str, str]:
+    return {k: v for k, v in headers.items() if k in FORWARDED_REQUEST_HEADERS}
+
+
+class HttpForwarder:
+    """One aiohttp session for every replica: a keep-alive connection pool per host:port."""
+
+    def __init__(self) -> None:
+        self._session: aiohttp.ClientSession | None = None
+
+    def _client(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=60, ttl_dns_cache=None)
+            self._session = aiohttp.ClientSession(
+                connector=connector,
+                auto_decompress=False,
+                skip_auto_headers=("User-Agent", "Accept-Encoding", "Content-Type"),
+                timeout=aiohttp.ClientTimeout(total=None),
+            )
+        return self._session
+
+    async def request(
+        self, method: str, url: str, body: bytes | None, headers: Mapping[str, str], timeout: float | None
+    ) -> HttpReply:
+        try:
+            async with self._client().request(
+                method,
+                url,
+                data=body,
+                headers=headers,
+                timeout=aiohttp.ClientTimeout(total=timeout),
+                allow_redirects=False,
+            ) as response:
+                content = await response.read()
+                kept = {k: response.headers[k] for k in FORWARDED_RESPONSE_HEADERS if k in response.headers}
+                return HttpReply(response.status, content, kept)
+        except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError) as exc:
+            if isinstance(exc, aiohttp.ConnectionTimeoutError | aiohttp.SocketTimeoutError):
+                raise
+            raise Unreachable(f"{url}: {type(exc).__name__}: {exc}") from exc
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+
+class GrpcForwarder:
+    """A gRPC channel per replica target; calls carry serialized messages unchanged."""
+
+    def __init__(self, max_message_bytes: int) -> None:
+        self._channels: dict[str, aio.Channel] = {}
+        self._options = [
+            ("grpc.max_send_message_length", max_message_bytes),
+            ("grpc.max_receive_message_length", max_message_bytes),
+        ]
+
+    def _channel(self, target: str) -> aio.Channel:
+        channel = self._channels.get(target)
+        if channel is None:
+            channel = self._channels[target] = aio.insecure_channel(target, options=self._options)
+        return channel
+
+    async def call(
+        self,
+        target: str,
+        method: str,
+        request: bytes,
+        metadata: tuple[tuple[str, str], ...],
+        timeout: float | None,
+    ) -> tuple[bytes, tuple[tuple[str, str], ...]]:
+        """Call `method` (`/package.Service/Method`); returns the reply and its initial metadata."""
+        stub = self._channel(target).unary_unary(method)
+        call = stub(request, metadata=metadata, timeout=timeout)
+        try:
+            reply = await call
+        except aio.AioRpcError as exc:
+            if exc.code() is grpc.StatusCode.UNAVAILABLE and _not_delivered(exc):
+                raise Unreachable(f"{target}: {exc.details()}") from exc
+            raise
+        return reply, tuple(await call.initial_metadata() or ())
+
+    async def forget(self, target: str) -> None:
+        channel = self._channels.pop(target, None)
+        if channel is not None:
+            await channel.close()
+
+    async def close(self) -> None:
+        channels, self._channels = list(self._channels.values()), {}
+        for channel in channels:
+            await channel.close()
+
+
+def _not_delivered(exc: aio.AioRpcError) -> bool:
+    # grpc reports connection failures as UNAVAILABLE with transport wording; a replica's own
+    # UNAVAILABLE (model not ready) carries our message and is a reply, not a delivery failure.
+    details = (exc.details() or "").lower()
+    return any(
+        word in details
+        for word in ("connect", "socket closed", "connection reset", "failed to pick subchannel")
+    )

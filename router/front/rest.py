@@ -1,0 +1,152 @@
+"""The gateway's REST front: KServe V1 and Open Inference Protocol V2 paths, forwarded by model name.
+
+Bodies pass through untouched (JSON, the binary tensor extension, gzip), so a request costs the
+gateway one read and one write. Server-level endpoints (health, server metadata, the model list)
+are answered here; model-level ones go to a replica of the model, like inference.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import BaseRoute, Route
+
+from predictors.server._body import read_raw
+from router.core import Router
+from serving import __version__
+from serving.errors import ModelNotFound, ServingError, as_serving_error
+
+__all__ = ["build_gateway_app", "error_response"]
+
+log = logging.getLogger(__name__)
+
+
+def error_response(error: ServingError) -> Response:
+    return JSONResponse({"error": error.message}, error.http_status)
+
+
+class _Front:
+    def __init__(self, router: Router, registry: CollectorRegistry, max_body_bytes: int) -> None:
+        self.router = router
+        self.registry = registry
+        self.max_body = max_body_bytes
+
+    async def _forward(self, request: Request, prefix: str, suffix: str, protocol: str) -> Response:
+        model = request.path_params["model_name"]
+        decision = self.router.decide(model, request.headers, request.cookies)
+        body = await read_raw(request, self.max_body) if request.method == "POST" else None
+        send = self.router.http_sender(request.method, prefix, suffix, body or b"", request.headers)
+        reply = await self.router.send(decision, send, protocol)
+        headers = reply.headers | decision.response_headers()
+        return Response(reply.body, reply.status, headers)
+
+    async def v2_infer(self, request: Request) -> Response:
+        version = request.path_params.get("version")
+        suffix = f"/versions/{version}/infer" if version else "/infer"
+        return await self._forward(request, "/v2/models/", suffix, "v2")
+
+    async def v2_model(self, request: Request) -> Response:
+        version = request.path_params.get("version")
+        tail = request.url.path.rsplit("/", 1)[1] if request.url.path.endswith(("/ready", "/config")) else ""
+        suffix = (f"/versions/{version}" if version else "") + (f"/{tail}" if tail else "")
+        return await self._forward(request, "/v2/models/", suffix, "v2")
+
+    async def v1_predict(self, request: Request) -> Response:
+        return await self._forward(request, "/v1/models/", ":predict", "v1")
+
+    async def v1_explain(self, request: Request) -> Response:
+        return await self._forward(request, "/v1/models/", ":explain", "v1")
+
+    async def v1_model(self, request: Request) -> Response:
+        return await self._forward(request, "/v1/models/", "", "v1")
+
+    async def graph(self, request: Request) -> Response:
+        name = request.path_params["graph_name"]
+        runner = self.router.table.graphs.get(name)
+        if runner is None:
+            raise ModelNotFound(f"InferenceGraph '{name}' not found")
+        body = await read_raw(request, self.max_body)
+        reply = await runner.run(body, request.headers)
+        return Response(reply.body, reply.status, dict(reply.headers))
+
+    async def v1_models(self, request: Request) -> Response:
+        return JSONResponse({"models": self._model_names()})
+
+    async def live(self, request: Request) -> Response:
+        return JSONResponse({"live": True})
+
+    async def ready(self, request: Request) -> Response:
+        return JSONResponse({"ready": True})
+
+    async def server_metadata(self, request: Request) -> Response:
+        return JSONResponse(
+            {"name": "servegate-gateway", "version": __version__, "extensions": ["binary_tensor_data"]}
+        )
+
+    async def repository_index(self, request: Request) -> Response:
+        return JSONResponse([{"name": name, "state": "READY"} for name in self._model_names()])
+
+    async def metrics(self, request: Request) -> Response:
+        return Response(generate_latest(self.registry), media_type=CONTENT_TYPE_LATEST)
+
+    def _model_names(self) -> list[str]:
+        table = self.router.table
+        return sorted([*table.services, *table.models])
+
+
+async def _serving_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, ServingError)
+    return error_response(exc)
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    return JSONResponse({"error": f"{exc.detail}: {request.method} {request.url.path}"}, exc.status_code)
+
+
+async def _unexpected(request: Request, exc: Exception) -> Response:
+    log.exception("unexpected error on %s %s", request.method, request.url.path)
+    return error_response(as_serving_error(exc))
+
+
+def build_gateway_app(
+    router: Router,
+    registry: CollectorRegistry,
+    max_body_bytes: int,
+    extra_routes: Sequence[BaseRoute] = (),
+) -> Starlette:
+    """The gateway's ASGI app: the data plane, `/metrics`, and `extra_routes` (control API, dashboard)."""
+    f = _Front(router, registry, max_body_bytes)
+    model = "/v2/models/{model_name}"
+    versioned = model + "/versions/{version}"
+    routes: list[BaseRoute] = [
+        Route(model + "/infer", f.v2_infer, methods=["POST"]),
+        Route(versioned + "/infer", f.v2_infer, methods=["POST"]),
+        Route("/v1/models/{model_name}:predict", f.v1_predict, methods=["POST"]),
+        Route("/v1/models/{model_name}:explain", f.v1_explain, methods=["POST"]),
+        Route("/v1/models", f.v1_models),
+        Route("/v1/models/{model_name}", f.v1_model),
+        Route("/v2", f.server_metadata),
+        Route("/v2/health/live", f.live),
+        Route("/v2/health/ready", f.ready),
+        Route(model, f.v2_model),
+        Route(versioned, f.v2_model),
+        Route(model + "/ready", f.v2_model),
+        Route(versioned + "/ready", f.v2_model),
+        Route(model + "/config", f.v2_model),
+        Route(versioned + "/config", f.v2_model),
+        Route("/v2/repository/index", f.repository_index, methods=["POST"]),
+        Route("/graphs/{graph_name}", f.graph, methods=["POST"]),
+        Route("/metrics", f.metrics),
+        *extra_routes,
+    ]
+    return Starlette(
+        routes=routes,
+        exception_handlers={ServingError: _serving_error, HTTPException: _http_error, Exception: _unexpected},
+    )

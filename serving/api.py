@@ -1,0 +1,156 @@
+"""The control API under `/api/v1`: apply manifests, list/get/delete resources, promote, rollback,
+events. The CLI and `serving.Client` speak only this.
+
+Errors are `{"error": message}` like the data plane; a rejected apply adds
+`"problems": [{"path", "message"}, ...]`, one per thing wrong, and changes nothing.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Mount, Route
+
+from serving.controller.controller import Controller, NotFound
+from serving.spec import InferenceService, ManifestError, Problem, TrainedModel, load_manifests
+from serving.spec.manifests import Resource
+
+__all__ = ["KINDS", "api_routes"]
+
+#: URL plural -> manifest kind.
+KINDS = {
+    "inferenceservices": "InferenceService",
+    "trainedmodels": "TrainedModel",
+    "inferencegraphs": "InferenceGraph",
+}
+MAX_MANIFEST_BYTES = 4 * 1024 * 1024
+
+
+def _error(message: str, status: int, problems: list[Problem] | None = None) -> JSONResponse:
+    body: dict[str, Any] = {"error": message}
+    if problems is not None:
+        body["problems"] = [{"path": p.path, "message": p.message} for p in problems]
+    return JSONResponse(body, status)
+
+
+class _Api:
+    def __init__(self, controller: Controller) -> None:
+        self.controller = controller
+
+    def _kind(self, request: Request) -> str:
+        plural = request.path_params["plural"]
+        if plural not in KINDS:
+            raise NotFound(f"unknown resource type '{plural}'; use one of {', '.join(KINDS)}")
+        return KINDS[plural]
+
+    async def apply(self, request: Request) -> Response:
+        body = await request.body()
+        if len(body) > MAX_MANIFEST_BYTES:
+            return _error(f"manifests larger than {MAX_MANIFEST_BYTES} bytes are refused", 413)
+        try:
+            text = body.decode()
+        except UnicodeDecodeError:
+            return _error("manifests must be UTF-8 text (YAML or JSON)", 400)
+        try:
+            resources = load_manifests(text, request.query_params.get("source", "<request>"))
+            problems = self._references(resources)
+            if problems:
+                raise ManifestError(problems)
+        except ManifestError as exc:
+            count = len(exc.problems)
+            return _error(
+                f"{count} problem{'s' * (count != 1)} in the manifests; nothing applied", 400, exc.problems
+            )
+        if not resources:
+            return _error("no manifests in the request", 400)
+        warnings = [f"{r.kind}/{r.metadata.name}: {w}" for r in resources for w in r.warnings()]
+        results = await self.controller.apply(resources)
+        return JSONResponse({"results": results, "warnings": warnings})
+
+    def _references(self, resources: list[Resource]) -> list[Problem]:
+        """Problems only the current state can show: references to services that do not exist."""
+        known = set(self.controller.services) | {
+            r.metadata.name for r in resources if isinstance(r, InferenceService)
+        }
+        problems = []
+        for r in resources:
+            where = f"{r.kind}/{r.metadata.name}"
+            if isinstance(r, TrainedModel) and r.spec.inference_service not in known:
+                problems.append(
+                    Problem(
+                        f"{where}: spec.inferenceService",
+                        f"InferenceService '{r.spec.inference_service}' not found",
+                    )
+                )
+            if isinstance(r, InferenceService):
+                refs = (
+                    [
+                        (f"spec.experiment.variants[{i}].service", v.service)
+                        for i, v in enumerate(r.spec.experiment.variants)
+                    ]
+                    if r.spec.experiment
+                    else []
+                )
+                if r.spec.shadow is not None:
+                    refs.append(("spec.shadow.service", r.spec.shadow.service))
+                for path, service in refs:
+                    if service and service not in known:
+                        problems.append(
+                            Problem(f"{where}: {path}", f"InferenceService '{service}' not found")
+                        )
+        return problems
+
+    async def list(self, request: Request) -> Response:
+        return JSONResponse({"items": self.controller.list(self._kind(request))})
+
+    async def get(self, request: Request) -> Response:
+        return JSONResponse(self.controller.get(self._kind(request), request.path_params["name"]))
+
+    async def delete(self, request: Request) -> Response:
+        kind, name = self._kind(request), request.path_params["name"]
+        await self.controller.delete(kind, name)
+        return JSONResponse({"kind": kind, "name": name, "action": "deleted"})
+
+    async def events(self, request: Request) -> Response:
+        kind, name = self._kind(request), request.path_params["name"]
+        self.controller.get(kind, name)
+        return JSONResponse({"items": self.controller.events(kind, name)})
+
+    async def promote(self, request: Request) -> Response:
+        return await self._move(request, self.controller.promote)
+
+    async def rollback(self, request: Request) -> Response:
+        return await self._move(request, self.controller.rollback)
+
+    async def _move(self, request: Request, how: Any) -> Response:
+        try:
+            message = await how(request.path_params["name"])
+        except ValueError as exc:
+            return _error(str(exc), 409)
+        return JSONResponse({"name": request.path_params["name"], "message": message})
+
+
+async def _not_found(request: Request, exc: Exception) -> Response:
+    return _error(str(exc.args[0]) if exc.args else "not found", 404)
+
+
+def api_routes(controller: Controller) -> list[Mount]:
+    a = _Api(controller)
+    item = "/{plural}/{name}"
+    from starlette.applications import Starlette
+
+    app = Starlette(
+        routes=[
+            Route("/apply", a.apply, methods=["POST"]),
+            Route("/{plural}", a.list, methods=["GET"]),
+            Route(item, a.get, methods=["GET"]),
+            Route(item, a.delete, methods=["DELETE"]),
+            Route(item + "/events", a.events, methods=["GET"]),
+            Route("/inferenceservices/{name}/promote", a.promote, methods=["POST"]),
+            Route("/inferenceservices/{name}/rollback", a.rollback, methods=["POST"]),
+        ],
+        exception_handlers={NotFound: _not_found},
+    )
+    return [Mount("/api/v1", app=app)]

@@ -1,0 +1,92 @@
+"""`servegate up`: the gateway, the controller and the process engine, in the foreground."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+import uvloop
+
+from serving.cli._options import ByteSize
+
+__all__ = ["up"]
+
+
+@click.command()
+@click.option(
+    "-f",
+    "--filename",
+    "manifests",
+    multiple=True,
+    help="Manifest file or folder to apply at start (repeatable).",
+)
+@click.option("--host", default="0.0.0.0", show_default=True, help="Interface the gateway listens on.")
+@click.option(
+    "--http-port", type=click.IntRange(0, 65535), default=8080, show_default=True, help="REST port."
+)
+@click.option(
+    "--grpc-port", type=click.IntRange(0, 65535), default=8081, show_default=True, help="gRPC port."
+)
+@click.option(
+    "--state-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path(".servegate"),
+    show_default=True,
+    help="Where state (SQLite), replica logs and scratch files live.",
+)
+@click.option(
+    "--max-body-size", type=ByteSize(), default="256MiB", show_default=True, help="Largest request accepted."
+)
+@click.option(
+    "--drain-timeout",
+    type=click.FloatRange(min=0),
+    default=30.0,
+    show_default=True,
+    help="Seconds stopping waits for in-flight requests.",
+)
+@click.option("--access-log", is_flag=True, help="Log every HTTP request.")
+@click.option(
+    "--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="info", show_default=True
+)
+def up(
+    manifests: tuple[str, ...],
+    host: str,
+    http_port: int,
+    grpc_port: int,
+    state_dir: Path,
+    max_body_size: int,
+    drain_timeout: float,
+    access_log: bool,
+    log_level: str,
+) -> None:
+    """Run the gateway with its control plane; replicas run as local processes.
+
+    \b
+    servegate up -f examples/iris.yaml
+    servegate up --http-port 9000 --grpc-port 9001 --state-dir /var/lib/servegate
+    """
+    from serving.cli._serve import prepare_process
+    from serving.gateway import Gateway, GatewayOptions
+    from serving.spec import ManifestError
+
+    prepare_process(log_level)
+    options = GatewayOptions(
+        host=host,
+        http_port=http_port,
+        grpc_port=grpc_port,
+        state_dir=state_dir,
+        manifests=manifests,
+        max_body_bytes=max_body_size,
+        drain_timeout_s=drain_timeout,
+        access_log=access_log,
+    )
+    try:
+        uvloop.run(Gateway(options).run())
+    except ManifestError as exc:
+        click.echo("error: the manifests cannot be applied; nothing started:", err=True)
+        for problem in exc.problems:
+            click.echo(f"  {problem}", err=True)
+        sys.exit(2)
+    except OSError as exc:
+        raise click.ClickException(str(exc)) from None

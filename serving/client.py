@@ -1,0 +1,435 @@
+"""`serving.Client`: the Python SDK for a running `servegate up` gateway.
+
+It speaks the control API under `/api/v1` (apply, get, list, delete, promote, rollback, events) and
+the data plane (KServe V1, Open Inference Protocol V2 over REST and gRPC), like the CLI does.
+
+    with Client("http://127.0.0.1:8080") as client:
+        client.apply_files(["iris.yaml"])
+        client.wait_ready("iris")
+        client.predict("iris", [[5.1, 3.5, 1.4, 0.2]])
+
+Every error the gateway reports, and a gateway that cannot be reached, is a `ServegateError`.
+"""
+
+from __future__ import annotations
+
+import builtins
+import json
+import os
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote, urlsplit
+
+import httpx
+
+__all__ = [
+    "DEFAULT_URL",
+    "Applied",
+    "ApplyResult",
+    "Client",
+    "GatewayUnreachable",
+    "Problem",
+    "ServegateError",
+    "default_url",
+    "kind_of",
+    "plural_of",
+]
+
+DEFAULT_URL = "http://127.0.0.1:8080"
+DEFAULT_GRPC_PORT = 8081
+
+#: URL plural -> manifest kind (the control API's resource types).
+_KINDS = {
+    "inferenceservices": "InferenceService",
+    "trainedmodels": "TrainedModel",
+    "inferencegraphs": "InferenceGraph",
+}
+#: every accepted spelling, lower-cased -> URL plural.
+_ALIASES = {
+    **{alias: plural for plural in _KINDS for alias in (plural, plural[:-1])},
+    "isvc": "inferenceservices",
+    "isvcs": "inferenceservices",
+    "tm": "trainedmodels",
+    "ig": "inferencegraphs",
+}
+
+
+def plural_of(kind: str) -> str:
+    """The control API's plural for a kind: `isvc`, `inferenceservice(s)`, `InferenceService`, `tm`,
+    `trainedmodel(s)`, `ig`, `inferencegraph(s)`. Raises ValueError for anything else."""
+    try:
+        return _ALIASES[kind.lower()]
+    except KeyError:
+        raise ValueError(
+            f"unknown resource type '{kind}'; use isvc, tm or ig (or the kind's name)"
+        ) from None
+
+
+def kind_of(kind: str) -> str:
+    """The manifest kind (`InferenceService`, ...) for any spelling `plural_of` accepts."""
+    return _KINDS[plural_of(kind)]
+
+
+def default_url() -> str:
+    """The gateway URL when none is given: `SERVEGATE_URL`, else http://127.0.0.1:8080."""
+    return os.environ.get("SERVEGATE_URL") or DEFAULT_URL
+
+
+@dataclass(frozen=True, slots=True)
+class Problem:
+    """One thing wrong with a manifest: where (`InferenceService/iris: spec.predictor...`) and what."""
+
+    path: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.message}" if self.path else self.message
+
+
+class ServegateError(Exception):
+    """An error the gateway answered (`status` is its HTTP status), or one on the way to it (`status`
+    is None). A rejected apply lists every reason in `problems`."""
+
+    def __init__(self, message: str, status: int | None = None, problems: Sequence[Problem] = ()) -> None:
+        super().__init__(message)
+        self.message = message
+        self.status = status
+        self.problems = builtins.list(problems)
+
+
+class GatewayUnreachable(ServegateError):
+    """No gateway answers at `url` (connection refused, unknown host, connect timeout)."""
+
+    def __init__(self, url: str, reason: str) -> None:
+        super().__init__(f"cannot reach the gateway at {url}: {reason}")
+        self.url = url
+
+
+@dataclass(frozen=True, slots=True)
+class Applied:
+    kind: str
+    name: str
+    #: created | configured | unchanged (kubectl's words).
+    action: str
+
+    def __str__(self) -> str:
+        return f"{self.kind.lower()}/{self.name} {self.action}"
+
+
+@dataclass(frozen=True, slots=True)
+class ApplyResult:
+    results: list[Applied] = field(default_factory=list)
+    #: fields the gateway kept but does not act on, one line each.
+    warnings: list[str] = field(default_factory=list)
+
+
+class Client:
+    """A client for one gateway over one HTTP connection pool; close it, or use it as a context manager.
+
+    `url`: the gateway (default `SERVEGATE_URL`, else http://127.0.0.1:8080); `timeout`: seconds
+    each HTTP request may take. `transport` replaces the network (tests pass `httpx.MockTransport`).
+    """
+
+    def __init__(
+        self,
+        url: str | None = None,
+        timeout: float = 30.0,
+        *,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
+        url = (url or default_url()).rstrip("/")
+        self.url = url if "://" in url else f"http://{url}"
+        self.timeout = timeout
+        self._http = httpx.Client(base_url=self.url, timeout=timeout, transport=transport)
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- control API ------------------------------------------------------------------------------
+
+    def apply(self, manifests: str | dict[str, Any] | Sequence[dict[str, Any]], source: str | None = None) -> ApplyResult:
+        """Apply manifests, all or nothing: YAML or JSON text, one object, or a list of objects.
+
+        `source` names the text in problem paths. Raises ServegateError with every problem when
+        any manifest is rejected; then nothing is applied.
+        """
+        if isinstance(manifests, str):
+            text = manifests
+        else:
+            import yaml
+
+            documents = [manifests] if isinstance(manifests, dict) else builtins.list(manifests)
+            text = yaml.safe_dump_all(documents, sort_keys=False)
+        params = {"source": source} if source else None
+        body = self._call("POST", "/api/v1/apply", content=text.encode(), params=params)
+        return ApplyResult(
+            [Applied(r["kind"], r["name"], r["action"]) for r in body.get("results", [])],
+            builtins.list(body.get("warnings", [])),
+        )
+
+    def apply_files(self, paths: str | Path | Iterable[str | Path]) -> ApplyResult:
+        """Apply manifest files, folders (their *.yaml, *.yml, *.json) and `-` (stdin) in one request,
+        so resources in one file may name those in another and a problem anywhere applies nothing."""
+        from serving.spec import ManifestError, parse_documents, read_manifest_paths
+
+        names = [str(paths)] if isinstance(paths, str | Path) else [str(p) for p in paths]
+        try:
+            sources = read_manifest_paths(names)
+            if len(sources) == 1:
+                # One file goes as written: the gateway's problems then name its lines and documents.
+                return self.apply(sources[0][1], source=sources[0][0])
+            problems: builtins.list[Any] = []
+            documents: builtins.list[dict[str, Any]] = []
+            for source, text in sources:
+                try:
+                    documents += parse_documents(text, source)
+                except ManifestError as exc:
+                    problems += exc.problems
+            if problems:
+                raise ManifestError(problems)
+        except ManifestError as exc:
+            count = len(exc.problems)
+            raise ServegateError(
+                f"{count} problem{'s' * (count != 1)} reading the manifests; nothing applied",
+                problems=[Problem(p.path, p.message) for p in exc.problems],
+            ) from None
+        # Several files: their documents as one `kind: List`, which the gateway expands.
+        listing = {"apiVersion": "v1", "kind": "List", "items": documents}
+        return self.apply(json.dumps(listing), source=", ".join(source for source, _ in sources))
+
+    def get(self, kind: str, name: str) -> dict[str, Any]:
+        """One resource: its manifest with `metadata.generation` and (InferenceService) `status`."""
+        return self._call("GET", f"/api/v1/{plural_of(kind)}/{_segment(name)}")
+
+    def list(self, kind: str) -> builtins.list[dict[str, Any]]:
+        """Every resource of a kind, by name."""
+        return builtins.list(self._call("GET", f"/api/v1/{plural_of(kind)}").get("items", []))
+
+    def delete(self, kind: str, name: str) -> None:
+        """Delete a resource (an InferenceService's replicas are stopped)."""
+        self._call("DELETE", f"/api/v1/{plural_of(kind)}/{_segment(name)}")
+
+    def promote(self, name: str) -> str:
+        """Give the canary revision of an InferenceService all traffic; returns the gateway's message."""
+        return str(self._call("POST", f"/api/v1/inferenceservices/{_segment(name)}/promote")["message"])
+
+    def rollback(self, name: str) -> str:
+        """Pin all traffic to the previous rolled-out revision; returns the gateway's message."""
+        return str(self._call("POST", f"/api/v1/inferenceservices/{_segment(name)}/rollback")["message"])
+
+    def events(self, kind: str, name: str) -> builtins.list[dict[str, Any]]:
+        """A resource's recent events, oldest first: {time (epoch seconds), type, reason, message}."""
+        path = f"/api/v1/{plural_of(kind)}/{_segment(name)}/events"
+        return builtins.list(self._call("GET", path).get("items", []))
+
+    def wait_ready(
+        self,
+        name: str,
+        timeout: float = 120.0,
+        poll: float = 0.25,
+        on_poll: Callable[[dict[str, Any]], None] | None = None,
+    ) -> dict[str, Any]:
+        """Poll an InferenceService until its `Ready` condition is True; returns it then.
+
+        `on_poll` sees the InferenceService after every poll (the CLI shows progress with it).
+        Raises ServegateError on timeout, naming what is not ready, or when the service is unknown.
+        """
+        deadline = time.monotonic() + timeout
+        while True:
+            isvc = self.get("inferenceservices", name)
+            if on_poll is not None:
+                on_poll(isvc)
+            if condition_status(isvc, "Ready") == "True":
+                return isvc
+            if time.monotonic() >= deadline:
+                raise ServegateError(f"InferenceService '{name}' not ready after {timeout:g}s: {not_ready(isvc)}")
+            time.sleep(min(poll, max(deadline - time.monotonic(), 0.0)))
+
+    # -- data plane -------------------------------------------------------------------------------
+
+    def predict(self, name: str, data: Any, protocol: str = "v2", grpc_url: str | None = None) -> dict[str, Any]:
+        """Run one inference request on model `name` and return the response.
+
+        - `v1`: a dict is sent as the body; anything else as `{"instances": data}`.
+        - `v2`: a dict is sent as the V2 request; an array (numpy or nested lists) becomes the
+          model's only input, named and typed from the model's metadata. An array with one
+          dimension less than the input gets a batch dimension of 1.
+        - `grpc`: the same, over V2 gRPC to `grpc_url` (default `SERVEGATE_GRPC_URL`, else the
+          gateway's host on port 8081); returns `{output name: nested list}`.
+        """
+        if protocol == "v1":
+            body = data if isinstance(data, dict) else {"instances": _plain(data)}
+            return self._call("POST", f"/v1/models/{_segment(name)}:predict", json=body)
+        if protocol == "v2":
+            body = data if isinstance(data, dict) else {"inputs": [self._v2_input(name, data)]}
+            return self._call("POST", f"/v2/models/{_segment(name)}/infer", json=body)
+        if protocol == "grpc":
+            return self._predict_grpc(name, data, grpc_url or self._grpc_url())
+        raise ValueError(f"unknown protocol '{protocol}'; use v1, v2 or grpc")
+
+    def model_metadata(self, name: str) -> dict[str, Any]:
+        """The V2 model metadata: name, versions, platform, inputs and outputs with datatypes and shapes."""
+        return self._call("GET", f"/v2/models/{_segment(name)}")
+
+    def _v2_input(self, name: str, data: Any) -> dict[str, Any]:
+        spec = _only_input(name, self.model_metadata(name))
+        array = _as_array(data, spec)
+        return {
+            "name": spec["name"],
+            "datatype": spec["datatype"],
+            "shape": builtins.list(array.shape),
+            "data": _flat(array, spec["datatype"]),
+        }
+
+    def _grpc_url(self) -> str:
+        configured = os.environ.get("SERVEGATE_GRPC_URL")
+        if configured:
+            return configured
+        host = urlsplit(self.url).hostname or "127.0.0.1"
+        return f"[{host}]:{DEFAULT_GRPC_PORT}" if ":" in host else f"{host}:{DEFAULT_GRPC_PORT}"
+
+    def _predict_grpc(self, name: str, data: Any, grpc_url: str) -> dict[str, Any]:
+        import numpy as np
+        import tritonclient.grpc as grpcclient
+        from tritonclient.utils import InferenceServerException
+
+        from serving.protocol.datatypes import DATATYPES
+
+        target = grpc_url.split("://", 1)[-1]
+        try:
+            with grpcclient.InferenceServerClient(target) as triton:
+                if isinstance(data, dict):
+                    tensors = [
+                        (t["name"], t["datatype"], np.asarray(t["data"], DATATYPES[t["datatype"]]).reshape(t["shape"]))
+                        for t in data.get("inputs", [])
+                    ]
+                    wanted = [o["name"] for o in data.get("outputs", [])]
+                else:
+                    metadata = triton.get_model_metadata(name, as_json=True, client_timeout=self.timeout)
+                    spec = _only_input(name, metadata)
+                    tensors = [(spec["name"], spec["datatype"], _as_array(data, spec))]
+                    wanted = []
+                inputs = []
+                for tensor_name, datatype, array in tensors:
+                    tensor = grpcclient.InferInput(tensor_name, builtins.list(array.shape), datatype)
+                    tensor.set_data_from_numpy(array)
+                    inputs.append(tensor)
+                outputs = [grpcclient.InferRequestedOutput(o) for o in wanted] or None
+                result = triton.infer(name, inputs, outputs=outputs, client_timeout=self.timeout)
+                names = wanted or [o["name"] for o in result.get_response(as_json=True).get("outputs", [])]
+                return {o: _plain(result.as_numpy(o)) for o in names}
+        except InferenceServerException as exc:
+            message = exc.message() or str(exc)
+            if "failed to connect" in message.lower() or "unavailable" in (exc.status() or "").lower():
+                raise GatewayUnreachable(f"grpc://{target}", message) from None
+            raise ServegateError(message) from None
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ServegateError(f"not a V2 request: {exc}") from None
+
+    # -- plumbing ---------------------------------------------------------------------------------
+
+    def _call(self, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
+        try:
+            response = self._http.request(method, path, **kwargs)
+        except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
+            raise GatewayUnreachable(self.url, str(exc) or type(exc).__name__) from None
+        except httpx.TimeoutException:
+            raise ServegateError(f"{method} {self.url}{path} timed out after {self.timeout:g}s") from None
+        except httpx.TransportError as exc:
+            raise ServegateError(f"{method} {self.url}{path} failed: {exc}") from None
+        try:
+            body = response.json()
+        except ValueError:
+            body = None
+        if response.is_success:
+            if not isinstance(body, dict):
+                raise ServegateError(f"{method} {path}: the gateway's answer is not a JSON object", response.status_code)
+            return body
+        raise _error_from(response, body)
+
+
+def _error_from(response: httpx.Response, body: Any) -> ServegateError:
+    if isinstance(body, dict) and isinstance(body.get("error"), str):
+        problems = [
+            Problem(str(p.get("path", "")), str(p.get("message", "")))
+            for p in body.get("problems") or []
+            if isinstance(p, dict)
+        ]
+        return ServegateError(body["error"], response.status_code, problems)
+    text = response.text.strip()[:500] or response.reason_phrase
+    return ServegateError(f"HTTP {response.status_code}: {text}", response.status_code)
+
+
+def condition_status(isvc: dict[str, Any], type_: str) -> str:
+    """The status ("True", "False") of one of an InferenceService's conditions; "Unknown" when absent."""
+    for condition in (isvc.get("status") or {}).get("conditions") or []:
+        if condition.get("type") == type_:
+            return str(condition.get("status", "Unknown"))
+    return "Unknown"
+
+
+def not_ready(isvc: dict[str, Any]) -> str:
+    """Why an InferenceService is not ready: its false conditions and their messages."""
+    found = [
+        f"{c.get('type')}: {c.get('message') or c.get('reason') or 'not ready'}"
+        for c in (isvc.get("status") or {}).get("conditions") or []
+        if c.get("status") != "True"
+    ]
+    return "; ".join(found) or "no status yet"
+
+
+def _segment(name: str) -> str:
+    return quote(name, safe="")
+
+
+def _only_input(name: str, metadata: dict[str, Any]) -> dict[str, Any]:
+    inputs = metadata.get("inputs") or []
+    if len(inputs) != 1:
+        raise ServegateError(
+            f"model '{name}' has {len(inputs)} inputs; pass a V2 request dict naming each of them"
+        )
+    return dict(inputs[0])
+
+
+def _as_array(data: Any, spec: dict[str, Any]) -> Any:
+    """`data` as a numpy array of the input's datatype; one dimension short gets a batch of 1."""
+    import numpy as np
+
+    from serving.protocol.datatypes import DATATYPES
+
+    datatype = spec.get("datatype", "")
+    if datatype not in DATATYPES:
+        raise ServegateError(f"input '{spec.get('name')}' has datatype '{datatype}', which this client cannot build")
+    try:
+        array = np.asarray(data, dtype=DATATYPES[datatype])
+    except (TypeError, ValueError) as exc:
+        raise ServegateError(f"cannot make a {datatype} tensor of the data: {exc}") from None
+    shape = spec.get("shape") or []
+    if shape and array.ndim == len(shape) - 1:
+        array = array[np.newaxis, ...]
+    return array
+
+
+def _flat(array: Any, datatype: str) -> builtins.list[Any]:
+    import numpy as np
+
+    if datatype == "BF16":
+        array = array.astype(np.float32)
+    if datatype == "BYTES":
+        return [x.decode() if isinstance(x, bytes) else str(x) for x in array.ravel().tolist()]
+    return array.ravel().tolist()
+
+
+def _plain(data: Any) -> Any:
+    """numpy arrays (and their scalars) as plain lists and numbers, ready for JSON."""
+    tolist = getattr(data, "tolist", None)
+    return tolist() if callable(tolist) else data

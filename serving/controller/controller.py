@@ -1,0 +1,381 @@
+"""The controller: applied manifests -> revisions -> replica pools (through the engine) -> routes.
+
+Every change (an apply, a delete, a promote, a replica turning ready or dying) marks its
+InferenceService dirty; one background task reconciles dirty services in turn, so reconciles never
+interleave. Pool membership is the exception: the engine's reports update the router's pools at once
+(a dead replica must stop getting traffic now, not after a reconcile).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+from typing import Any
+
+from router.balancer import Pool
+from router.core import Router
+from router.policies.placement import Budget
+from router.policies.traffic import effective_weights
+from router.routes import Backend, Experiment, ModelRoute, RoutingTable, ServiceRoute, Shadow, Split, Variant
+from serving.controller import rollout as policy
+from serving.controller.status import service_status
+from serving.engines.base import Engine, ReplicaSpec, ServedModelRef
+from serving.spec import Component, InferenceService, TrainedModel
+from serving.spec.manifests import Resource
+from serving.store import RevisionRow, Store
+
+__all__ = ["Controller", "NotFound"]
+
+log = logging.getLogger(__name__)
+
+DEFAULT_TIMEOUT_S = 60.0
+#: InferenceService annotation: how many TrainedModels one replica may hold (LRU beyond that).
+MAX_MODELS_ANNOTATION = "serving.servegate.io/max-models-per-replica"
+
+
+class NotFound(KeyError):
+    pass
+
+
+@dataclasses.dataclass
+class _ComponentState:
+    component: Component
+    revisions: list[RevisionRow]
+    plan: policy.Plan
+
+
+class Controller:
+    def __init__(self, store: Store, engine: Engine, router: Router, gateway_url: str) -> None:
+        self.store = store
+        self.engine = engine
+        self.router = router
+        self.gateway_url = gateway_url
+        self.services: dict[str, InferenceService] = {}
+        self.trained_models: dict[str, TrainedModel] = {}
+        self.graphs: dict[str, Any] = {}
+        self.pools: dict[str, Pool] = {}
+        self._states: dict[str, dict[str, _ComponentState]] = {}
+        self._desired: dict[str, int] = {}
+        self._owner: dict[str, str] = {}  # revision -> service
+        self._dirty: set[str] = set()
+        self._wake = asyncio.Event()
+        self._idle = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._runners: dict[str, tuple[Any, Any]] = {}
+
+    # -- lifecycle --------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Restore every stored resource and start reconciling."""
+        from serving.spec.manifests import parse_resource
+
+        self.engine.watch(self._on_engine)
+        for row in self.store.resources():
+            try:
+                self._remember(parse_resource(row.manifest))
+            except Exception as exc:  # a stored manifest that no longer validates must not stop the rest
+                log.error("cannot restore %s/%s: %s", row.kind, row.name, exc)
+        self._mark(*self.services)
+        self._task = asyncio.create_task(self._loop(), name="controller")
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+
+    async def settled(self) -> None:
+        """Wait until no reconcile is pending (tests and the CLI's `--wait`)."""
+        while self._dirty:
+            await asyncio.sleep(0.01)
+        await self._idle.wait()
+
+    # -- commands ---------------------------------------------------------------------------------
+
+    async def apply(self, resources: list[Resource]) -> list[dict[str, str]]:
+        """Store and reconcile already-validated resources; returns kubectl-style results."""
+        results = []
+        for resource in resources:
+            kind, name = resource.kind, resource.metadata.name
+            manifest = resource.model_dump(mode="json", by_alias=True, exclude_none=True)
+            action = self.store.put_resource(kind, name, manifest)
+            self._remember(resource)
+            if action != "unchanged":
+                self.store.add_event(kind, name, "Normal", action.capitalize(), f"{kind} {name} {action}")
+            results.append({"kind": kind, "name": name, "action": action})
+        self._mark(*self.services)
+        return results
+
+    async def delete(self, kind: str, name: str) -> None:
+        table = {
+            "InferenceService": self.services,
+            "TrainedModel": self.trained_models,
+            "InferenceGraph": self.graphs,
+        }
+        if name not in table[kind]:
+            raise NotFound(f"{kind} '{name}' not found")
+        del table[kind][name]
+        self.store.delete_resource(kind, name)
+        self._mark(name if kind == "InferenceService" else "")
+
+    async def promote(self, name: str) -> str:
+        return await self._move(name, "promote")
+
+    async def rollback(self, name: str) -> str:
+        return await self._move(name, "rollback")
+
+    async def _move(self, name: str, how: str) -> str:
+        if name not in self.services:
+            raise NotFound(f"InferenceService '{name}' not found")
+        await self.settled()
+        state = self._states.get(name, {}).get("predictor")
+        current = self.store.rollout(name, "predictor")
+        latest_ready = state.plan.latest_ready if state else None
+        moved = policy.promote(current, latest_ready) if how == "promote" else policy.rollback(current)
+        self.store.set_rollout(name, "predictor", moved)
+        message = f"{how}: revision {moved.latest} takes 100% of traffic"
+        self.store.add_event("InferenceService", name, "Normal", how.capitalize(), message)
+        self._mark(name)
+        await self.settled()
+        return message
+
+    # -- views ------------------------------------------------------------------------------------
+
+    def get(self, kind: str, name: str) -> dict[str, Any]:
+        row = self.store.resource(kind, name)
+        if row is None:
+            raise NotFound(f"{kind} '{name}' not found")
+        out = dict(row.manifest)
+        out["metadata"] = {**out.get("metadata", {}), "generation": row.generation}
+        if kind == "InferenceService":
+            out["status"] = service_status(name, self._states.get(name, {}), self.engine, self.gateway_url)
+        elif kind == "TrainedModel":
+            host = row.manifest["spec"]["inferenceService"]
+            ready = self.router.table.services.get(host) is not None and host in self._states
+            out["status"] = {
+                "url": f"{self.gateway_url}/v2/models/{name}",
+                "conditions": [
+                    {"type": "InferenceServiceReady", "status": str(ready)},
+                    {"type": "Ready", "status": str(ready)},
+                ],
+            }
+        else:
+            out["status"] = {"url": f"{self.gateway_url}/graphs/{name}"}
+        return out
+
+    def list(self, kind: str) -> list[dict[str, Any]]:
+        return [self.get(kind, row.name) for row in self.store.resources(kind)]
+
+    def revision_owners(self) -> dict[str, str]:
+        """revision -> the InferenceService it belongs to."""
+        return dict(self._owner)
+
+    def events(self, kind: str, name: str) -> list[dict[str, Any]]:
+        return [dataclasses.asdict(e) for e in self.store.events(kind, name)]
+
+    # -- reconciling ------------------------------------------------------------------------------
+
+    def _remember(self, resource: Resource) -> None:
+        if isinstance(resource, InferenceService):
+            self.services[resource.metadata.name] = resource
+        elif isinstance(resource, TrainedModel):
+            self.trained_models[resource.metadata.name] = resource
+        else:
+            self.graphs[resource.metadata.name] = resource
+
+    def _mark(self, *services: str) -> None:
+        self._dirty.update(s for s in services if s)
+        self._dirty.add("")  # "" rebuilds the routing table even when no service changed
+        self._idle.clear()
+        self._wake.set()
+
+    def _on_engine(self, revision: str) -> None:
+        status = self.engine.status(revision)
+        pool = self.pools.get(revision)
+        if pool is not None:
+            ready = status.replicas if status else ()
+            pool.update((r.id, r.http_url, r.grpc_target) for r in ready if r.ready and r.http_url)
+        if revision in self._owner:
+            self._mark(self._owner[revision])
+
+    async def _loop(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            while self._dirty:
+                name = self._dirty.pop()
+                try:
+                    if name:
+                        await self._reconcile(name)
+                except Exception:
+                    log.exception("reconciling %s failed", name)
+            self.router.set_table(self._table())
+            if not self._dirty:
+                self._idle.set()
+
+    async def _reconcile(self, name: str) -> None:
+        isvc = self.services.get(name)
+        if isvc is None:
+            for revision in [r for r, owner in self._owner.items() if owner == name]:
+                self._desired.pop(revision, None)
+                self._owner.pop(revision, None)
+                self.pools.pop(revision, None)
+                await self.engine.remove(revision)
+            self._states.pop(name, None)
+            return
+        states = {}
+        for kind, component in isvc.components().items():
+            states[kind] = await self._reconcile_component(name, kind, component)
+        self._states[name] = states
+
+    async def _reconcile_component(self, name: str, kind: str, component: Component) -> _ComponentState:
+        revisions = self.store.revisions(name, kind)
+        if not revisions or revisions[-1].key != component.revision_key():
+            row = self.store.add_revision(name, kind, component.revision_key(), dataclasses.asdict(component))
+            self.store.add_event(
+                "InferenceService", name, "Normal", "RevisionCreated", f"{kind} revision {row.name}"
+            )
+            revisions.append(row)
+        ready = {r.name for r in revisions if r.name in self.pools and self.pools[r.name].size > 0}
+        current = self.store.rollout(name, kind)
+        plan = policy.plan([r.name for r in revisions], ready, current, component.canary_traffic_percent)
+        if plan.rollout != current:
+            self.store.set_rollout(name, kind, plan.rollout)
+        for change in plan.changes:
+            self.store.add_event("InferenceService", name, "Normal", "RolledOut", change)
+        wanted = {rev for rev, _ in plan.traffic} | self._referenced(name)
+        if not plan.rollout.pinned:
+            wanted.add(revisions[-1].name)  # the newest must run to become ready
+        replicas = max(component.min_replicas, 1)
+        for row in revisions:
+            await self._scale(name, row, replicas if row.name in wanted else 0)
+        return _ComponentState(component, revisions, plan)
+
+    def _referenced(self, name: str) -> set[str]:
+        """Revisions an experiment variant or a shadow names: they run whatever their traffic share."""
+        spec = self.services[name].spec
+        named = {v.revision for v in spec.experiment.variants} if spec.experiment else set()
+        if spec.shadow is not None:
+            named.add(spec.shadow.revision)
+        return {r for r in named if r}
+
+    def _replica_spec(self, service: str, row: RevisionRow) -> ReplicaSpec:
+        c = _component_from(row.spec)
+        models = (ServedModelRef(service, c.storage_uri, c.format),) if c.storage_uri else ()
+        return ReplicaSpec(
+            revision=row.name,
+            models=models,
+            max_batch_size=c.max_batch_size,
+            max_latency_ms=c.max_latency_ms,
+            gpus=c.gpus,
+            cpus=c.cpus,
+            memory_bytes=c.memory_bytes,
+            env=c.env,
+            args=c.args,
+        )
+
+    async def _scale(self, service: str, row: RevisionRow, count: int) -> None:
+        revision = row.name
+        if self._desired.get(revision, 0) == count:
+            return
+        self._desired[revision] = count
+        if count == 0:
+            await self.engine.remove(revision)
+            return
+        self._owner[revision] = service
+        component = _component_from(row.spec)
+        self.pools.setdefault(revision, Pool(revision, component.container_concurrency))
+        await self.engine.scale(self._replica_spec(service, row), count)
+
+    # -- routes -----------------------------------------------------------------------------------
+
+    def _split(self, service: str, traffic: tuple[tuple[str, int], ...]) -> Split:
+        ready = {rev for rev, _ in traffic if rev in self.pools and self.pools[rev].size > 0}
+        # Nothing ready (a lone replica restarting): keep the configured split and let requests
+        # queue for the replacement rather than fail at once.
+        weights = effective_weights(traffic, ready) or [(rev, w) for rev, w in traffic if rev in self.pools]
+        return Split(tuple((Backend(rev, service, self.pools[rev]), w) for rev, w in weights))
+
+    def _table(self) -> RoutingTable:
+        services = {}
+        for name, isvc in self.services.items():
+            states = self._states.get(name)
+            if not states:
+                continue
+            predictor = self._split(name, states["predictor"].plan.traffic)
+            transformer = (
+                self._split(name, states["transformer"].plan.traffic) if "transformer" in states else None
+            )
+            component = states["predictor"].component
+            services[name] = ServiceRoute(
+                service=name,
+                protocol=component.protocol,
+                timeout_s=component.timeout_s or DEFAULT_TIMEOUT_S,
+                predictor=predictor,
+                transformer=transformer,
+                experiment=self._experiment(name, isvc, predictor),
+                shadow=self._shadow(name, isvc),
+            )
+        return RoutingTable(services=services, models=self._model_routes(), graphs=self._graph_runners())
+
+    def _model_routes(self) -> dict[str, ModelRoute]:
+        routes = {}
+        for name, tm in self.trained_models.items():
+            host = self.services.get(tm.spec.inference_service)
+            if host is None:
+                continue
+            limit = host.metadata.annotations.get(MAX_MODELS_ANNOTATION, "0")
+            budget = Budget(
+                max_models=int(limit) if limit.isdigit() else 0,
+                memory_bytes=host.components()["predictor"].memory_bytes,
+            )
+            model = tm.spec.model
+            routes[name] = ModelRoute(
+                name, host.metadata.name, model.storage_uri, model.framework, tm.memory_bytes, budget
+            )
+        return routes
+
+    def _graph_runners(self) -> dict[str, Any]:
+        from router.graphs import step_caller
+        from router.policies.graph import GraphRunner
+
+        runners = self._runners
+        for name, graph in self.graphs.items():
+            if name not in runners or runners[name][0] is not graph:
+                runners[name] = (graph, GraphRunner(graph, step_caller(self.router)))
+        for name in set(runners) - set(self.graphs):
+            del runners[name]
+        return {name: runner for name, (_, runner) in runners.items()}
+
+    def _experiment(self, name: str, isvc: InferenceService, own: Split) -> Experiment | None:
+        spec = isvc.spec.experiment
+        if spec is None:
+            return None
+        variants = []
+        for v in spec.variants:
+            split = own if not (v.service or v.revision) else None
+            if v.revision:
+                split = self._split(name, ((v.revision, 100),)) if v.revision in self.pools else Split()
+            variants.append(Variant(v.name, v.weight, split, v.service))
+        how, _, key = (spec.sticky_by or "header:x-user-id").partition(":")
+        return Experiment(
+            tuple(variants),
+            header=key.lower() if how == "header" else None,
+            cookie=key if how == "cookie" else None,
+        )
+
+    def _shadow(self, name: str, isvc: InferenceService) -> Shadow | None:
+        spec = isvc.spec.shadow
+        if spec is None:
+            return None
+        split = None
+        if spec.revision:
+            split = self._split(name, ((spec.revision, 100),)) if spec.revision in self.pools else Split()
+        return Shadow(spec.percent, split, spec.service)
+
+
+def _component_from(spec: dict[str, Any]) -> Component:
+    fields = dict(spec)
+    fields["env"] = tuple(tuple(pair) for pair in fields.get("env", ()))
+    fields["args"] = tuple(fields.get("args", ()))
+    return Component(**fields)

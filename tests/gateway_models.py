@@ -1,0 +1,65 @@
+"""Python models for the gateway tests, served by import path (`tests.gateway_models:Sleeper`).
+
+Each reads its knobs from environment variables, which a manifest sets with `model.env`: changing
+one makes a new revision of the same service, which is how the rollout tests tell revisions apart.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from predictors.python_model import Context, PythonModel
+from serving.protocol.types import TensorSpec
+
+__all__ = ["AlwaysFails", "Sleeper", "SlowStart"]
+
+_X = (TensorSpec("x", "FP32", (-1,)),)
+_Y = (TensorSpec("y", "FP32", (-1,)),)
+
+
+def _seconds(variable: str, default: float) -> float:
+    return float(os.environ.get(variable, default))
+
+
+class Sleeper(PythonModel):
+    """Sleeps `SLEEP_SECONDS` (default 0.5) in every predict, then doubles `x` into `y`."""
+
+    inputs = _X
+    outputs = _Y
+
+    def __init__(self, name: str, options: Mapping[str, Any]) -> None:
+        super().__init__(name, options)
+        self.seconds = _seconds("SLEEP_SECONDS", 0.5)
+
+    def predict(self, data: dict[str, np.ndarray], context: Context) -> dict[str, np.ndarray]:
+        time.sleep(self.seconds)
+        return {"y": data["x"] * 2}
+
+
+class SlowStart(PythonModel):
+    """Takes `LOAD_SECONDS` (default 0) to load, so a revision stays not-ready for a while; a quick
+    predict doubles `x` into `y`."""
+
+    inputs = _X
+    outputs = _Y
+
+    def load(self) -> None:
+        time.sleep(_seconds("LOAD_SECONDS", 0.0))
+
+    def predict(self, data: dict[str, np.ndarray], context: Context) -> dict[str, np.ndarray]:
+        return {"y": data["x"] * 2}
+
+
+class AlwaysFails(PythonModel):
+    """Loads fine and fails every request (a 500 from its replica): a broken shadow."""
+
+    inputs = _X
+    outputs = _Y
+
+    def predict(self, data: dict[str, np.ndarray], context: Context) -> dict[str, np.ndarray]:
+        raise RuntimeError("this model always fails")
