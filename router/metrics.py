@@ -14,18 +14,17 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.metrics_core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from serving.errors import ErrorKind
+from serving.errors import kind_for_status
 
 __all__ = ["GatewayMetrics", "PoolGauge", "status_for_http"]
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
-_BY_HTTP = {kind.http_status: kind for kind in ErrorKind}
 
 
 def status_for_http(code: int) -> str:
     if code < 400:
         return "ok"
-    kind = _BY_HTTP.get(code)
+    kind = kind_for_status(code)
     return kind.name.lower() if kind else f"http_{code}"
 
 

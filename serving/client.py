@@ -63,9 +63,7 @@ def plural_of(kind: str) -> str:
     try:
         return _ALIASES[kind.lower()]
     except KeyError:
-        raise ValueError(
-            f"unknown resource type '{kind}'; use isvc, tm or ig (or the kind's name)"
-        ) from None
+        raise ValueError(f"unknown resource type '{kind}'; use isvc, tm or ig (or the kind's name)") from None
 
 
 def kind_of(kind: str) -> str:
@@ -78,6 +76,7 @@ def default_url() -> str:
     return os.environ.get("SERVEGATE_URL") or DEFAULT_URL
 
 
+# The SDK's own (not serving.spec's): reading errors off the wire needs no pydantic.
 @dataclass(frozen=True, slots=True)
 class Problem:
     """One thing wrong with a manifest: where (`InferenceService/iris: spec.predictor...`) and what."""
@@ -97,7 +96,7 @@ class ServegateError(Exception):
         super().__init__(message)
         self.message = message
         self.status = status
-        self.problems = builtins.list(problems)
+        self.problems = list(problems)
 
 
 class GatewayUnreachable(ServegateError):
@@ -156,7 +155,9 @@ class Client:
 
     # -- control API ------------------------------------------------------------------------------
 
-    def apply(self, manifests: str | dict[str, Any] | Sequence[dict[str, Any]], source: str | None = None) -> ApplyResult:
+    def apply(
+        self, manifests: str | dict[str, Any] | Sequence[dict[str, Any]], source: str | None = None
+    ) -> ApplyResult:
         """Apply manifests, all or nothing: YAML or JSON text, one object, or a list of objects.
 
         `source` names the text in problem paths. Raises ServegateError with every problem when
@@ -167,13 +168,13 @@ class Client:
         else:
             import yaml
 
-            documents = [manifests] if isinstance(manifests, dict) else builtins.list(manifests)
+            documents = [manifests] if isinstance(manifests, dict) else list(manifests)
             text = yaml.safe_dump_all(documents, sort_keys=False)
         params = {"source": source} if source else None
         body = self._call("POST", "/api/v1/apply", content=text.encode(), params=params)
         return ApplyResult(
             [Applied(r["kind"], r["name"], r["action"]) for r in body.get("results", [])],
-            builtins.list(body.get("warnings", [])),
+            list(body.get("warnings", [])),
         )
 
     def apply_files(self, paths: str | Path | Iterable[str | Path]) -> ApplyResult:
@@ -187,8 +188,8 @@ class Client:
             if len(sources) == 1:
                 # One file goes as written: the gateway's problems then name its lines and documents.
                 return self.apply(sources[0][1], source=sources[0][0])
-            problems: builtins.list[Any] = []
-            documents: builtins.list[dict[str, Any]] = []
+            problems: list[Any] = []
+            documents: list[dict[str, Any]] = []
             for source, text in sources:
                 try:
                     documents += parse_documents(text, source)
@@ -212,7 +213,7 @@ class Client:
 
     def list(self, kind: str) -> builtins.list[dict[str, Any]]:
         """Every resource of a kind, by name."""
-        return builtins.list(self._call("GET", f"/api/v1/{plural_of(kind)}").get("items", []))
+        return list(self._call("GET", f"/api/v1/{plural_of(kind)}").get("items", []))
 
     def delete(self, kind: str, name: str) -> None:
         """Delete a resource (an InferenceService's replicas are stopped)."""
@@ -229,7 +230,7 @@ class Client:
     def events(self, kind: str, name: str) -> builtins.list[dict[str, Any]]:
         """A resource's recent events, oldest first: {time (epoch seconds), type, reason, message}."""
         path = f"/api/v1/{plural_of(kind)}/{_segment(name)}/events"
-        return builtins.list(self._call("GET", path).get("items", []))
+        return list(self._call("GET", path).get("items", []))
 
     def wait_ready(
         self,
@@ -251,12 +252,16 @@ class Client:
             if condition_status(isvc, "Ready") == "True":
                 return isvc
             if time.monotonic() >= deadline:
-                raise ServegateError(f"InferenceService '{name}' not ready after {timeout:g}s: {not_ready(isvc)}")
+                raise ServegateError(
+                    f"InferenceService '{name}' not ready after {timeout:g}s: {not_ready(isvc)}"
+                )
             time.sleep(min(poll, max(deadline - time.monotonic(), 0.0)))
 
     # -- data plane -------------------------------------------------------------------------------
 
-    def predict(self, name: str, data: Any, protocol: str = "v2", grpc_url: str | None = None) -> dict[str, Any]:
+    def predict(
+        self, name: str, data: Any, protocol: str = "v2", grpc_url: str | None = None
+    ) -> dict[str, Any]:
         """Run one inference request on model `name` and return the response.
 
         - `v1`: a dict is sent as the body; anything else as `{"instances": data}`.
@@ -286,7 +291,7 @@ class Client:
         return {
             "name": spec["name"],
             "datatype": spec["datatype"],
-            "shape": builtins.list(array.shape),
+            "shape": list(array.shape),
             "data": _flat(array, spec["datatype"]),
         }
 
@@ -309,7 +314,11 @@ class Client:
             with grpcclient.InferenceServerClient(target) as triton:
                 if isinstance(data, dict):
                     tensors = [
-                        (t["name"], t["datatype"], np.asarray(t["data"], DATATYPES[t["datatype"]]).reshape(t["shape"]))
+                        (
+                            t["name"],
+                            t["datatype"],
+                            np.asarray(t["data"], DATATYPES[t["datatype"]]).reshape(t["shape"]),
+                        )
                         for t in data.get("inputs", [])
                     ]
                     wanted = [o["name"] for o in data.get("outputs", [])]
@@ -320,7 +329,7 @@ class Client:
                     wanted = []
                 inputs = []
                 for tensor_name, datatype, array in tensors:
-                    tensor = grpcclient.InferInput(tensor_name, builtins.list(array.shape), datatype)
+                    tensor = grpcclient.InferInput(tensor_name, list(array.shape), datatype)
                     tensor.set_data_from_numpy(array)
                     inputs.append(tensor)
                 outputs = [grpcclient.InferRequestedOutput(o) for o in wanted] or None
@@ -352,7 +361,9 @@ class Client:
             body = None
         if response.is_success:
             if not isinstance(body, dict):
-                raise ServegateError(f"{method} {path}: the gateway's answer is not a JSON object", response.status_code)
+                raise ServegateError(
+                    f"{method} {path}: the gateway's answer is not a JSON object", response.status_code
+                )
             return body
         raise _error_from(response, body)
 
@@ -408,7 +419,9 @@ def _as_array(data: Any, spec: dict[str, Any]) -> Any:
 
     datatype = spec.get("datatype", "")
     if datatype not in DATATYPES:
-        raise ServegateError(f"input '{spec.get('name')}' has datatype '{datatype}', which this client cannot build")
+        raise ServegateError(
+            f"input '{spec.get('name')}' has datatype '{datatype}', which this client cannot build"
+        )
     try:
         array = np.asarray(data, dtype=DATATYPES[datatype])
     except (TypeError, ValueError) as exc:
@@ -419,7 +432,7 @@ def _as_array(data: Any, spec: dict[str, Any]) -> Any:
     return array
 
 
-def _flat(array: Any, datatype: str) -> builtins.list[Any]:
+def _flat(array: Any, datatype: str) -> list[Any]:
     import numpy as np
 
     if datatype == "BF16":

@@ -25,6 +25,7 @@ __all__ = [
     "ServerUnavailable",
     "ServingError",
     "as_serving_error",
+    "kind_for_status",
 ]
 
 
@@ -105,6 +106,14 @@ class ServerUnavailable(ServingError):
 
 class InferenceTimeout(ServingError):
     kind = ErrorKind.TIMEOUT
+
+
+def kind_for_status(http_status: int) -> ErrorKind | None:
+    """The error kind an HTTP status reports (None for a status outside the table, and for success)."""
+    return _BY_STATUS.get(http_status)
+
+
+_BY_STATUS = {kind.http_status: kind for kind in ErrorKind}
 
 
 def as_serving_error(exc: BaseException) -> ServingError:

@@ -262,6 +262,11 @@ class Controller:
     def _replica_spec(self, service: str, row: RevisionRow) -> ReplicaSpec:
         c = _component_from(row.spec)
         models = (ServedModelRef(service, c.storage_uri, c.format),) if c.storage_uri else ()
+        env = c.env
+        if row.component == "transformer":
+            # The transformer calls its predictor through this gateway (predictors.transformer).
+            protocol = self.services[service].components()["predictor"].protocol
+            env += (("SERVEGATE_PREDICTOR_URL", self.gateway_url), ("SERVEGATE_PREDICTOR_PROTOCOL", protocol))
         return ReplicaSpec(
             revision=row.name,
             models=models,
@@ -270,7 +275,7 @@ class Controller:
             gpus=c.gpus,
             cpus=c.cpus,
             memory_bytes=c.memory_bytes,
-            env=c.env,
+            env=env,
             args=c.args,
         )
 
