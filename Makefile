@@ -1,4 +1,4 @@
-# servegate: `make up` runs a replica with an example model; `make test` runs every test.
+# servegate: `make up` runs the gateway with an example model; `make test` runs every test.
 # Both install into .venv first (torch is pinned to its CPU build by the [torch] extra).
 
 PYTHON ?= python3
@@ -18,7 +18,7 @@ $(VENV)/.installed: pyproject.toml
 
 up: install
 	$(BIN)/servegate model example $(STATE)/models
-	$(BIN)/servegate model serve --model-repository $(STATE)/models
+	$(BIN)/servegate up -f examples/mlp.yaml --state-dir $(STATE)
 
 lint: install
 	$(BIN)/ruff check .
@@ -35,6 +35,7 @@ bench-tools:
 
 bench: install bench-tools
 	$(BIN)/python loadtests/bench_replica.py
+	$(BIN)/python loadtests/bench_gateway.py
 
 clean:
 	rm -rf $(VENV) $(STATE) .pytest_cache .ruff_cache

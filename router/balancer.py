@@ -61,7 +61,7 @@ class Pool:
         self.container_concurrency = container_concurrency
         self.queue_limit = queue_limit
         self._endpoints: dict[str, Endpoint] = {}
-        self._waiters: deque[asyncio.Future[None]] = deque()
+        self._waiters: deque[_Waiter] = deque()
         self._rng = rng or random.Random()
 
     # -- membership (from the engine, through the controller) -------------------------------------
@@ -108,6 +108,22 @@ class Pool:
     def outstanding(self) -> int:
         return sum(e.outstanding for e in self._endpoints.values())
 
+    async def wait_idle(self, quiet_s: float, limit_s: float) -> None:
+        """Until nothing is queued or outstanding here for `quiet_s` seconds (at most `limit_s`).
+
+        Retiring a revision waits for this after the routing table stopped naming it: requests
+        that picked it just before keep their replicas until they are answered.
+        """
+        loop = asyncio.get_running_loop()
+        give_up = loop.time() + limit_s
+        quiet_since = loop.time()
+        while loop.time() < give_up:
+            if self._waiters or any(e.outstanding for e in self._endpoints.values()):
+                quiet_since = loop.time()
+            elif loop.time() - quiet_since >= quiet_s:
+                return
+            await asyncio.sleep(0.05)
+
     # -- per request ----------------------------------------------------------------------------
 
     def _candidates(self, exclude: frozenset[str], only: frozenset[str] | None = None) -> list[Endpoint]:
@@ -131,7 +147,9 @@ class Pool:
         multi-model request's model), None for any.
 
         Waits in the queue while no replica has room; raises ServerUnavailable when the queue is
-        full and InferenceTimeout when `deadline` (event-loop time) passes first.
+        full and InferenceTimeout when `deadline` (event-loop time) passes first. The queue is first
+        in, first out: a freed slot is handed to the oldest waiter that can use it, never to a
+        request arriving in the meantime.
         """
         if not self._waiters:
             candidates = self._candidates(exclude, only)
@@ -143,51 +161,56 @@ class Pool:
             raise ServerUnavailable(
                 f"revision {self.revision} is overloaded: {len(self._waiters)} requests already queued"
             )
-        loop = asyncio.get_running_loop()
-        while True:
-            waiter: asyncio.Future[None] = loop.create_future()
-            self._waiters.append(waiter)
-            try:
-                async with asyncio.timeout_at(deadline):
-                    await waiter
-            except TimeoutError:
-                raise InferenceTimeout(
-                    f"timed out waiting for a replica of revision {self.revision} "
-                    f"({self.size} ready, all busy)"
-                    if self.size
-                    else f"timed out waiting for a ready replica of revision {self.revision}"
-                ) from None
-            finally:
-                if not waiter.done() or waiter.cancelled():
-                    self._remove_waiter(waiter)
-            candidates = self._candidates(exclude, only)
-            if candidates:
-                endpoint = choose(candidates, self._rng)
-                endpoint.outstanding += 1
-                self._wake()
-                return endpoint
+        waiter = _Waiter(asyncio.get_running_loop().create_future(), exclude, only)
+        self._waiters.append(waiter)
+        try:
+            async with asyncio.timeout_at(deadline):
+                return await waiter.future
+        except TimeoutError:
+            self._abandon(waiter)
+            raise InferenceTimeout(
+                f"timed out waiting for a replica of revision {self.revision} ({self.size} ready, all busy)"
+                if self.size
+                else f"timed out waiting for a ready replica of revision {self.revision}"
+            ) from None
+        except BaseException:  # cancelled: the client went away
+            self._abandon(waiter)
+            raise
+
+    def _abandon(self, waiter: _Waiter) -> None:
+        if waiter.future.done() and not waiter.future.cancelled():
+            self.release(waiter.future.result())  # a slot was handed over just as it gave up
+            return
+        waiter.future.cancel()
+        with contextlib.suppress(ValueError):
+            self._waiters.remove(waiter)
 
     def release(self, endpoint: Endpoint) -> None:
         endpoint.outstanding -= 1
         if self._waiters:
             self._wake()
 
-    def _remove_waiter(self, waiter: asyncio.Future[None]) -> None:
-        with contextlib.suppress(ValueError):
-            self._waiters.remove(waiter)
-
     def _wake(self) -> None:
-        # Wake as many waiters as there are free slots (all of them when concurrency is unlimited).
+        """Hand free slots to waiters, oldest first (a waiter nothing fits stays queued in place)."""
         if not self._endpoints:
             return
-        limit = self.container_concurrency
-        room = (
-            len(self._waiters)
-            if limit <= 0
-            else sum(max(0, limit - e.outstanding) for e in self._endpoints.values())
-        )
-        while room > 0 and self._waiters:
-            waiter = self._waiters.popleft()
-            if not waiter.done():
-                waiter.set_result(None)
-                room -= 1
+        for waiter in list(self._waiters):
+            if waiter.future.done():
+                self._waiters.remove(waiter)
+                continue
+            candidates = self._candidates(waiter.exclude, waiter.only)
+            if not candidates:
+                if waiter.only is None and not waiter.exclude:
+                    return  # no room anywhere: nobody behind it can be served either
+                continue
+            endpoint = choose(candidates, self._rng)
+            endpoint.outstanding += 1
+            self._waiters.remove(waiter)
+            waiter.future.set_result(endpoint)
+
+
+@dataclass(eq=False, slots=True)
+class _Waiter:
+    future: asyncio.Future[Endpoint]
+    exclude: frozenset[str]
+    only: frozenset[str] | None

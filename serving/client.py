@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 from urllib.parse import quote, urlsplit
 
 import httpx
@@ -33,13 +33,17 @@ __all__ = [
     "GatewayUnreachable",
     "Problem",
     "ServegateError",
+    "condition_status",
     "default_url",
     "kind_of",
+    "not_ready",
     "plural_of",
 ]
 
 DEFAULT_URL = "http://127.0.0.1:8080"
 DEFAULT_GRPC_PORT = 8081
+#: how gRPC words a channel that cannot connect (its status, UNAVAILABLE, is not enough on its own).
+_GRPC_UNREACHABLE = ("failed to connect", "errors resolving", "dns resolution failed", "connection refused")
 
 #: URL plural -> manifest kind (the control API's resource types).
 _KINDS = {
@@ -147,7 +151,7 @@ class Client:
     def close(self) -> None:
         self._http.close()
 
-    def __enter__(self) -> Client:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -183,26 +187,28 @@ class Client:
         from serving.spec import ManifestError, parse_documents, read_manifest_paths
 
         names = [str(paths)] if isinstance(paths, str | Path) else [str(p) for p in paths]
-        try:
-            sources = read_manifest_paths(names)
-            if len(sources) == 1:
-                # One file goes as written: the gateway's problems then name its lines and documents.
-                return self.apply(sources[0][1], source=sources[0][0])
-            problems: list[Any] = []
-            documents: list[dict[str, Any]] = []
-            for source, text in sources:
-                try:
-                    documents += parse_documents(text, source)
-                except ManifestError as exc:
-                    problems += exc.problems
-            if problems:
-                raise ManifestError(problems)
-        except ManifestError as exc:
-            count = len(exc.problems)
+        sources: list[tuple[str, str]] = []
+        problems: list[Any] = []
+        for name in names:  # one at a time, so every unreadable path is reported, not just the first
+            try:
+                sources += read_manifest_paths([name])
+            except ManifestError as exc:
+                problems += exc.problems
+        if len(sources) == 1 and not problems:
+            # One file goes as written: the gateway's problems then name its lines and documents.
+            return self.apply(sources[0][1], source=sources[0][0])
+        documents: list[dict[str, Any]] = []
+        for source, text in sources:
+            try:
+                documents += parse_documents(text, source)
+            except ManifestError as exc:
+                problems += exc.problems
+        if problems:
+            count = len(problems)
             raise ServegateError(
                 f"{count} problem{'s' * (count != 1)} reading the manifests; nothing applied",
-                problems=[Problem(p.path, p.message) for p in exc.problems],
-            ) from None
+                problems=[Problem(p.path, p.message) for p in problems],
+            )
         # Several files: their documents as one `kind: List`, which the gateway expands.
         listing = {"apiVersion": "v1", "kind": "List", "items": documents}
         return self.apply(json.dumps(listing), source=", ".join(source for source, _ in sources))
@@ -253,7 +259,7 @@ class Client:
                 return isvc
             if time.monotonic() >= deadline:
                 raise ServegateError(
-                    f"InferenceService '{name}' not ready after {timeout:g}s: {not_ready(isvc)}"
+                    f"InferenceService '{name}' not ready after {timeout:.3g}s: {'; '.join(not_ready(isvc))}"
                 )
             time.sleep(min(poll, max(deadline - time.monotonic(), 0.0)))
 
@@ -303,30 +309,17 @@ class Client:
         return f"[{host}]:{DEFAULT_GRPC_PORT}" if ":" in host else f"{host}:{DEFAULT_GRPC_PORT}"
 
     def _predict_grpc(self, name: str, data: Any, grpc_url: str) -> dict[str, Any]:
-        import numpy as np
         import tritonclient.grpc as grpcclient
         from tritonclient.utils import InferenceServerException
 
-        from serving.protocol.datatypes import DATATYPES
-
         target = grpc_url.split("://", 1)[-1]
+        tensors, wanted = _v2_tensors(data) if isinstance(data, dict) else ([], [])
         try:
             with grpcclient.InferenceServerClient(target) as triton:
-                if isinstance(data, dict):
-                    tensors = [
-                        (
-                            t["name"],
-                            t["datatype"],
-                            np.asarray(t["data"], DATATYPES[t["datatype"]]).reshape(t["shape"]),
-                        )
-                        for t in data.get("inputs", [])
-                    ]
-                    wanted = [o["name"] for o in data.get("outputs", [])]
-                else:
+                if not isinstance(data, dict):
                     metadata = triton.get_model_metadata(name, as_json=True, client_timeout=self.timeout)
                     spec = _only_input(name, metadata)
                     tensors = [(spec["name"], spec["datatype"], _as_array(data, spec))]
-                    wanted = []
                 inputs = []
                 for tensor_name, datatype, array in tensors:
                     tensor = grpcclient.InferInput(tensor_name, list(array.shape), datatype)
@@ -335,14 +328,14 @@ class Client:
                 outputs = [grpcclient.InferRequestedOutput(o) for o in wanted] or None
                 result = triton.infer(name, inputs, outputs=outputs, client_timeout=self.timeout)
                 names = wanted or [o["name"] for o in result.get_response(as_json=True).get("outputs", [])]
-                return {o: _plain(result.as_numpy(o)) for o in names}
+                return {o: _output_list(result.as_numpy(o)) for o in names}
         except InferenceServerException as exc:
             message = exc.message() or str(exc)
-            if "failed to connect" in message.lower() or "unavailable" in (exc.status() or "").lower():
+            # Only gRPC's own connection errors: the gateway also answers UNAVAILABLE itself (a
+            # service with no ready revision), and that must read as the gateway's message.
+            if any(sign in message.lower() for sign in _GRPC_UNREACHABLE):
                 raise GatewayUnreachable(f"grpc://{target}", message) from None
             raise ServegateError(message) from None
-        except (KeyError, TypeError, ValueError) as exc:
-            raise ServegateError(f"not a V2 request: {exc}") from None
 
     # -- plumbing ---------------------------------------------------------------------------------
 
@@ -388,14 +381,16 @@ def condition_status(isvc: dict[str, Any], type_: str) -> str:
     return "Unknown"
 
 
-def not_ready(isvc: dict[str, Any]) -> str:
-    """Why an InferenceService is not ready: its false conditions and their messages."""
-    found = [
+def not_ready(isvc: dict[str, Any]) -> list[str]:
+    """Why an InferenceService is not ready: `TYPE: message` for each condition that is not True."""
+    conditions = (isvc.get("status") or {}).get("conditions")
+    if not conditions:
+        return ["no status yet"]
+    return [
         f"{c.get('type')}: {c.get('message') or c.get('reason') or 'not ready'}"
-        for c in (isvc.get("status") or {}).get("conditions") or []
+        for c in conditions
         if c.get("status") != "True"
     ]
-    return "; ".join(found) or "no status yet"
 
 
 def _segment(name: str) -> str:
@@ -409,6 +404,24 @@ def _only_input(name: str, metadata: dict[str, Any]) -> dict[str, Any]:
             f"model '{name}' has {len(inputs)} inputs; pass a V2 request dict naming each of them"
         )
     return dict(inputs[0])
+
+
+def _v2_tensors(request: dict[str, Any]) -> tuple[list[tuple[str, str, Any]], list[str]]:
+    """A V2 JSON request's inputs as (name, datatype, array) and the output names it asks for."""
+    import numpy as np
+
+    from serving.protocol.datatypes import DATATYPES
+
+    try:
+        tensors = [
+            (t["name"], t["datatype"], np.asarray(t["data"], DATATYPES[t["datatype"]]).reshape(t["shape"]))
+            for t in request.get("inputs", [])
+        ]
+        return tensors, [o["name"] for o in request.get("outputs", [])]
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ServegateError(
+            f"not a V2 request (inputs need name, datatype, shape and data): {exc!r}"
+        ) from None
 
 
 def _as_array(data: Any, spec: dict[str, Any]) -> Any:
@@ -446,3 +459,19 @@ def _plain(data: Any) -> Any:
     """numpy arrays (and their scalars) as plain lists and numbers, ready for JSON."""
     tolist = getattr(data, "tolist", None)
     return tolist() if callable(tolist) else data
+
+
+def _output_list(array: Any) -> Any:
+    """A gRPC output tensor as nested lists, its values as the REST answers print them: float16/32
+    in their shortest decimal form (4.35534, not 4.355340003967285), BYTES as text."""
+    import numpy as np
+
+    if array.dtype in (np.float16, np.float32):
+        return array.astype(str).astype(np.float64).tolist()
+    if array.dtype == object:
+        return np.vectorize(_text, otypes=[object])(array).tolist() if array.size else array.tolist()
+    return array.tolist()
+
+
+def _text(item: Any) -> Any:
+    return item.decode(errors="backslashreplace") if isinstance(item, bytes) else item

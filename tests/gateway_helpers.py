@@ -10,7 +10,6 @@ import copy
 import json
 import re
 import threading
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,14 +52,20 @@ X_BODY = {"inputs": [{"name": "x", "shape": [3], "datatype": "FP32", "data": [1.
 
 def mlp_body(x: np.ndarray = MLP_X) -> dict[str, Any]:
     """A V2 JSON request for the MLP."""
-    return {"inputs": [{"name": "input", "shape": list(x.shape), "datatype": "FP32", "data": x.ravel().tolist()}]}
+    return {
+        "inputs": [{"name": "input", "shape": list(x.shape), "datatype": "FP32", "data": x.ravel().tolist()}]
+    }
 
 
-# -- manifests --------------------------------------------------------------------------------------
+# -- manifests -------------------------------------------------------------------------------------
 
 
 def _isvc(
-    name: str, model: dict[str, Any], env: dict[str, str] | None, extra: dict[str, Any] | None, spec: dict[str, Any]
+    name: str,
+    model: dict[str, Any],
+    env: dict[str, str] | None,
+    extra: dict[str, Any] | None,
+    spec: dict[str, Any],
 ) -> dict[str, Any]:
     model = {**copy.deepcopy(model), **copy.deepcopy(extra or {})}
     if env:
@@ -87,7 +92,11 @@ def mlp_isvc(
     to `predictor.model` (resources, ...), `predictor={...}` adds predictor fields
     (canaryTrafficPercent, containerConcurrency, ...), other keywords add spec fields (experiment, shadow).
     """
-    onnx = {"modelFormat": {"name": "onnx"}, "protocolVersion": "v2", "storageUri": str(model_repo / "mlp" / "1")}
+    onnx = {
+        "modelFormat": {"name": "onnx"},
+        "protocolVersion": "v2",
+        "storageUri": str(model_repo / "mlp" / "1"),
+    }
     return _isvc(name, onnx, env, model, spec)
 
 
@@ -111,7 +120,7 @@ def revision(service: str, number: int) -> str:
     return f"{service}-predictor-{number:05d}"
 
 
-# -- status -----------------------------------------------------------------------------------------
+# -- status ----------------------------------------------------------------------------------------
 
 
 def condition(status: dict[str, Any], type_: str) -> dict[str, Any]:
@@ -136,7 +145,7 @@ class ControlApi:
         return self.http.post("/apply", content=text.encode())
 
     def apply(self, *manifests: dict[str, Any]) -> dict[str, Any]:
-        """Apply `manifests` (as one multi-document YAML-compatible JSON list); fail unless accepted."""
+        """Apply `manifests` in one request (a `kind: List` document); fail unless accepted."""
         text = json.dumps({"apiVersion": "v1", "kind": "List", "items": list(manifests)})
         response = self.apply_text(text)
         assert response.status_code == 200, response.text
@@ -183,7 +192,7 @@ class ControlApi:
         return until(reached, timeout, f"{name} traffic {expected}")
 
 
-# -- load -------------------------------------------------------------------------------------------
+# -- load ------------------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True, slots=True)
@@ -208,7 +217,7 @@ class Load:
         model: str,
         body: dict[str, Any],
         concurrency: int = 8,
-        timeout: float = 20.0,
+        timeout: float = 10.0,
     ) -> None:
         self.url = f"{url}/v2/models/{model}/infer"
         self.body = json.dumps(body).encode()
@@ -278,7 +287,7 @@ class Load:
         until(lambda: self.mark() >= target, timeout, f"{count} more answers")
 
 
-# -- processes and metrics --------------------------------------------------------------------------
+# -- processes and metrics -------------------------------------------------------------------------
 
 
 def processes_using(folder: Path) -> set[int]:
@@ -314,7 +323,7 @@ def metric_total(text: str, name: str, **labels: str) -> float:
     return total
 
 
-# -- fixtures ---------------------------------------------------------------------------------------
+# -- fixtures --------------------------------------------------------------------------------------
 
 
 def gateway_process(state_dir: Path) -> Iterator[GatewayProcess]:

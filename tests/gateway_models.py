@@ -56,10 +56,8 @@ class SlowStart(PythonModel):
 
 
 class AlwaysFails(PythonModel):
-    """Loads fine and fails every request (a 500 from its replica): a broken shadow."""
-
-    inputs = _X
-    outputs = _Y
+    """Loads fine and fails every request (a 500 from its replica): a broken shadow. It declares no
+    signature, so whatever the primary is sent reaches `predict` (and fails there)."""
 
     def predict(self, data: dict[str, np.ndarray], context: Context) -> dict[str, np.ndarray]:
         raise RuntimeError("this model always fails")

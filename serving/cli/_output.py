@@ -87,18 +87,21 @@ def table_text(headers: Sequence[str], rows: Iterable[Sequence[Any]], indent: in
 def print_table(headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
     """A table on stdout: rich's on a terminal, plain aligned text when piped (stable for scripts)."""
     rows = list(rows)
+    text = table_text(headers, rows)
     if not sys.stdout.isatty():
-        print(table_text(headers, rows))
+        print(text)
         return
     from rich.console import Console
     from rich.table import Table
 
     table = Table(box=None, header_style="bold", pad_edge=False, padding=(0, 3, 0, 0))
     for header in headers:
-        table.add_column(header, no_wrap=True, overflow="fold")
+        table.add_column(header, no_wrap=True)
     for row in rows:
         table.add_row(*("" if c is None else str(c) for c in row))
-    Console().print(table)
+    # As wide as the table needs, like kubectl: a narrow terminal wraps lines rather than rich
+    # squeezing URLs and revision names into columns too narrow to read.
+    Console(width=max(len(line) for line in text.splitlines()) + 3).print(table)
 
 
 # -- servegate get --------------------------------------------------------------------------------
@@ -176,7 +179,7 @@ def _fields(pairs: Iterable[tuple[str, Any]], indent: int = 0) -> list[str]:
     kept = [(k, v) for k, v in pairs if v is not None and v != ""]
     if not kept:
         return []
-    width = max(len(k) for k, _ in kept) + 2
+    width = max(len(k) for k, _ in kept) + 3
     return [" " * indent + f"{k + ':':<{width}}{v}".rstrip() for k, v in kept]
 
 

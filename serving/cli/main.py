@@ -6,6 +6,7 @@ import click
 
 from serving import __version__
 from serving.cli.model import model
+from serving.cli.resources import RESOURCE_COMMANDS
 from serving.cli.up import up
 
 __all__ = ["cli", "main"]
@@ -19,6 +20,8 @@ def cli() -> None:
 
 cli.add_command(model)
 cli.add_command(up)
+for command in RESOURCE_COMMANDS:
+    cli.add_command(command)
 
 
 def main() -> None:

@@ -30,6 +30,10 @@ __all__ = ["Controller", "NotFound"]
 log = logging.getLogger(__name__)
 
 DEFAULT_TIMEOUT_S = 60.0
+#: a retired revision keeps its replicas until its pool has been idle this long (seconds) ...
+RETIRE_QUIET_S = 1.0
+#: ... or this long has passed since it left the routing table (seconds).
+RETIRE_LIMIT_S = 120.0
 #: InferenceService annotation: how many TrainedModels one replica may hold (LRU beyond that).
 MAX_MODELS_ANNOTATION = "serving.servegate.io/max-models-per-replica"
 
@@ -63,6 +67,9 @@ class Controller:
         self._idle = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._runners: dict[str, tuple[Any, Any]] = {}
+        #: revisions to scale to zero once the next routing table no longer sends them traffic.
+        self._to_retire: set[str] = set()
+        self._retiring: dict[str, asyncio.Task[None]] = {}
 
     # -- lifecycle --------------------------------------------------------------------------------
 
@@ -80,9 +87,10 @@ class Controller:
         self._task = asyncio.create_task(self._loop(), name="controller")
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+        tasks = [t for t in (self._task, *self._retiring.values()) if t is not None]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
     async def settled(self) -> None:
         """Wait until no reconcile is pending (tests and the CLI's `--wait`)."""
@@ -210,6 +218,10 @@ class Controller:
                 except Exception:
                     log.exception("reconciling %s failed", name)
             self.router.set_table(self._table())
+            # Only now that no route names them may old revisions go (drain at the router first).
+            for revision in self._to_retire:
+                self._retiring[revision] = asyncio.create_task(self._retire(revision))
+            self._to_retire.clear()
             if not self._dirty:
                 self._idle.set()
 
@@ -219,8 +231,7 @@ class Controller:
             for revision in [r for r, owner in self._owner.items() if owner == name]:
                 self._desired.pop(revision, None)
                 self._owner.pop(revision, None)
-                self.pools.pop(revision, None)
-                await self.engine.remove(revision)
+                self._to_retire.add(revision)
             self._states.pop(name, None)
             return
         states = {}
@@ -244,6 +255,8 @@ class Controller:
         for change in plan.changes:
             self.store.add_event("InferenceService", name, "Normal", "RolledOut", change)
         wanted = {rev for rev, _ in plan.traffic} | self._referenced(name)
+        if plan.rollout.previous is not None:
+            wanted.add(plan.rollout.previous)  # kept warm: a rollback is instant
         if not plan.rollout.pinned:
             wanted.add(revisions[-1].name)  # the newest must run to become ready
         replicas = max(component.min_replicas, 1)
@@ -258,6 +271,16 @@ class Controller:
         if spec.shadow is not None:
             named.add(spec.shadow.revision)
         return {r for r in named if r}
+
+    async def _retire(self, revision: str) -> None:
+        pool = self.pools.get(revision)
+        if pool is not None:
+            await pool.wait_idle(quiet_s=RETIRE_QUIET_S, limit_s=RETIRE_LIMIT_S)
+        # Removal itself is not cancelled half-way: past this point the replicas drain and stop.
+        await asyncio.shield(self.engine.remove(revision))
+        self._retiring.pop(revision, None)
+        if revision not in self._owner:
+            self.pools.pop(revision, None)  # its service is gone
 
     def _replica_spec(self, service: str, row: RevisionRow) -> ReplicaSpec:
         c = _component_from(row.spec)
@@ -285,8 +308,13 @@ class Controller:
             return
         self._desired[revision] = count
         if count == 0:
-            await self.engine.remove(revision)
+            self._to_retire.add(revision)
             return
+        self._to_retire.discard(revision)
+        retiring = self._retiring.pop(revision, None)
+        if retiring is not None:
+            retiring.cancel()  # wanted again (a rollback): keep the replicas it still has
+            await asyncio.gather(retiring, return_exceptions=True)
         self._owner[revision] = service
         component = _component_from(row.spec)
         self.pools.setdefault(revision, Pool(revision, component.container_concurrency))

@@ -50,8 +50,19 @@ def service_status(name: str, states: dict[str, _State], engine: Engine, gateway
             pools[row.name] = {
                 "desired": pool.desired,
                 "ready": pool.ready,
+                "restarts": sum(r.restarts for r in pool.replicas),
                 "schedulable": pool.schedulable,
                 **({"reason": pool.reason} if pool.reason else {}),
+                "replicas": [
+                    {
+                        "id": r.id,
+                        "state": r.state.value,
+                        "restarts": r.restarts,
+                        **({"reason": r.reason} if r.reason else {}),
+                    }
+                    for r in pool.replicas
+                ],
+                "events": list(pool.events[-5:]),
             }
             if row is state.revisions[-1] and not pool.ready:
                 reason = pool.reason or next((r.reason for r in pool.replicas if r.reason), "")

@@ -1,0 +1,186 @@
+#!/usr/bin/env python3
+"""Benchmark the gateway hop: client -> `servegate up` -> replica, beside the replica alone, KServe's
+ModelServer serving the model directly (no router) and Ray Serve.
+
+    python loadtests/bench_gateway.py [--seconds 10] [--rounds 3] [--peers kserve,rayserve] [--json FILE]
+
+An ONNX MLP 64-256-256-10 (one ONNX Runtime thread) is deployed as an InferenceService on
+`servegate up`; its replica is also loaded directly, and the peers (`../shared/bench/peer-serve`)
+serve the same file. All take V2 JSON with 16 connections in alternating rounds
+(`../shared/bench/compare`); then the gateway and the replica take one connection, which shows the
+latency the router hop adds without queueing.
+
+Prints requests/s, p50 and p99 for each, and whether the issue's targets are met: through the
+gateway >= 1.5x KServe's throughput with a lower p99, and >= 10x Ray Serve's.
+Needs wrk (Debian: wrk); peers are installed on first use (minutes).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import signal
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+from rich.console import Console
+from rich.table import Table
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from loadtests.harness import ROOT, Server, compare, free_port, v2_json_body
+from predictors.examples import make_mlp_onnx
+
+SIZES = (64, 256, 256, 10)
+console = Console(width=None if sys.stdout.isatty() else 120)
+
+MANIFEST = """\
+apiVersion: serving.kserve.io/v1beta1
+kind: InferenceService
+metadata:
+  name: mlp
+spec:
+  predictor:
+    model:
+      modelFormat: {{name: onnx}}
+      storageUri: {uri}
+      protocolVersion: v2
+      resources:
+        limits: {{cpu: "1"}}
+"""
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--seconds", type=int, default=10, help="length of each load run")
+    parser.add_argument("--rounds", type=int, default=3, help="alternating rounds; medians are reported")
+    parser.add_argument("--peers", default="kserve,rayserve", help="comma-separated peers, or 'none'")
+    parser.add_argument("--bench-dir", type=Path, default=ROOT.parent / "shared" / "bench")
+    parser.add_argument("--json", type=Path, help="also write every figure to this file")
+    args = parser.parse_args()
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+    peers = [] if args.peers == "none" else [p.strip() for p in args.peers.split(",") if p.strip()]
+    if peers and not (args.bench_dir / "peer-serve").exists():
+        parser.error(f"{args.bench_dir} has no peer-serve; pass --bench-dir or --peers none")
+    unknown = set(peers) - {"kserve", "rayserve"}
+    if unknown:
+        parser.error(f"unknown peers: {', '.join(sorted(unknown))} (kserve, rayserve)")
+
+    with tempfile.TemporaryDirectory(prefix="servegate-bench-") as tmp:
+        results = run(Path(tmp), args, peers)
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2))
+    return report(results)
+
+
+@contextlib.contextmanager
+def running(*servers: Server) -> Iterator[None]:
+    try:
+        yield
+    finally:
+        for server in servers:
+            server.stop()
+
+
+def replica_url(state_dir: Path) -> str:
+    """The replica's own address, from the port file the process engine keeps for it."""
+    (ports,) = list((state_dir / "replicas").glob("*/ports.json"))
+    return f"http://127.0.0.1:{json.loads(ports.read_text())['http']}/v2/models/mlp/infer"
+
+
+def run(work: Path, args: argparse.Namespace, peers: list[str]) -> dict[str, dict[str, dict[str, float]]]:
+    model = make_mlp_onnx(work / "mlp.onnx", SIZES)
+    manifest = work / "mlp.yaml"
+    manifest.write_text(MANIFEST.format(uri=model))
+    x = np.random.default_rng(0).normal(size=(1, SIZES[0])).astype(np.float32)
+    body = v2_json_body("input", x)
+    http, state = free_port(), work / "state"
+    gateway = Server("gateway", [
+        sys.executable, "-m", "serving", "up", "-f", str(manifest), "--host", "127.0.0.1",
+        "--http-port", str(http), "--grpc-port", str(free_port()), "--state-dir", str(state),
+        "--log-level", "warning",
+    ])  # fmt: skip
+    ports = {peer: free_port() for peer in peers}
+    peer_servers = [
+        Server(peer, [str(args.bench_dir / "peer-serve"), peer, str(model), "mlp", str(ports[peer])],
+               env={"PEER_ORT_THREADS": "1"})
+        for peer in peers
+    ]  # fmt: skip
+    urls = {"gateway": f"http://127.0.0.1:{http}/v2/models/mlp/infer"}
+    peer_urls = {peer: f"http://127.0.0.1:{ports[peer]}/v2/models/mlp/infer" for peer in peers}
+
+    with running(gateway, *peer_servers):
+        with console.status("starting servegate up and the peers (a peer's first use installs it: minutes)"):
+            for server in (gateway, *peer_servers):
+                server.start(work)
+            gateway.wait_until_answering(urls["gateway"], body, timeout=120)
+            for server in peer_servers:
+                server.wait_until_answering(peer_urls[server.name], body, timeout=900)
+        urls["replica"] = replica_url(state)
+        figures = {}
+        with console.status(f"V2 JSON, 16 connections: {', '.join([*urls, *peer_urls])}"):
+            figures["v2_json_16"] = compare(
+                args.bench_dir, body, urls | peer_urls, 16, args.seconds, args.rounds
+            )
+        with console.status("V2 JSON, 1 connection: gateway vs replica (the router hop)"):
+            figures["v2_json_1"] = compare(args.bench_dir, body, urls, 1, args.seconds, args.rounds)
+    return figures
+
+
+def report(results: dict[str, dict[str, dict[str, float]]]) -> int:
+    table = Table(title="servegate gateway benchmark (medians over rounds)")
+    for column in ("load", "server", "requests/s", "p50 ms", "p99 ms", "non-2xx", "x gateway"):
+        table.add_column(column, justify="left" if column in ("load", "server") else "right")
+    titles = {"v2_json_16": "V2 JSON, 16 conn", "v2_json_1": "V2 JSON, 1 conn"}
+    for key, rows in results.items():
+        base = rows["gateway"]["rps"]
+        for name, row in rows.items():
+            latency = (f"{row['p50_ms']:.2f}", f"{row['p99_ms']:.2f}")
+            table.add_row(
+                titles[key],
+                name,
+                f"{row['rps']:,.0f}",
+                *latency,
+                f"{row['bad']:.1%}",
+                f"{row['rps'] / base:.2f}",
+            )
+        table.add_section()
+    console.print(table)
+
+    loaded, single = results["v2_json_16"], results["v2_json_1"]
+    gateway = loaded["gateway"]
+    hop = single["gateway"]["p50_ms"] - single["replica"]["p50_ms"]
+    console.print(
+        f"router hop, 1 connection: +{hop:.2f} ms at p50 "
+        f"(gateway {single['gateway']['p50_ms']:.2f} ms, replica {single['replica']['p50_ms']:.2f} ms); "
+        f"16 connections: gateway {gateway['rps'] / loaded['replica']['rps']:.0%} of the replica's throughput"
+    )
+    checks = []
+    if "kserve" in loaded:
+        kserve = loaded["kserve"]
+        console.print(
+            f"gateway vs KServe direct: {gateway['rps'] / kserve['rps']:.2f}x throughput; "
+            f"p99 {gateway['p99_ms']:.2f} ms vs {kserve['p99_ms']:.2f} ms"
+        )
+        checks.append(
+            ("gateway >= 1.5x KServe direct, lower p99",
+             gateway["rps"] >= 1.5 * kserve["rps"] and gateway["p99_ms"] < kserve["p99_ms"])
+        )  # fmt: skip
+    if "rayserve" in loaded:
+        ratio = gateway["rps"] / loaded["rayserve"]["rps"]
+        console.print(f"gateway vs Ray Serve: {ratio:.2f}x throughput")
+        checks.append(("gateway >= 10x Ray Serve", ratio >= 10))
+    checks.append(("no failed requests through the gateway", gateway["bad"] == 0))
+    for label, ok in checks:
+        console.print(f"[{'green' if ok else 'red'}]{'met' if ok else 'MISSED'}[/]: {label}")
+    return 0 if all(ok for _, ok in checks) else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
