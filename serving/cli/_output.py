@@ -219,7 +219,8 @@ def _component_summary(spec: dict[str, Any]) -> list[tuple[str, Any]]:
 
 
 def _revisions(component: dict[str, Any]) -> list[list[str]]:
-    """One row per revision the status names: traffic, replicas (desired/ready) and what it is."""
+    """One row per revision the status names: traffic, replicas (ready/desired, restarts), its roles
+    and why it is not ready (the pool's reason, else its first replica's)."""
     replicas: dict[str, Any] = component.get("replicas") or {}
     traffic = {t.get("revisionName"): t.get("percent") for t in component.get("traffic") or []}
     roles = {
@@ -240,8 +241,10 @@ def _revisions(component: dict[str, Any]) -> list[list[str]]:
                 name,
                 f"{traffic[name]}%" if name in traffic else "0%",
                 f"{pool.get('ready', 0)}/{pool.get('desired', 0)}" if pool else "-",
+                str(pool.get("restarts", 0)) if pool else "-",
                 ", ".join(marks),
-                pool.get("reason", ""),
+                pool.get("reason")
+                or next((r["reason"] for r in pool.get("replicas", []) if r.get("reason")), ""),
             ]
         )
     return rows
@@ -290,7 +293,7 @@ def _isvc_sections(isvc: dict[str, Any]) -> list[str]:
         lines += ["", f"Revisions ({kind}):"]
         rows = _revisions(component)
         if rows:
-            headers = ("REVISION", "TRAFFIC", "READY/DESIRED", "ROLE", "REASON")
+            headers = ("REVISION", "TRAFFIC", "READY/DESIRED", "RESTARTS", "ROLE", "REASON")
             lines.append(table_text(headers, rows, indent=2))
         else:
             lines.append("  <none>")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import time
 from typing import Any
 
 from router.balancer import Pool
@@ -19,9 +20,10 @@ from router.policies.placement import Budget
 from router.policies.traffic import effective_weights
 from router.routes import Backend, Experiment, ModelRoute, RoutingTable, ServiceRoute, Shadow, Split, Variant
 from serving.controller import rollout as policy
-from serving.controller.status import service_status
+from serving.controller.status import ConditionClock, service_status
 from serving.engines.base import Engine, ReplicaSpec, ServedModelRef
 from serving.spec import Component, InferenceService, TrainedModel
+from serving.spec.isvc import SERVER_METADATA
 from serving.spec.manifests import Resource
 from serving.store import RevisionRow, Store
 
@@ -67,6 +69,7 @@ class Controller:
         self._idle = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._runners: dict[str, tuple[Any, Any]] = {}
+        self._clock = ConditionClock()
         #: revisions to scale to zero once the next routing table no longer sends them traffic.
         self._to_retire: set[str] = set()
         self._retiring: dict[str, asyncio.Task[None]] = {}
@@ -106,6 +109,10 @@ class Controller:
         for resource in resources:
             kind, name = resource.kind, resource.metadata.name
             manifest = resource.model_dump(mode="json", by_alias=True, exclude_none=True)
+            # What a server fills in (generation, uid, ...) is not the user's: `get -o yaml | apply`
+            # must come back "unchanged".
+            for key in SERVER_METADATA:
+                manifest["metadata"].pop(key, None)
             action = self.store.put_resource(kind, name, manifest)
             self._remember(resource)
             if action != "unchanged":
@@ -154,9 +161,16 @@ class Controller:
         if row is None:
             raise NotFound(f"{kind} '{name}' not found")
         out = dict(row.manifest)
-        out["metadata"] = {**out.get("metadata", {}), "generation": row.generation}
+        created = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(row.created))
+        out["metadata"] = {
+            **out.get("metadata", {}),
+            "generation": row.generation,
+            "creationTimestamp": created,
+        }
         if kind == "InferenceService":
-            out["status"] = service_status(name, self._states.get(name, {}), self.engine, self.gateway_url)
+            out["status"] = service_status(
+                name, self._states.get(name, {}), self.engine, self.gateway_url, self._clock
+            )
         elif kind == "TrainedModel":
             host = row.manifest["spec"]["inferenceService"]
             ready = self.router.table.services.get(host) is not None and host in self._states
@@ -233,6 +247,7 @@ class Controller:
                 self._owner.pop(revision, None)
                 self._to_retire.add(revision)
             self._states.pop(name, None)
+            self._clock.forget(name)
             return
         states = {}
         for kind, component in isvc.components().items():

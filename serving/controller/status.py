@@ -1,14 +1,19 @@
 """An InferenceService's status in KServe's shape: conditions, url, per-component revisions and
-traffic, model status; plus the replica pools behind each revision (servegate's addition)."""
+traffic, model status; plus the replica pools behind each revision (servegate's addition).
+
+A component is ready when its newest revision takes the traffic it should (or a rollback pinned
+traffic elsewhere): during a rollout, and when the newest revision cannot start, the service keeps
+answering from the old revision but reports not ready, as KServe does.
+"""
 
 from __future__ import annotations
 
 import time
 from typing import Any, Protocol
 
-from serving.engines.base import Engine
+from serving.engines.base import Engine, PoolStatus, ReplicaState
 
-__all__ = ["service_status"]
+__all__ = ["ConditionClock", "service_status"]
 
 
 class _State(Protocol):
@@ -20,56 +25,48 @@ class _State(Protocol):
     def component(self) -> Any: ...
 
 
-def _condition(type_: str, ok: bool, reason: str = "", message: str = "") -> dict[str, Any]:
-    condition: dict[str, Any] = {
-        "type": type_,
-        "status": "True" if ok else "False",
-        "lastTransitionTime": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-    }
-    if not ok:
-        condition["reason"] = reason
-        condition["message"] = message
-    return condition
+class ConditionClock:
+    """When each condition last changed status (KServe's `lastTransitionTime`)."""
+
+    def __init__(self) -> None:
+        self._seen: dict[tuple[str, str], tuple[bool, float]] = {}
+
+    def stamp(self, service: str, type_: str, ok: bool) -> str:
+        key = (service, type_)
+        last = self._seen.get(key)
+        if last is None or last[0] != ok:
+            last = self._seen[key] = (ok, time.time())
+        return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(last[1]))
+
+    def forget(self, service: str) -> None:
+        for key in [k for k in self._seen if k[0] == service]:
+            del self._seen[key]
 
 
-def service_status(name: str, states: dict[str, _State], engine: Engine, gateway_url: str) -> dict[str, Any]:
+def service_status(
+    name: str, states: dict[str, _State], engine: Engine, gateway_url: str, clock: ConditionClock
+) -> dict[str, Any]:
     predictor = states.get("predictor")
     protocol = predictor.component.protocol if predictor else "v1"
     path = f"/v1/models/{name}" if protocol == "v1" else f"/v2/models/{name}"
+
+    def condition(type_: str, ok: bool, reason: str = "", message: str = "") -> dict[str, Any]:
+        out: dict[str, Any] = {"type": type_, "status": "True" if ok else "False"}
+        out["lastTransitionTime"] = clock.stamp(name, type_, ok)
+        if not ok:
+            out["reason"], out["message"] = reason, message
+        return out
+
     components: dict[str, Any] = {}
     conditions = []
     all_ready = bool(states)
     for kind, state in states.items():
         plan = state.plan
-        pools = {}
-        problem = ("", "")
-        for row in state.revisions:
-            pool = engine.status(row.name)
-            if pool is None:
-                continue
-            pools[row.name] = {
-                "desired": pool.desired,
-                "ready": pool.ready,
-                "restarts": sum(r.restarts for r in pool.replicas),
-                "schedulable": pool.schedulable,
-                **({"reason": pool.reason} if pool.reason else {}),
-                "replicas": [
-                    {
-                        "id": r.id,
-                        "state": r.state.value,
-                        "restarts": r.restarts,
-                        **({"reason": r.reason} if r.reason else {}),
-                    }
-                    for r in pool.replicas
-                ],
-                "events": list(pool.events[-5:]),
-            }
-            if row is state.revisions[-1] and not pool.ready:
-                reason = pool.reason or next((r.reason for r in pool.replicas if r.reason), "")
-                problem = ("NotSchedulable" if not pool.schedulable else "RevisionNotReady", reason)
-        ready = bool(plan.traffic) and plan.latest_ready is not None
-        all_ready = all_ready and ready
         latest = state.revisions[-1].name if state.revisions else None
+        pools = {row.name: _pool(pool) for row in state.revisions if (pool := engine.status(row.name))}
+        serving = bool(plan.traffic) and plan.latest_ready is not None
+        ready = serving and (latest == plan.latest_ready or plan.rollout.pinned)
+        all_ready = all_ready and ready
         components[kind] = {
             "latestCreatedRevision": latest,
             "latestReadyRevision": plan.latest_ready,
@@ -82,16 +79,12 @@ def service_status(name: str, states: dict[str, _State], engine: Engine, gateway
             "url": gateway_url + path,
             "replicas": pools,
         }
-        conditions.append(
-            _condition(
-                f"{kind.capitalize()}Ready", ready, problem[0], problem[1] or "no revision is ready yet"
-            )
-        )
-        if ready and latest != plan.latest_ready and problem[1]:
-            # Ready on an older revision while the newest one cannot start: say so.
-            conditions[-1]["message"] = f"latest revision {latest} is not ready: {problem[1]}"
-    conditions.append(_condition("IngressReady", True))
-    conditions.append(_condition("Ready", all_ready, "ComponentsNotReady", "a component is not ready"))
+        reason, message = _why_not_ready(engine.status(latest) if latest else None, latest)
+        if serving and not ready:
+            message = f"serving from {plan.latest_ready} while the latest revision is not ready: {message}"
+        conditions.append(condition(f"{kind.capitalize()}Ready", ready, reason, message))
+    conditions.append(condition("IngressReady", True))
+    conditions.append(condition("Ready", all_ready, "ComponentsNotReady", "a component is not ready"))
     status: dict[str, Any] = {
         "url": gateway_url + path,
         "address": {"url": gateway_url + path},
@@ -99,23 +92,62 @@ def service_status(name: str, states: dict[str, _State], engine: Engine, gateway
         "components": components,
     }
     if predictor is not None:
-        status["modelStatus"] = _model_status(predictor, engine)
+        latest = predictor.revisions[-1].name if predictor.revisions else None
+        status["modelStatus"] = _model_status(engine.status(latest) if latest else None)
     return status
 
 
-def _model_status(state: _State, engine: Engine) -> dict[str, Any]:
-    latest = state.revisions[-1].name if state.revisions else None
-    pool = engine.status(latest) if latest else None
+def _pool(pool: PoolStatus) -> dict[str, Any]:
+    return {
+        "desired": pool.desired,
+        "ready": pool.ready,
+        "restarts": sum(r.restarts for r in pool.replicas),
+        "schedulable": pool.schedulable,
+        **({"reason": pool.reason} if pool.reason else {}),
+        "replicas": [
+            {
+                "id": r.id,
+                "state": r.state.value,
+                "restarts": r.restarts,
+                **({"reason": r.reason} if r.reason else {}),
+            }
+            for r in pool.replicas
+        ],
+        "events": list(pool.events[-5:]),
+    }
+
+
+def _why_not_ready(pool: PoolStatus | None, revision: str | None) -> tuple[str, str]:
+    if pool is None:
+        return "RevisionMissing", f"revision {revision} has no replicas yet"
+    if not pool.schedulable:
+        return "NotSchedulable", pool.reason
+    failure = _failure(pool)
+    if failure:
+        return "RevisionFailed", failure
+    return "RevisionNotReady", f"revision {revision}: {pool.ready}/{pool.desired} replicas ready"
+
+
+def _failure(pool: PoolStatus) -> str:
+    """Why a replica of the pool failed (exited, or a model failed to load), or ""."""
+    for replica in pool.replicas:
+        if replica.state is ReplicaState.FAILED or "FAILED" in replica.reason:
+            return replica.reason or f"replica {replica.id} failed"
+    return ""
+
+
+def _model_status(pool: PoolStatus | None) -> dict[str, Any]:
     total = pool.desired if pool else 0
-    ready = pool.ready if pool else 0
-    failed = sum(1 for r in pool.replicas if r.state.name == "FAILED") if pool else 0
-    loaded = ready > 0
+    loaded = bool(pool and pool.ready)
+    failure = _failure(pool) if pool else ""
+    failed = (
+        sum(1 for r in pool.replicas if r.state is ReplicaState.FAILED or "FAILED" in r.reason) if pool else 0
+    )
     out: dict[str, Any] = {
         "states": {"activeModelState": "Loaded" if loaded else "Pending", "targetModelState": "Loaded"},
-        "transitionStatus": "UpToDate" if loaded else ("BlockedByFailedLoad" if failed else "InProgress"),
+        "transitionStatus": "UpToDate" if loaded else ("BlockedByFailedLoad" if failure else "InProgress"),
         "copies": {"failedCopies": failed, "totalCopies": total},
     }
-    reason = next((r.reason for r in pool.replicas if r.reason), "") if pool else ""
-    if reason and not loaded:
-        out["lastFailureInfo"] = {"reason": "ModelLoadFailed", "message": reason}
+    if failure:
+        out["lastFailureInfo"] = {"reason": "ModelLoadFailed", "message": failure}
     return out

@@ -27,6 +27,7 @@ from serving.spec.common import (
 __all__ = [
     "FRAMEWORKS",
     "SERVED_FORMATS",
+    "SERVER_METADATA",
     "Batcher",
     "Component",
     "ExperimentSpec",
@@ -353,7 +354,7 @@ _ROUTING_FIELDS = frozenset(
 )
 
 #: metadata the API server fills in; present in exported manifests, so not worth a warning.
-_SERVER_METADATA = frozenset(
+SERVER_METADATA = frozenset(
     {"uid", "resourceVersion", "generation", "creationTimestamp", "managedFields", "selfLink"}
     | {"finalizers", "ownerReferences", "generateName", "deletionTimestamp", "deletionGracePeriodSeconds"}
 )
@@ -410,7 +411,7 @@ def field_warnings(model: KModel) -> list[str]:
     return [
         f"{path}: unknown field, ignored"
         for path in unknown_fields(model)
-        if path.removeprefix("metadata.") not in _SERVER_METADATA
+        if path.removeprefix("metadata.") not in SERVER_METADATA
     ]
 
 

@@ -145,6 +145,7 @@ def test_a_service_applied_from_a_file_is_shown_described_and_deleted(
         "REVISION": "file-svc-predictor-00001",
         "TRAFFIC": "100%",
         "READY/DESIRED": "1/1",
+        "RESTARTS": "0",
         "ROLE": "latest, ready, rolled out",
         "REASON": "",
     }

@@ -271,7 +271,9 @@ def test_rollout_without_canary_moves_traffic_only_once_ready(
             if predictor["latestCreatedRevision"] == r2:
                 assert traffic(status) == {r1: 100}
                 assert predictor["latestRolledoutRevision"] == r1
-                assert condition(status, "Ready")["status"] == "True"  # still served by r1
+                # Still answering from r1, but not Ready until the newest revision is (KServe's rule).
+                ready = condition(status, "PredictorReady")
+                assert ready["status"] == "False" and f"serving from {r1}" in ready["message"]
                 checked += 1
             early = [o for o in answered if o.revision == r2]
             assert early == [], f"{len(early)} answers from {r2} before it was ready"
@@ -516,3 +518,41 @@ def test_gpu_request_without_gpus_is_not_schedulable(
     assert http.get("/v2/health/ready").status_code == 200
     response = http.post(f"/v2/models/{steady}/infer", json=mlp_body())
     assert response.status_code == 200, response.text
+
+
+def test_reapplying_what_get_returns_is_unchanged(api: ControlApi, model_repo: Path) -> None:
+    api.apply(mlp_isvc("same", model_repo))
+    try:
+        api.wait_ready("same")
+        exported = api.get("same")  # metadata.generation, creationTimestamp and status included
+        result = api.apply(exported)
+        assert result["results"] == [{"kind": "InferenceService", "name": "same", "action": "unchanged"}]
+        assert api.get("same")["metadata"]["generation"] == 1
+    finally:
+        api.delete("same")
+
+
+def test_a_latest_revision_that_cannot_load_leaves_the_service_not_ready(
+    api: ControlApi, gateway: GatewayProcess, model_repo: Path
+) -> None:
+    api.apply(mlp_isvc("broken", model_repo))
+    try:
+        api.wait_ready("broken")
+        bad = mlp_isvc("broken", model_repo, model={"storageUri": str(model_repo / "missing")})
+        api.apply(bad)
+
+        def failed() -> dict[str, Any] | None:
+            status = api.status("broken")
+            ready = condition(status, "PredictorReady")
+            return status if ready["status"] == "False" and ready["reason"] == "RevisionFailed" else None
+
+        status = until(failed, 30, "the new revision's failure in the status")
+        assert condition(status, "Ready")["status"] == "False"
+        assert "serving from broken-predictor-00001" in condition(status, "PredictorReady")["message"]
+        assert status["modelStatus"]["transitionStatus"] == "BlockedByFailedLoad"
+        # The old revision still answers.
+        reply = httpx.post(f"{gateway.url}/v2/models/broken/infer", json=mlp_body(), timeout=10)
+        assert reply.status_code == 200
+        assert reply.headers["x-servegate-revision"] == "broken-predictor-00001"
+    finally:
+        api.delete("broken")
