@@ -20,6 +20,7 @@ from router.balancer import Pool
 from router.forward import GrpcForwarder, HttpForwarder, HttpReply, Unreachable, forwarded_headers
 from router.metrics import GatewayMetrics, status_for_http
 from router.multimodel import Placer
+from router.payload_logger import PayloadLogger
 from router.policies.traffic import pick_weighted, sticky_point, take_shadow
 from router.routes import Backend, RoutingTable, ServiceRoute, Split
 from serving.errors import InferenceTimeout, ModelNotFound, ServerUnavailable
@@ -75,6 +76,7 @@ class Router:
         self._rng = rng or random.Random()
         self._shadows: set[asyncio.Task[None]] = set()
         self.placer = Placer(self.http)
+        self.payload_logger = PayloadLogger(self.http, metrics.logged_events)
 
     def set_table(self, table: RoutingTable) -> None:
         self.table = table
@@ -83,6 +85,7 @@ class Router:
         for task in list(self._shadows):
             task.cancel()
         await asyncio.gather(*self._shadows, return_exceptions=True)
+        await self.payload_logger.close()
         await self.http.close()
         await self.grpc.close()
 
@@ -120,7 +123,7 @@ class Router:
             raise ServerUnavailable(
                 f"InferenceService '{placed.service}' hosting model '{model}' is not ready"
             )
-        return Decision(host, Backend(backend.revision, model, backend.pool, placed), "")
+        return Decision(host, Backend(backend.revision, model, backend.pool, placed, backend.component), "")
 
     @staticmethod
     def _component(route: ServiceRoute, internal: bool) -> Split:

@@ -60,6 +60,12 @@ class GatewayMetrics:
             ["service", "revision", "status"],
             registry=registry,
         )
+        self.logged_events = Counter(
+            "servegate_gateway_logged_events",
+            "Payload-logger CloudEvents by service and outcome (ok, rejected, failed, dropped).",
+            ["service", "outcome"],
+            registry=registry,
+        )
         self.retries = Counter(
             "servegate_gateway_retries",
             "Attempts that could not reach a replica and were re-sent to another, by revision.",

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from router.balancer import Pool
+from router.payload_logger import LoggerSpec
 from router.policies.placement import Budget
 from router.policies.traffic import pick_weighted
 
@@ -35,6 +36,7 @@ class Backend:
     pool: Pool
     #: set for a TrainedModel: it must be loaded onto a replica before a request can go there.
     placed: ModelRoute | None = None
+    component: str = "predictor"
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,6 +84,8 @@ class ServiceRoute:
     transformer: Split | None = None
     experiment: Experiment | None = None
     shadow: Shadow | None = None
+    #: KServe's payload logger per component ("predictor", "transformer").
+    loggers: dict[str, LoggerSpec] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)

@@ -43,6 +43,11 @@ class _Front:
         body = await read_raw(request, self.max_body) if request.method == "POST" else None
         send = self.router.http_sender(request.method, prefix, suffix, body or b"", request.headers)
         reply = await self.router.send(decision, send, protocol)
+        logger = decision.route.loggers.get(decision.backend.component)
+        if logger is not None and body is not None:
+            self.router.payload_logger.log(
+                logger, decision.route, decision.backend, body, request.headers, reply
+            )
         headers = reply.headers | decision.response_headers()
         return Response(reply.body, reply.status, headers)
 

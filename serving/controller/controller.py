@@ -16,6 +16,7 @@ from typing import Any
 
 from router.balancer import Pool
 from router.core import Router
+from router.payload_logger import LoggerSpec
 from router.policies.placement import Budget
 from router.policies.traffic import effective_weights
 from router.routes import Backend, Experiment, ModelRoute, RoutingTable, ServiceRoute, Shadow, Split, Variant
@@ -337,12 +338,16 @@ class Controller:
 
     # -- routes -----------------------------------------------------------------------------------
 
-    def _split(self, service: str, traffic: tuple[tuple[str, int], ...]) -> Split:
+    def _split(
+        self, service: str, traffic: tuple[tuple[str, int], ...], component: str = "predictor"
+    ) -> Split:
         ready = {rev for rev, _ in traffic if rev in self.pools and self.pools[rev].size > 0}
         # Nothing ready (a lone replica restarting): keep the configured split and let requests
         # queue for the replacement rather than fail at once.
         weights = effective_weights(traffic, ready) or [(rev, w) for rev, w in traffic if rev in self.pools]
-        return Split(tuple((Backend(rev, service, self.pools[rev]), w) for rev, w in weights))
+        return Split(
+            tuple((Backend(rev, service, self.pools[rev], component=component), w) for rev, w in weights)
+        )
 
     def _table(self) -> RoutingTable:
         services = {}
@@ -352,7 +357,9 @@ class Controller:
                 continue
             predictor = self._split(name, states["predictor"].plan.traffic)
             transformer = (
-                self._split(name, states["transformer"].plan.traffic) if "transformer" in states else None
+                self._split(name, states["transformer"].plan.traffic, "transformer")
+                if "transformer" in states
+                else None
             )
             component = states["predictor"].component
             services[name] = ServiceRoute(
@@ -363,6 +370,7 @@ class Controller:
                 transformer=transformer,
                 experiment=self._experiment(name, isvc, predictor),
                 shadow=self._shadow(name, isvc),
+                loggers={kind: spec for kind, state in states.items() if (spec := _logger(state.component))},
             )
         return RoutingTable(services=services, models=self._model_routes(), graphs=self._graph_runners())
 
@@ -420,6 +428,12 @@ class Controller:
         if spec.revision:
             split = self._split(name, ((spec.revision, 100),)) if spec.revision in self.pools else Split()
         return Shadow(spec.percent, split, spec.service)
+
+
+def _logger(component: Component) -> LoggerSpec | None:
+    if not component.logger_url:
+        return None
+    return LoggerSpec(component.logger_url, component.logger_mode)
 
 
 def _component_from(spec: dict[str, Any]) -> Component:
