@@ -7,10 +7,11 @@ Everything here talks to a `servegate up` process over loopback (see `tests.serv
 from __future__ import annotations
 
 import copy
+import http.server
 import json
 import re
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Self
@@ -338,3 +339,83 @@ def gateway_process(state_dir: Path) -> Iterator[GatewayProcess]:
     finally:
         if gateway.stop() != 0:
             pytest.fail(f"the gateway did not stop cleanly:\n{gateway.output()[-5000:]}")
+
+
+# -- replicas and HTTP sinks -----------------------------------------------------------------------
+
+__all__ += ["HttpSink", "Received", "replica_urls"]
+
+
+def replica_urls(api: ControlApi, state_dir: Path, service: str, component: str = "predictor") -> list[str]:
+    """The HTTP addresses of `service`'s ready `component` replicas, from their port files."""
+    urls = []
+    pools = api.status(service)["components"][component]["replicas"]
+    for pool in pools.values():
+        for replica in pool["replicas"]:
+            if replica["state"] == "Ready":
+                ports = json.loads((state_dir / "replicas" / replica["id"] / "ports.json").read_text())
+                urls.append(f"http://127.0.0.1:{ports['http']}")
+    return urls
+
+
+@dataclass(frozen=True, slots=True)
+class Received:
+    """One POST a sink took: its path, headers (lower-case names) and body."""
+
+    path: str
+    headers: dict[str, str]
+    body: bytes
+
+
+class HttpSink:
+    """A loopback HTTP server recording every POST, answering `reply(received)` -> (status, JSON body);
+    by default 200 with an empty object. Used as a context manager: it serves inside the `with` block.
+    """
+
+    def __init__(self, reply: Callable[[Received], tuple[int, Any]] | None = None) -> None:
+        self._reply = reply or (lambda _received: (200, {}))
+        self._lock = threading.Lock()
+        self._received: list[Received] = []
+        sink = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                length = int(self.headers.get("content-length") or 0)
+                received = Received(
+                    self.path, {k.lower(): v for k, v in self.headers.items()}, self.rfile.read(length)
+                )
+                with sink._lock:
+                    sink._received.append(received)
+                status, answer = sink._reply(received)
+                body = json.dumps(answer).encode()
+                self.send_response(status)
+                self.send_header("content-type", "application/json")
+                self.send_header("content-length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, format: str, *args: object) -> None:
+                pass
+
+        self._server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
+        self._thread = threading.Thread(target=self._server.serve_forever, args=(0.05,), daemon=True)
+
+    def __enter__(self) -> Self:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join()
+
+    def received(self) -> list[Received]:
+        with self._lock:
+            return list(self._received)
+
+    def wait_for(self, count: int, timeout: float = 20.0) -> list[Received]:
+        """Everything received once at least `count` POSTs have arrived."""
+        until(lambda: len(self.received()) >= count, timeout, f"{count} POSTs at {self.url}")
+        return self.received()

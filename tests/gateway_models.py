@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from predictors.python_model import Context, PythonModel
+from predictors.transformer import Transformer
 from serving.protocol.types import TensorSpec
 
 __all__ = ["AlwaysFails", "Sleeper", "SlowStart"]
@@ -61,3 +62,39 @@ class AlwaysFails(PythonModel):
 
     def predict(self, data: dict[str, np.ndarray], context: Context) -> dict[str, np.ndarray]:
         raise RuntimeError("this model always fails")
+
+
+# -- graph, transformer and logger models ----------------------------------------------------------
+
+__all__ += ["AddOne", "ScaleAndLabel", "TimesTen"]
+
+
+class AddOne(PythonModel):
+    """Adds one to `x` into `y`: easy to recognise at the end of a graph."""
+
+    inputs = _X
+    outputs = _Y
+
+    def predict(self, data: dict[str, np.ndarray], context: Context) -> dict[str, np.ndarray]:
+        return {"y": data["x"] + 1}
+
+
+class TimesTen(PythonModel):
+    """Multiplies `x` by ten into `y`."""
+
+    inputs = _X
+    outputs = _Y
+
+    def predict(self, data: dict[str, np.ndarray], context: Context) -> dict[str, np.ndarray]:
+        return {"y": data["x"] * 10}
+
+
+class ScaleAndLabel(Transformer):
+    """The MLP behind a transformer: clients send 0-255 values, the predictor gets them over 255;
+    the answer keeps the predictor's `output` and adds its argmax as `label`."""
+
+    def preprocess(self, inputs: dict[str, np.ndarray], context: Context) -> dict[str, np.ndarray]:
+        return {"input": inputs["input"].astype(np.float32) / 255.0}
+
+    def postprocess(self, result: dict[str, np.ndarray], context: Context) -> dict[str, np.ndarray]:
+        return {"output": result["output"], "label": result["output"].argmax(axis=1)}

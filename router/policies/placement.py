@@ -32,6 +32,8 @@ def evictions(held_lru: Sequence[str], sizes: Mapping[str, int], budget: Budget,
     """
     kept = [m for m in held_lru if m != incoming]
     out: list[str] = []
+    if budget.memory_bytes is not None and sizes.get(incoming, 0) > budget.memory_bytes:
+        return out
 
     def over() -> bool:
         count = len(kept) + 1

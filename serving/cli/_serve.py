@@ -143,3 +143,5 @@ def configure_logging(level: str) -> None:
     )
     # uvicorn's own error logger is useful; its per-request access logger is opt-in (--access-log).
     logging.getLogger("uvicorn.error").setLevel(level.upper())
+    # One line per health check of every replica drowns what matters.
+    logging.getLogger("httpx").setLevel(max(logging.WARNING, logging.getLevelName(level.upper())))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import click
 
 from serving import __version__
@@ -25,4 +27,7 @@ for command in RESOURCE_COMMANDS:
 
 
 def main() -> None:
+    # Read by gRPC when it is first imported (after this). servegate never runs Python in a forked
+    # child (replicas are fork+exec), so gRPC's fork handlers would only log a warning per replica.
+    os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
     cli()

@@ -12,6 +12,7 @@ import asyncio
 import dataclasses
 import logging
 import time
+from collections.abc import Coroutine
 from typing import Any
 
 from router.balancer import Pool
@@ -71,6 +72,7 @@ class Controller:
         self._task: asyncio.Task[None] | None = None
         self._runners: dict[str, tuple[Any, Any]] = {}
         self._clock = ConditionClock()
+        self._tasks: set[asyncio.Task[None]] = set()
         #: revisions to scale to zero once the next routing table no longer sends them traffic.
         self._to_retire: set[str] = set()
         self._retiring: dict[str, asyncio.Task[None]] = {}
@@ -91,7 +93,7 @@ class Controller:
         self._task = asyncio.create_task(self._loop(), name="controller")
 
     async def close(self) -> None:
-        tasks = [t for t in (self._task, *self._retiring.values()) if t is not None]
+        tasks = [t for t in (self._task, *self._retiring.values(), *self._tasks) if t is not None]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -132,6 +134,8 @@ class Controller:
             raise NotFound(f"{kind} '{name}' not found")
         del table[kind][name]
         self.store.delete_resource(kind, name)
+        if kind == "TrainedModel":
+            self._background(self.router.placer.retire(name))
         self._mark(name if kind == "InferenceService" else "")
 
     async def promote(self, name: str) -> str:
@@ -154,6 +158,11 @@ class Controller:
         self._mark(name)
         await self.settled()
         return message
+
+    def _background(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     # -- views ------------------------------------------------------------------------------------
 

@@ -9,6 +9,7 @@ from collections import Counter
 
 import pytest
 
+from router.policies.placement import Budget, evictions, pick_host
 from router.policies.traffic import effective_weights, pick_weighted, sticky_point, take_shadow
 from tests.servers import ROOT
 
@@ -170,3 +171,30 @@ def test_take_shadow_mirrors_its_percent() -> None:
     rng = random.Random(11)
     taken = sum(take_shadow(25, rng.random()) for _ in range(20_000))
     assert taken / 20_000 == pytest.approx(0.25, abs=0.015)
+
+
+# -- multi-model placement ------------------------------------------------------------------------
+
+
+def test_pick_host_prefers_fewest_models_then_least_busy() -> None:
+    assert pick_host([("a", 2, 0), ("b", 1, 5), ("c", 1, 3)]) == "c"
+    assert pick_host([("a", 0, 0)]) == "a"
+
+
+@pytest.mark.parametrize(
+    ("held", "budget", "incoming", "evicted"),
+    [
+        (["m1", "m2"], Budget(max_models=2), "m3", ["m1"]),
+        (["m1", "m2"], Budget(max_models=3), "m3", []),
+        (["m1", "m2", "m3"], Budget(max_models=2), "m4", ["m1", "m2"]),
+        (["m1", "m2"], Budget(max_models=2), "m2", []),  # already held: nothing to make room for
+        (["m1", "m2"], Budget(), "m3", []),  # no limits
+        (["big", "small"], Budget(memory_bytes=100), "new", ["big"]),  # 60 + 30 + 40 > 100
+        (["small"], Budget(memory_bytes=100), "huge", []),  # could never fit: keep what works
+    ],
+)
+def test_evictions_oldest_first_within_budget(
+    held: list[str], budget: Budget, incoming: str, evicted: list[str]
+) -> None:
+    sizes = {"big": 60, "small": 30, "new": 40, "huge": 500}
+    assert evictions(held, sizes, budget, incoming) == evicted
