@@ -71,9 +71,10 @@ class _Api:
 
     def _references(self, resources: list[Resource]) -> list[Problem]:
         """Problems only the current state can show: references to services that do not exist."""
-        known = set(self.controller.services) | {
-            r.metadata.name for r in resources if isinstance(r, InferenceService)
+        services = dict(self.controller.services) | {
+            r.metadata.name: r for r in resources if isinstance(r, InferenceService)
         }
+        known = set(services)
         problems = []
         for r in resources:
             where = f"{r.kind}/{r.metadata.name}"
@@ -84,6 +85,17 @@ class _Api:
                         f"InferenceService '{r.spec.inference_service}' not found",
                     )
                 )
+            elif isinstance(r, TrainedModel):
+                # KServe's MemoryResourceAvailable: a model larger than its host's memory never fits.
+                limit = services[r.spec.inference_service].components()["predictor"].memory_bytes
+                if limit is not None and r.memory_bytes > limit:
+                    problems.append(
+                        Problem(
+                            f"{where}: spec.model.memory",
+                            f"{r.spec.model.memory} exceeds the memory limit of InferenceService "
+                            f"'{r.spec.inference_service}' ({limit} bytes)",
+                        )
+                    )
             if isinstance(r, InferenceService):
                 refs = (
                     [
