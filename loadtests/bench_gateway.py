@@ -18,12 +18,9 @@ Needs wrk (Debian: wrk); peers are installed on first use (minutes).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
-import signal
 import sys
 import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -32,7 +29,15 @@ from rich.table import Table
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from loadtests.harness import ROOT, Server, compare, free_port, v2_json_body
+from loadtests.harness import (
+    Server,
+    benchmark_arguments,
+    chosen_peers,
+    compare,
+    free_port,
+    running,
+    v2_json_body,
+)
 from predictors.examples import make_mlp_onnx
 
 SIZES = (64, 256, 256, 10)
@@ -55,37 +60,15 @@ spec:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--seconds", type=int, default=10, help="length of each load run")
-    parser.add_argument("--rounds", type=int, default=3, help="alternating rounds; medians are reported")
-    parser.add_argument("--peers", default="kserve,rayserve", help="comma-separated peers, or 'none'")
-    parser.add_argument("--bench-dir", type=Path, default=ROOT.parent / "shared" / "bench")
-    parser.add_argument("--json", type=Path, help="also write every figure to this file")
+    parser = benchmark_arguments(__doc__ or "")
     args = parser.parse_args()
-    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
-    peers = [] if args.peers == "none" else [p.strip() for p in args.peers.split(",") if p.strip()]
-    if peers and not (args.bench_dir / "peer-serve").exists():
-        parser.error(f"{args.bench_dir} has no peer-serve; pass --bench-dir or --peers none")
-    unknown = set(peers) - {"kserve", "rayserve"}
-    if unknown:
-        parser.error(f"unknown peers: {', '.join(sorted(unknown))} (kserve, rayserve)")
+    peers = chosen_peers(parser, args)
 
     with tempfile.TemporaryDirectory(prefix="servegate-bench-") as tmp:
         results = run(Path(tmp), args, peers)
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
     return report(results)
-
-
-@contextlib.contextmanager
-def running(*servers: Server) -> Iterator[None]:
-    try:
-        yield
-    finally:
-        for server in servers:
-            server.stop()
 
 
 def replica_url(state_dir: Path) -> str:

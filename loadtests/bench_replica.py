@@ -19,12 +19,9 @@ Needs wrk and h2load (Debian: wrk, nghttp2-client); peers are installed on first
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
-import signal
 import sys
 import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -35,12 +32,14 @@ from rich.table import Table
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from loadtests.harness import (
-    ROOT,
     Server,
+    benchmark_arguments,
+    chosen_peers,
     compare,
     free_port,
     grpc_body,
     h2load_grpc,
+    running,
     servegate_command,
     v2_binary_body,
     v2_json_body,
@@ -53,24 +52,10 @@ console = Console(width=None if sys.stdout.isatty() else 120)
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--seconds", type=int, default=10, help="length of each load run")
-    parser.add_argument("--rounds", type=int, default=3, help="alternating rounds; medians are reported")
-    parser.add_argument("--peers", default="kserve,rayserve", help="comma-separated peers, or 'none'")
-    parser.add_argument("--bench-dir", type=Path, default=ROOT.parent / "shared" / "bench")
+    parser = benchmark_arguments(__doc__ or "")
     parser.add_argument("--skip-batching", action="store_true")
-    parser.add_argument("--json", type=Path, help="also write every figure to this file")
     args = parser.parse_args()
-    # A SIGTERM ends the run like Ctrl-C does, so every server started is stopped on the way out.
-    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
-    peers = [] if args.peers == "none" else [p.strip() for p in args.peers.split(",") if p.strip()]
-    if peers and not (args.bench_dir / "peer-serve").exists():
-        parser.error(f"{args.bench_dir} has no peer-serve; pass --bench-dir or --peers none")
-    unknown = set(peers) - {"kserve", "rayserve"}
-    if unknown:
-        parser.error(f"unknown peers: {', '.join(sorted(unknown))} (kserve, rayserve)")
+    peers = chosen_peers(parser, args)
 
     with tempfile.TemporaryDirectory(prefix="servegate-bench-") as tmp:
         work = Path(tmp)
@@ -80,15 +65,6 @@ def main() -> int:
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
     return report(results)
-
-
-@contextlib.contextmanager
-def running(*servers: Server) -> Iterator[None]:
-    try:
-        yield
-    finally:
-        for server in servers:
-            server.stop()
 
 
 def protocols(

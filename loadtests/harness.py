@@ -7,6 +7,8 @@ gRPC unary calls; its per-request log gives the percentiles.
 
 from __future__ import annotations
 
+import argparse
+import contextlib
 import json
 import os
 import re
@@ -19,6 +21,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,7 +29,18 @@ import httpx
 import numpy as np
 from tritonclient.grpc import service_pb2 as pb
 
-__all__ = ["Server", "compare", "free_port", "grpc_body", "h2load_grpc", "v2_binary_body", "v2_json_body"]
+__all__ = [
+    "Server",
+    "benchmark_arguments",
+    "chosen_peers",
+    "compare",
+    "free_port",
+    "grpc_body",
+    "h2load_grpc",
+    "running",
+    "v2_binary_body",
+    "v2_json_body",
+]
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -86,6 +100,41 @@ class Server:
         except subprocess.TimeoutExpired:
             os.killpg(self.process.pid, signal.SIGKILL)
             self.process.wait()
+
+
+@contextlib.contextmanager
+def running(*servers: Server) -> Iterator[None]:
+    """Stop every server on the way out, whatever happened."""
+    try:
+        yield
+    finally:
+        for server in servers:
+            server.stop()
+
+
+def benchmark_arguments(description: str) -> argparse.ArgumentParser:
+    """The options every benchmark takes: run length, rounds, peers, the peers' folder, a JSON file."""
+    parser = argparse.ArgumentParser(
+        description=description, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--seconds", type=int, default=10, help="length of each load run")
+    parser.add_argument("--rounds", type=int, default=3, help="alternating rounds; medians are reported")
+    parser.add_argument("--peers", default="kserve,rayserve", help="comma-separated peers, or 'none'")
+    parser.add_argument("--bench-dir", type=Path, default=ROOT.parent / "shared" / "bench")
+    parser.add_argument("--json", type=Path, help="also write every figure to this file")
+    return parser
+
+
+def chosen_peers(parser: argparse.ArgumentParser, args: argparse.Namespace) -> list[str]:
+    """The peers asked for, checked; also makes SIGTERM end the run like Ctrl-C (servers stopped)."""
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+    peers = [] if args.peers == "none" else [p.strip() for p in args.peers.split(",") if p.strip()]
+    if peers and not (args.bench_dir / "peer-serve").exists():
+        parser.error(f"{args.bench_dir} has no peer-serve; pass --bench-dir or --peers none")
+    unknown = set(peers) - {"kserve", "rayserve"}
+    if unknown:
+        parser.error(f"unknown peers: {', '.join(sorted(unknown))} (kserve, rayserve)")
+    return peers
 
 
 def servegate_command(*args: str) -> list[str]:

@@ -25,6 +25,8 @@ from urllib.parse import quote, urlsplit
 
 import httpx
 
+from serving.spec.common import Problem
+
 __all__ = [
     "DEFAULT_URL",
     "Applied",
@@ -81,17 +83,6 @@ def default_url() -> str:
 
 
 # The SDK's own (not serving.spec's): reading errors off the wire needs no pydantic.
-@dataclass(frozen=True, slots=True)
-class Problem:
-    """One thing wrong with a manifest: where (`InferenceService/iris: spec.predictor...`) and what."""
-
-    path: str
-    message: str
-
-    def __str__(self) -> str:
-        return f"{self.path}: {self.message}" if self.path else self.message
-
-
 class ServegateError(Exception):
     """An error the gateway answered (`status` is its HTTP status), or one on the way to it (`status`
     is None). A rejected apply lists every reason in `problems`."""

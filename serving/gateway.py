@@ -15,10 +15,9 @@ import signal
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import uvicorn
 from prometheus_client import CollectorRegistry
 
-from predictors.server.replica import HttpServer, bind_socket
+from predictors.server.replica import bind_socket, http_server
 from router.core import Router
 from router.front.grpc import build_gateway_grpc_server
 from router.front.rest import build_gateway_app
@@ -89,16 +88,7 @@ class Gateway:
         )
         self.router.metrics.watch_pools(self._pool_gauges)
         app = build_gateway_app(self.router, self.registry, opts.max_body_bytes, api_routes(controller))
-        config = uvicorn.Config(
-            app,
-            lifespan="off",
-            loop="none",
-            http="httptools",
-            access_log=opts.access_log,
-            log_config=None,
-            timeout_graceful_shutdown=opts.drain_timeout_s,  # type: ignore[arg-type]
-        )
-        http = HttpServer(config)
+        http = http_server(app, opts.access_log, opts.drain_timeout_s)
         grpc_server = build_gateway_grpc_server(self.router, opts.max_body_bytes)
         try:
             self.grpc_port = grpc_server.add_insecure_port(f"{opts.host}:{opts.grpc_port}")

@@ -18,6 +18,7 @@ import socket
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import uvicorn
 from prometheus_client import CollectorRegistry
@@ -30,7 +31,7 @@ from predictors.server.rest import build_app
 from predictors.spec import ModelSpec
 from predictors.storage import StorageConfig
 
-__all__ = ["HttpServer", "Replica", "ReplicaOptions", "bind_socket"]
+__all__ = ["HttpServer", "Replica", "ReplicaOptions", "bind_socket", "http_server"]
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +77,20 @@ def _write_port_file(path: Path, ports: dict[str, int | None]) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     tmp.write_text(json.dumps(ports))
     os.replace(tmp, path)
+
+
+def http_server(app: Any, access_log: bool, drain_timeout_s: float) -> HttpServer:
+    """uvicorn for an app served on sockets we bound, on the running loop, signals left to us."""
+    config = uvicorn.Config(
+        app,
+        lifespan="off",
+        loop="none",
+        http="httptools",
+        access_log=access_log,
+        log_config=None,
+        timeout_graceful_shutdown=drain_timeout_s,  # type: ignore[arg-type] - uvicorn takes floats too
+    )
+    return HttpServer(config)
 
 
 class HttpServer(uvicorn.Server):
@@ -125,16 +140,7 @@ class Replica:
         sock = http_socket or bind_socket(opts.host, opts.http_port)
         self.http_port = sock.getsockname()[1]
         app = build_app(self.dataplane, self.exposition, opts.max_body_bytes)
-        config = uvicorn.Config(
-            app,
-            lifespan="off",
-            loop="none",
-            http="httptools",
-            access_log=opts.access_log,
-            log_config=None,
-            timeout_graceful_shutdown=opts.drain_timeout_s,  # type: ignore[arg-type] - uvicorn takes floats too
-        )
-        http = HttpServer(config)
+        http = http_server(app, opts.access_log, opts.drain_timeout_s)
 
         grpc_server = None
         if opts.grpc_port is not None:

@@ -5,20 +5,18 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
 
-import orjson
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from starlette.applications import Starlette
-from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
 from predictors.dataplane import DataPlane
 from predictors.server._body import compress, read_body
-from serving.errors import ErrorKind, InvalidInput, ServingError, as_serving_error
+from serving.errors import ErrorKind, InvalidInput, as_serving_error
 from serving.protocol import v1, v2
+from serving.protocol.rest import EXCEPTION_HANDLERS, error_response, json_response
 
 __all__ = ["build_app"]
 
@@ -26,14 +24,6 @@ log = logging.getLogger(__name__)
 
 _JSON = "application/json"
 _BINARY = "application/octet-stream"
-
-
-def json_response(content: Any, status: int = 200) -> Response:
-    return Response(orjson.dumps(content), status_code=status, media_type=_JSON)
-
-
-def error_response(error: ServingError) -> Response:
-    return json_response({"error": error.message}, error.http_status)
 
 
 class _Endpoints:
@@ -166,21 +156,6 @@ class _Endpoints:
         return json_response({"name": request.path_params["model_name"], "unload": True})
 
 
-async def _serving_error(request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, ServingError)
-    return error_response(exc)
-
-
-async def _http_error(request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, HTTPException)
-    return json_response({"error": f"{exc.detail}: {request.method} {request.url.path}"}, exc.status_code)
-
-
-async def _unexpected(request: Request, exc: Exception) -> Response:
-    log.exception("unexpected error on %s %s", request.method, request.url.path)
-    return error_response(as_serving_error(exc))
-
-
 def build_app(dataplane: DataPlane, registry: CollectorRegistry, max_body_bytes: int) -> Starlette:
     e = _Endpoints(dataplane, registry, max_body_bytes)
     model = "/v2/models/{model_name}"
@@ -208,5 +183,5 @@ def build_app(dataplane: DataPlane, registry: CollectorRegistry, max_body_bytes:
     ]
     return Starlette(
         routes=routes,
-        exception_handlers={ServingError: _serving_error, HTTPException: _http_error, Exception: _unexpected},
+        exception_handlers=EXCEPTION_HANDLERS,
     )

@@ -12,7 +12,6 @@ from collections.abc import Sequence
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from starlette.applications import Starlette
-from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
@@ -20,15 +19,12 @@ from starlette.routing import BaseRoute, Route
 from predictors.server._body import read_raw
 from router.core import Router
 from serving import __version__
-from serving.errors import ModelNotFound, ServingError, as_serving_error
+from serving.errors import ModelNotFound
+from serving.protocol.rest import EXCEPTION_HANDLERS
 
-__all__ = ["build_gateway_app", "error_response"]
+__all__ = ["build_gateway_app"]
 
 log = logging.getLogger(__name__)
-
-
-def error_response(error: ServingError) -> Response:
-    return JSONResponse({"error": error.message}, error.http_status)
 
 
 class _Front:
@@ -105,21 +101,6 @@ class _Front:
         return sorted([*table.services, *table.models])
 
 
-async def _serving_error(request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, ServingError)
-    return error_response(exc)
-
-
-async def _http_error(request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, HTTPException)
-    return JSONResponse({"error": f"{exc.detail}: {request.method} {request.url.path}"}, exc.status_code)
-
-
-async def _unexpected(request: Request, exc: Exception) -> Response:
-    log.exception("unexpected error on %s %s", request.method, request.url.path)
-    return error_response(as_serving_error(exc))
-
-
 def build_gateway_app(
     router: Router,
     registry: CollectorRegistry,
@@ -153,5 +134,5 @@ def build_gateway_app(
     ]
     return Starlette(
         routes=routes,
-        exception_handlers={ServingError: _serving_error, HTTPException: _http_error, Exception: _unexpected},
+        exception_handlers=EXCEPTION_HANDLERS,
     )

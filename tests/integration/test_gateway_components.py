@@ -28,7 +28,6 @@ from tests.gateway_helpers import (
     ControlApi,
     HttpSink,
     Received,
-    gateway_process,
     metric_total,
     mlp_body,
     mlp_isvc,
@@ -46,24 +45,6 @@ MAX_MODELS = "serving.servegate.io/max-models-per-replica"
 V1_BODY = {"instances": [1.0, 2.0, 3.0]}
 
 Deploy = Callable[..., None]
-
-
-@pytest.fixture(scope="module")
-def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
-    yield from gateway_process(tmp_path_factory.mktemp("gateway") / "state")
-
-
-@pytest.fixture(scope="module")
-def api(gateway: GatewayProcess) -> Iterator[ControlApi]:
-    client = ControlApi(gateway.url)
-    yield client
-    client.close()
-
-
-@pytest.fixture(scope="module")
-def http(gateway: GatewayProcess) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=gateway.url, timeout=30.0, trust_env=False) as client:
-        yield client
 
 
 @pytest.fixture

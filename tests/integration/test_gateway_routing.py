@@ -34,7 +34,6 @@ from tests.gateway_helpers import (
     ControlApi,
     Load,
     condition,
-    gateway_process,
     metric_total,
     mlp_body,
     mlp_isvc,
@@ -50,24 +49,6 @@ pytestmark = pytest.mark.integration
 CHI2_1DOF_P001 = 10.83
 
 Deploy = Callable[..., None]
-
-
-@pytest.fixture(scope="module")
-def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
-    yield from gateway_process(tmp_path_factory.mktemp("gateway") / "state")
-
-
-@pytest.fixture(scope="module")
-def api(gateway: GatewayProcess) -> Iterator[ControlApi]:
-    client = ControlApi(gateway.url)
-    yield client
-    client.close()
-
-
-@pytest.fixture(scope="module")
-def http(gateway: GatewayProcess) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=gateway.url, timeout=30.0, trust_env=False) as client:
-        yield client
 
 
 @pytest.fixture

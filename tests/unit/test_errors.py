@@ -6,7 +6,6 @@ import grpc
 import orjson
 import pytest
 
-from predictors.server.rest import error_response
 from serving.errors import (
     ERROR_TABLE,
     ErrorKind,
@@ -20,6 +19,7 @@ from serving.errors import (
     ServingError,
     as_serving_error,
 )
+from serving.protocol.rest import error_response
 
 EXPECTED = {
     ErrorKind.INVALID_INPUT: (400, grpc.StatusCode.INVALID_ARGUMENT),

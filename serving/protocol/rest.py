@@ -1,0 +1,51 @@
+"""What every servegate REST app (replica and gateway) answers alike: JSON bodies, and errors as
+`{"error": message}` with the status the error table gives."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import orjson
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+
+from serving.errors import ServingError, as_serving_error
+
+__all__ = ["EXCEPTION_HANDLERS", "error_response", "json_response"]
+
+log = logging.getLogger(__name__)
+
+
+def json_response(content: Any, status: int = 200) -> Response:
+    return Response(orjson.dumps(content), status_code=status, media_type="application/json")
+
+
+def error_response(error: ServingError) -> Response:
+    return json_response({"error": error.message}, error.http_status)
+
+
+async def _serving_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, ServingError)
+    return error_response(exc)
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    return json_response({"error": f"{exc.detail}: {request.method} {request.url.path}"}, exc.status_code)
+
+
+async def _unexpected(request: Request, exc: Exception) -> Response:
+    log.exception("unexpected error on %s %s", request.method, request.url.path)
+    return error_response(as_serving_error(exc))
+
+
+#: Starlette's `exception_handlers=`: a ServingError in its protocol form, a routing error (404, 405)
+#: as JSON, anything else as a logged 500.
+EXCEPTION_HANDLERS: dict[Any, Callable[[Request, Exception], Awaitable[Response]]] = {
+    ServingError: _serving_error,
+    HTTPException: _http_error,
+    Exception: _unexpected,
+}

@@ -1,0 +1,30 @@
+"""Fixtures for the gateway tests: one `servegate up` per test module, and clients for it."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import httpx
+import pytest
+
+from tests.gateway_helpers import ControlApi, gateway_process
+from tests.servers import GatewayProcess
+
+
+@pytest.fixture(scope="module")
+def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
+    """`servegate up` with its own state dir, shared by the tests of one module."""
+    yield from gateway_process(tmp_path_factory.mktemp("gateway") / "state")
+
+
+@pytest.fixture(scope="module")
+def api(gateway: GatewayProcess) -> Iterator[ControlApi]:
+    client = ControlApi(gateway.url)
+    yield client
+    client.close()
+
+
+@pytest.fixture(scope="module")
+def http(gateway: GatewayProcess) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=gateway.url, timeout=30.0, trust_env=False) as client:
+        yield client
