@@ -36,7 +36,6 @@ __all__ = [
     "metric_total",
     "mlp_body",
     "mlp_isvc",
-    "processes_using",
     "python_isvc",
     "revision",
     "traffic",
@@ -289,22 +288,6 @@ class Load:
 
 
 # -- processes and metrics -------------------------------------------------------------------------
-
-
-def processes_using(folder: Path) -> set[int]:
-    """Live processes whose command line names `folder` (replicas' --port-file lies under the state dir)."""
-    found = set()
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            cmdline = (entry / "cmdline").read_bytes()
-            state = (entry / "stat").read_text().rpartition(")")[2].split()[0]
-        except (OSError, IndexError):  # gone meanwhile
-            continue
-        if str(folder).encode() in cmdline and state != "Z":
-            found.add(int(entry.name))
-    return found
 
 
 _SAMPLE = re.compile(r"^(?P<name>[a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(?P<labels>[^}]*)\})? (?P<value>\S+)")

@@ -31,6 +31,7 @@ __all__ = [
     "ServerProcess",
     "free_port",
     "moto_server",
+    "processes_using",
     "serve_files",
     "until",
 ]
@@ -198,3 +199,19 @@ class GatewayProcess(ServerProcess):
         command = ["up", "--host", "127.0.0.1", "--http-port", str(self.http_port)]
         command += ["--grpc-port", str(self.grpc_port), "--state-dir", str(state_dir), *args]
         super().__init__(command, env)
+
+
+def processes_using(folder: Path) -> set[int]:
+    """Live processes whose command line names `folder` (replicas' --port-file lies under the state dir)."""
+    found = set()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes()
+            state = (entry / "stat").read_text().rpartition(")")[2].split()[0]
+        except (OSError, IndexError):  # gone meanwhile
+            continue
+        if str(folder).encode() in cmdline and state != "Z":
+            found.add(int(entry.name))
+    return found

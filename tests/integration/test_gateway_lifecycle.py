@@ -24,11 +24,10 @@ from tests.gateway_helpers import (
     condition,
     mlp_body,
     mlp_isvc,
-    processes_using,
     revision,
     traffic,
 )
-from tests.servers import GatewayProcess, until
+from tests.servers import GatewayProcess, processes_using, until
 
 pytestmark = pytest.mark.integration
 

@@ -25,7 +25,7 @@ import pytest
 from predictors.examples import mlp_forward
 from serving.engines import PoolStatus, ProcessEngine, ReplicaSpec, ReplicaState, ServedModelRef
 from tests.conftest import MLP_SIZES
-from tests.servers import ROOT, until
+from tests.servers import ROOT, processes_using, until
 
 pytestmark = pytest.mark.integration
 
@@ -42,21 +42,6 @@ async def eventually(check: Callable[[], Any], timeout: float = 30.0, what: str 
             return result
         await asyncio.sleep(0.05)
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-
-
-def processes_using(folder: Path) -> set[int]:
-    """Every process whose command line names `folder` (a replica's --port-file lies under it)."""
-    found = set()
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            cmdline = (entry / "cmdline").read_bytes()
-        except OSError:  # gone meanwhile
-            continue
-        if str(folder).encode() in cmdline:
-            found.add(int(entry.name))
-    return found
 
 
 def alive(pid: int) -> bool:
