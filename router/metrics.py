@@ -28,8 +28,9 @@ def status_for_http(code: int) -> str:
     return kind.name.lower() if kind else f"http_{code}"
 
 
-#: (service, revision, queued requests, outstanding requests, ready replicas), read at scrape time.
-PoolGauge = tuple[str, str, int, int, int]
+#: (service, revision, queued requests, outstanding requests, ready replicas, desired replicas),
+#: read at scrape time.
+PoolGauge = tuple[str, str, int, int, int, int]
 
 
 class GatewayMetrics:
@@ -98,8 +99,14 @@ class _PoolCollector(Collector):
         ready = GaugeMetricFamily(
             "servegate_gateway_ready_replicas", "Replicas taking traffic, per revision.", labels=labels
         )
-        for service, revision, q, o, r in self._read():
+        desired = GaugeMetricFamily(
+            "servegate_gateway_desired_replicas",
+            "Replicas the controller asked for, per revision.",
+            labels=labels,
+        )
+        for service, revision, q, o, r, d in self._read():
             queued.add_metric([service, revision], q)
             outstanding.add_metric([service, revision], o)
             ready.add_metric([service, revision], r)
-        return [queued, outstanding, ready]
+            desired.add_metric([service, revision], d)
+        return [queued, outstanding, ready, desired]

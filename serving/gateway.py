@@ -127,12 +127,12 @@ class Gateway:
         stop_task.cancel()
         log.info("gateway stopped")
 
-    def _pool_gauges(self) -> list[tuple[str, str, int, int, int]]:
+    def _pool_gauges(self) -> list[tuple[str, str, int, int, int, int]]:
         controller = self.controller
         if controller is None:
             return []
-        owners = controller.revision_owners()
+        owners, desired = controller.revision_owners(), controller.desired_replicas()
         return [
-            (owners.get(rev, ""), rev, pool.queued, pool.outstanding, pool.size)
+            (owners.get(rev, ""), rev, pool.queued, pool.outstanding, pool.size, desired.get(rev, 0))
             for rev, pool in controller.pools.items()
         ]

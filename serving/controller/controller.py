@@ -198,6 +198,10 @@ class Controller:
     def list(self, kind: str) -> list[dict[str, Any]]:
         return [self.get(kind, row.name) for row in self.store.resources(kind)]
 
+    def desired_replicas(self) -> dict[str, int]:
+        """revision -> the replicas asked of the engine."""
+        return dict(self._desired)
+
     def revision_owners(self) -> dict[str, str]:
         """revision -> the InferenceService it belongs to."""
         return dict(self._owner)

@@ -302,6 +302,16 @@ def test_ab_experiment_sticks_by_header_and_by_cookie(
     again = {u: variant({"x-user-id": u}).headers[VARIANT] for u in users[:50]}
     assert again == {u: first[u] for u in users[:50]}
 
+    # gRPC follows the same assignment; a variant served by another service answers under its name.
+    client = grpcclient.InferenceServerClient(gateway.grpc_url)
+    tensor = grpcclient.InferInput("input", list(MLP_X.shape), "FP32")
+    tensor.set_data_from_numpy(MLP_X)
+    for user in users[:20]:
+        result = client.infer("ab", [tensor], headers={"x-user-id": user})
+        expected_model = "b" if first[user] == "treatment" else "ab"
+        assert result.get_response().model_name == expected_model
+    client.close()
+
     # By cookie: a first visit gets one; sending it back keeps the variant.
     experiment = {"variants": variants, "stickyBy": "cookie:sg-user"}
     api.apply(mlp_isvc("ab", model_repo, experiment=experiment))
