@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
 import logging
 import time
 from collections.abc import Coroutine
@@ -329,6 +330,7 @@ class Controller:
             memory_bytes=c.memory_bytes,
             env=env,
             args=c.args,
+            image=_image(c),
         )
 
     async def _scale(self, service: str, row: RevisionRow, count: int) -> None:
@@ -441,6 +443,15 @@ class Controller:
         if spec.revision:
             split = self._split(name, ((spec.revision, 100),)) if spec.revision in self.pools else Split()
         return Shadow(spec.percent, split, spec.service)
+
+
+def _image(component: Component) -> str | None:
+    """The image of a custom-container component (KServe's `containers`), else None."""
+    if not component.containers:
+        return None
+    containers = json.loads(component.container_spec or "[]")
+    first = containers[0] if isinstance(containers, list) and containers else {}
+    return str(first.get("image") or "custom container") if isinstance(first, dict) else "custom container"
 
 
 def _logger(component: Component) -> LoggerSpec | None:

@@ -36,7 +36,7 @@ class ReplicaSpec:
     cpus: CPU limit (cores, may be fractional); sets the runtime's thread count when given.
     memory_bytes: memory limit, for placement and reporting (None: unlimited).
     env: extra environment variables for the replica process.
-    args: extra `servegate model serve` arguments (e.g. a transformer's `--predictor-url`).
+    args: extra `servegate model serve` arguments.
     """
 
     revision: str
@@ -48,6 +48,9 @@ class ReplicaSpec:
     memory_bytes: int | None = None
     env: tuple[tuple[str, str], ...] = ()
     args: tuple[str, ...] = ()
+    #: a custom container image (KServe's `containers`) instead of models; engines that cannot
+    #: run images report the pool as not schedulable.
+    image: str | None = None
 
 
 class ReplicaState(enum.Enum):

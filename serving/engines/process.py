@@ -270,6 +270,13 @@ class ProcessEngine(Engine):
         if self._closing:
             return
         spec, missing = pool.spec, pool.desired - len(pool.active())
+        if spec.image is not None:
+            reason = (
+                f"not schedulable: the process engine runs model formats, not container images "
+                f"({spec.image}); run custom containers on the kubernetes engine"
+            )
+            self._set_schedulable(pool, False, reason)
+            return
         new: list[_Replica] = []
         for _ in range(missing):
             gpu_ids = allocate(self._free_gpus, spec.gpus) if spec.gpus else ()

@@ -511,6 +511,26 @@ def test_gpu_request_without_gpus_is_not_schedulable(
     assert response.status_code == 200, response.text
 
 
+def test_custom_container_is_accepted_but_not_schedulable_on_processes(
+    http: httpx.Client, api: ControlApi, deploy: Deploy
+) -> None:
+    custom = {
+        "apiVersion": "serving.kserve.io/v1beta1",
+        "kind": "InferenceService",
+        "metadata": {"name": "custom"},
+        "spec": {"predictor": {"containers": [{"name": "kserve-container", "image": "me/model:1"}]}},
+    }
+    deploy(custom, wait=False)
+
+    def not_schedulable() -> dict[str, Any] | None:
+        status = api.status("custom")
+        return status if condition(status, "PredictorReady").get("reason") == "NotSchedulable" else None
+
+    status = until(not_schedulable, 30, "PredictorReady to say NotSchedulable")
+    assert "me/model:1" in condition(status, "PredictorReady")["message"]
+    assert http.post("/v2/models/custom/infer", json=mlp_body(), timeout=10.0).status_code == 503
+
+
 def test_reapplying_what_get_returns_is_unchanged(api: ControlApi, model_repo: Path) -> None:
     api.apply(mlp_isvc("same", model_repo))
     try:
