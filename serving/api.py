@@ -70,7 +70,7 @@ class _Api:
         return JSONResponse({"results": results, "warnings": warnings})
 
     def _references(self, resources: list[Resource]) -> list[Problem]:
-        """Problems only the current state can show: references to services that do not exist."""
+        """Problems only the current state can show: missing services, names taken in another namespace."""
         services = dict(self.controller.services) | {
             r.metadata.name: r for r in resources if isinstance(r, InferenceService)
         }
@@ -78,6 +78,17 @@ class _Api:
         problems = []
         for r in resources:
             where = f"{r.kind}/{r.metadata.name}"
+            stored = self.controller.store.resource(r.kind, r.metadata.name)
+            namespace = stored.manifest.get("metadata", {}).get("namespace", "default") if stored else None
+            if namespace is not None and namespace != r.metadata.namespace:
+                # The gateway routes by model name alone, so a name is one service whatever its namespace.
+                problems.append(
+                    Problem(
+                        f"{where}: metadata.namespace",
+                        f"{r.kind} '{r.metadata.name}' already exists in namespace '{namespace}'; "
+                        "names are unique across namespaces on one gateway",
+                    )
+                )
             if isinstance(r, TrainedModel) and r.spec.inference_service not in known:
                 problems.append(
                     Problem(

@@ -535,6 +535,13 @@ def test_reapplying_what_get_returns_is_unchanged(api: ControlApi, model_repo: P
     api.apply(mlp_isvc("same", model_repo))
     try:
         api.wait_ready("same")
+        elsewhere = mlp_isvc("same", model_repo)
+        elsewhere["metadata"]["namespace"] = "prod"
+        refused = api.apply_text(json.dumps(elsewhere))
+        assert refused.status_code == 400
+        assert [p["path"] for p in refused.json()["problems"]] == [
+            "InferenceService/same: metadata.namespace"
+        ]
         exported = api.get("same")  # metadata.generation, creationTimestamp and status included
         result = api.apply(exported)
         assert result["results"] == [{"kind": "InferenceService", "name": "same", "action": "unchanged"}]
