@@ -7,31 +7,13 @@ import zlib
 
 from starlette.requests import Request
 
-from serving.errors import InvalidInput, PayloadTooLarge
+from serving.errors import InvalidInput
+from serving.protocol.rest import read_raw, too_large
 
-__all__ = ["compress", "read_body", "read_raw"]
+__all__ = ["compress", "read_body"]
 
 #: responses smaller than this are not worth compressing.
 _MIN_COMPRESS = 1024
-
-
-def _too_large(limit: int) -> PayloadTooLarge:
-    return PayloadTooLarge(f"request body exceeds the server's limit of {limit} bytes (--max-body-size)")
-
-
-async def read_raw(request: Request, limit: int) -> bytes:
-    """The request body as sent (still encoded), refused past `limit` bytes."""
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise _too_large(limit)
-    chunks = []
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise _too_large(limit)
-        chunks.append(chunk)
-    return b"".join(chunks)
 
 
 async def read_body(request: Request, limit: int) -> bytes:
@@ -49,7 +31,7 @@ async def read_body(request: Request, limit: int) -> bytes:
     except zlib.error as exc:
         raise InvalidInput(f"request body is not valid {encoding} data: {exc}") from None
     if len(out) > limit:
-        raise _too_large(limit)
+        raise too_large(limit)
     if not inflater.eof:
         raise InvalidInput(f"request body is truncated {encoding} data")
     return out

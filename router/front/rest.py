@@ -7,7 +7,6 @@ are answered here; model-level ones go to a replica of the model, like inference
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Sequence
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
@@ -16,15 +15,12 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from predictors.server._body import read_raw
 from router.core import Router
 from serving import __version__
 from serving.errors import ModelNotFound
-from serving.protocol.rest import EXCEPTION_HANDLERS
+from serving.protocol.rest import EXCEPTION_HANDLERS, read_raw
 
 __all__ = ["build_gateway_app"]
-
-log = logging.getLogger(__name__)
 
 
 class _Front:

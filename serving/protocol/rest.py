@@ -1,5 +1,5 @@
-"""What every servegate REST app (replica and gateway) answers alike: JSON bodies, and errors as
-`{"error": message}` with the status the error table gives."""
+"""What every servegate REST app (replica and gateway) does alike: bodies read under a size limit,
+JSON answers, and errors as `{"error": message}` with the status the error table gives."""
 
 from __future__ import annotations
 
@@ -12,9 +12,9 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 
-from serving.errors import ServingError, as_serving_error
+from serving.errors import PayloadTooLarge, ServingError, as_serving_error
 
-__all__ = ["EXCEPTION_HANDLERS", "error_response", "json_response"]
+__all__ = ["EXCEPTION_HANDLERS", "error_response", "json_response", "read_raw", "too_large"]
 
 log = logging.getLogger(__name__)
 
@@ -25,6 +25,25 @@ def json_response(content: Any, status: int = 200) -> Response:
 
 def error_response(error: ServingError) -> Response:
     return json_response({"error": error.message}, error.http_status)
+
+
+def too_large(limit: int) -> PayloadTooLarge:
+    return PayloadTooLarge(f"request body exceeds the server's limit of {limit} bytes (--max-body-size)")
+
+
+async def read_raw(request: Request, limit: int) -> bytes:
+    """The request body as sent (still encoded), refused past `limit` bytes."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise too_large(limit)
+    chunks = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise too_large(limit)
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 async def _serving_error(request: Request, exc: Exception) -> Response:
