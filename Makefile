@@ -6,7 +6,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STATE ?= .servegate
 
-.PHONY: install up test lint bench bench-tools clean
+.PHONY: install up test test-tools lint bench bench-tools clean
 
 install: $(VENV)/.installed
 
@@ -24,8 +24,16 @@ lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-test: lint
+test: lint test-tools
 	$(BIN)/python -m pytest
+
+# The metric-source tests run a real Prometheus (the Debian package; the tests start it themselves
+# on a free loopback port). Recommends are skipped: they would pull in and start a node exporter.
+SUDO = $(shell [ "$$(id -u)" != 0 ] && command -v sudo)
+test-tools:
+	@command -v prometheus >/dev/null || \
+		($(SUDO) apt-get update -qq && \
+		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus)
 
 # The benchmark loads servers with wrk and h2load (Debian packages); the peers it compares with
 # (KServe, Ray Serve) come from ../shared/bench and install themselves on first use.

@@ -11,7 +11,7 @@ import os
 from collections.abc import Callable, Iterable
 from functools import cache
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
 from prometheus_client.metrics_core import GaugeMetricFamily, Metric
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
@@ -33,6 +33,8 @@ class ReplicaMetrics:
     def __init__(self, registry: CollectorRegistry) -> None:
         self._registry = registry
         self._states: _ModelStateCollector | None = None
+        # CPU seconds and resident memory: what the autoscaler's cpu and memory metrics read.
+        ProcessCollector(registry=registry)
         self.requests = Counter(
             "servegate_requests",
             "Inference requests by model, protocol and outcome.",
@@ -111,6 +113,7 @@ class ReplicaMetrics:
             return self._registry
         registry = CollectorRegistry()
         MultiProcessCollector(registry)
+        ProcessCollector(registry=registry)  # the answering worker's own process
         if self._states is not None:
             registry.register(self._states)
         return registry

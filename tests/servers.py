@@ -1,5 +1,6 @@
-"""Shared test helpers: free ports, polling, a real `servegate model serve` process on loopback, and
-the fakes the storage tests fetch from (a static HTTP server and moto's S3), all on 127.0.0.1."""
+"""Shared test helpers: free ports, polling, a real `servegate model serve` process on loopback, the
+fakes the storage tests fetch from (a static HTTP server and moto's S3) and a real Prometheus, all on
+127.0.0.1."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import contextlib
 import functools
 import http.server
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -32,6 +34,7 @@ __all__ = [
     "free_port",
     "moto_server",
     "processes_using",
+    "prometheus_server",
     "serve_files",
     "until",
 ]
@@ -215,3 +218,61 @@ def processes_using(folder: Path) -> set[int]:
         if str(folder).encode() in cmdline and state != "Z":
             found.add(int(entry.name))
     return found
+
+
+@contextlib.contextmanager
+def prometheus_server(config_text: str, timeout: float = 30.0) -> Iterator[str]:
+    """A real Prometheus (`make test-tools` installs it) running `config_text` on a free loopback port,
+    its storage in a temporary folder; yields its base URL. Without the binary the test is skipped,
+    or fails under CI=true, where a missing tool must not pass as a skip."""
+    binary = shutil.which("prometheus")
+    if binary is None:
+        message = "prometheus is not installed: run make test-tools"
+        if os.environ.get("CI") == "true":
+            raise RuntimeError(f"{message} (CI=true: a missing test tool fails the run)")
+        import pytest
+
+        pytest.skip(message)
+    with tempfile.TemporaryDirectory(prefix="prometheus-") as folder, open(f"{folder}/log", "w+") as log:
+        config = Path(folder) / "prometheus.yml"
+        config.write_text(config_text)
+        port = free_port()
+        url = f"http://127.0.0.1:{port}"
+        process = subprocess.Popen(
+            [
+                binary,
+                f"--config.file={config}",
+                f"--web.listen-address=127.0.0.1:{port}",
+                f"--storage.tsdb.path={folder}/data",
+                "--log.level=warn",
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+
+        def output() -> str:
+            log.flush()
+            log.seek(0)
+            return log.read()
+
+        try:
+            deadline = time.monotonic() + timeout
+            while True:
+                if process.poll() is not None:
+                    raise RuntimeError(f"prometheus exited with {process.returncode}:\n{output()}")
+                try:
+                    if httpx.get(f"{url}/-/ready", timeout=1.0, trust_env=False).status_code == 200:
+                        break
+                except httpx.TransportError:
+                    pass
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"prometheus not ready after {timeout}s:\n{output()}")
+                time.sleep(0.05)
+            yield url
+        finally:
+            process.terminate()
+            try:
+                process.wait(10.0)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
