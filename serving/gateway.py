@@ -25,6 +25,7 @@ from router.metrics import GatewayMetrics
 from serving.api import api_routes
 from serving.controller.controller import Controller
 from serving.engines.process import ProcessEngine
+from serving.monitoring import ReplicaTarget, targets_path, write_targets
 from serving.spec import load_manifests, read_manifest_paths
 from serving.store import Store
 
@@ -96,6 +97,9 @@ class Gateway:
             sock.close()
             raise OSError(f"cannot listen on {opts.host}:{opts.grpc_port} for gRPC: {exc}") from None
 
+        # Prometheus (`servegate prometheus-config`) finds the replicas through this file.
+        self.engine.watch(lambda _revision: self._write_targets(f"{local}:{self.http_port}"))
+        self._write_targets(f"{local}:{self.http_port}")
         await self.engine.start()
         await controller.start()
         if resources:
@@ -126,6 +130,21 @@ class Gateway:
         self.store.close()
         stop_task.cancel()
         log.info("gateway stopped")
+
+    def _write_targets(self, gateway: str) -> None:
+        controller = self.controller
+        owners = controller.revision_owners() if controller else {}
+        replicas = [
+            ReplicaTarget(service, revision, replica.id, replica.http_url)
+            for revision, service in owners.items()
+            if (pool := self.engine.status(revision)) is not None
+            for replica in pool.replicas
+            if replica.http_url
+        ]
+        try:
+            write_targets(targets_path(self.options.state_dir), gateway, replicas)
+        except OSError as exc:  # monitoring must never take the gateway down
+            log.warning("cannot write Prometheus targets: %s", exc)
 
     def _pool_gauges(self) -> list[tuple[str, str, int, int, int, int]]:
         controller = self.controller
