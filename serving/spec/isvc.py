@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import Annotated, Any, Literal
 
 from pydantic import BeforeValidator, Field, field_validator
 
+from autoscaler.config import ConfigError, GlobalScalingDefaults, ScalingConfig
 from serving.spec.common import (
     NAME_PATTERN,
     KModel,
@@ -161,6 +163,46 @@ class LoggerSpec(KModel):
     url: str | None = None
 
 
+class MetricTarget(KModel):
+    """KServe's `autoScaling.metrics[].*.target`: a utilization percentage or a value."""
+
+    type: Literal["Utilization", "AverageValue", "Value"] = "Utilization"
+    average_utilization: int | None = Field(None, ge=1)
+    average_value: float | None = Field(None, gt=0)
+    value: float | None = Field(None, gt=0)
+
+    def number(self) -> float | None:
+        return self.average_utilization or self.average_value or self.value
+
+
+class ResourceMetric(KModel):
+    name: Literal["cpu", "memory"]
+    target: MetricTarget = Field(default_factory=MetricTarget)
+
+
+class ExternalMetricSource(KModel):
+    backend: Literal["prometheus"] = "prometheus"
+    server_address: str | None = None
+    query: str = Field(min_length=1)
+
+
+class ExternalMetric(KModel):
+    metric: ExternalMetricSource
+    target: MetricTarget = Field(default_factory=MetricTarget)
+
+
+class MetricSpec(KModel):
+    """One entry of KServe's `autoScaling.metrics`: a Resource (cpu, memory) or External (PromQL)."""
+
+    type: Literal["Resource", "External"]
+    resource: ResourceMetric | None = None
+    external: ExternalMetric | None = None
+
+
+class AutoScalingSpec(KModel):
+    metrics: list[MetricSpec] = Field(default_factory=list)
+
+
 class ComponentExtension(KModel):
     """KServe's ComponentExtensionSpec: scaling, rollout and batching settings of one component."""
 
@@ -168,6 +210,8 @@ class ComponentExtension(KModel):
     max_replicas: int | None = Field(None, ge=0)
     scale_metric: Literal["concurrency", "rps", "cpu", "memory"] | None = None
     scale_target: int | None = Field(None, ge=1)
+    #: KServe's newer form: one cpu/memory utilization or PromQL (External) metric.
+    auto_scaling: AutoScalingSpec | None = None
     #: requests one replica handles at once; 0 is unlimited.
     container_concurrency: int | None = Field(None, ge=0)
     #: request timeout in seconds.
@@ -191,6 +235,45 @@ class ComponentExtension(KModel):
         if low is not None and high and low > high:
             return [Problem(f"{prefix}.minReplicas", f"minReplicas ({low}) exceeds maxReplicas ({high})")]
         return []
+
+    def scaling(
+        self,
+        annotations: Mapping[str, str],
+        defaults: GlobalScalingDefaults,
+        memory_limit_bytes: int | None,
+        prefix: str,
+    ) -> ScalingConfig:
+        """How this component scales: `defaults`, then annotations, then these fields (raises ConfigError)."""
+        metric, target, query = self.scale_metric, self.scale_target, None
+        if self.auto_scaling is not None and self.auto_scaling.metrics:
+            if len(self.auto_scaling.metrics) > 1:
+                raise ConfigError(
+                    [Problem(f"{prefix}.autoScaling.metrics", "servegate scales on one metric")]
+                )
+            entry = self.auto_scaling.metrics[0]
+            source = entry.resource if entry.type == "Resource" else entry.external
+            if source is None:
+                where = f"{prefix}.autoScaling.metrics[0].{entry.type.lower()}"
+                raise ConfigError(
+                    [Problem(where, f"a {entry.type} metric needs its '{entry.type.lower()}' field")]
+                )
+            if isinstance(source, ResourceMetric):
+                metric = source.name
+            else:
+                metric, query = "custom", source.metric.query
+            target = source.target.number() or target
+        return ScalingConfig.from_sources(
+            defaults,
+            annotations,
+            min_replicas=self.min_replicas,
+            max_replicas=self.max_replicas,
+            scale_metric=metric,
+            scale_target=target,
+            container_concurrency=self.container_concurrency or 0,
+            query=query,
+            memory_limit_bytes=memory_limit_bytes,
+            path=prefix,
+        )
 
 
 class PredictorSpec(ComponentExtension):
@@ -388,7 +471,21 @@ class InferenceService(KModel):
             problems += spec.experiment.problems("spec.experiment")
         if spec.shadow is not None:
             problems += spec.shadow.problems("spec.shadow")
+        if not problems:
+            for kind in self.components():
+                try:
+                    self.scaling(kind)
+                except ConfigError as exc:
+                    problems += exc.problems
         return problems
+
+    def scaling(self, kind: str, defaults: GlobalScalingDefaults | None = None) -> ScalingConfig:
+        """How the `kind` component ("predictor", "transformer") scales; raises ConfigError."""
+        component = self.spec.predictor if kind == "predictor" else self.spec.transformer
+        assert component is not None
+        memory = self.components()[kind].memory_bytes
+        annotations = self.metadata.annotations
+        return component.scaling(annotations, defaults or GlobalScalingDefaults(), memory, f"spec.{kind}")
 
     def warnings(self) -> list[str]:
         """What is accepted but ignored: unknown fields and explainers."""

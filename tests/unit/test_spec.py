@@ -745,3 +745,77 @@ def test_inference_graph_dispatch() -> None:
         },
     }
     assert isinstance(parse_resource(doc), graph.InferenceGraph)
+
+
+# --- autoscaling fields ------------------------------------------------------------------------
+
+
+def scaling(doc: dict[str, Any], kind: str = "predictor") -> Any:
+    resource = parse_resource(doc)
+    assert isinstance(resource, InferenceService)
+    return resource.scaling(kind)
+
+
+def test_scaling_defaults_follow_knative() -> None:
+    config = scaling(isvc())
+    assert (config.metric, config.target, config.target_utilization) == ("concurrency", 100.0, 0.7)
+    assert (config.stable_window_s, config.panic_threshold_pct, config.scale_to_zero_grace_s) == (60, 200, 30)
+
+
+def test_scaling_fields_and_annotations() -> None:
+    doc = isvc({"model": ONNX, "minReplicas": 0, "maxReplicas": 5, "scaleMetric": "rps", "scaleTarget": 50})
+    doc["metadata"]["annotations"] = {"autoscaling.knative.dev/window": "2m"}
+    config = scaling(doc)
+    assert (config.min_replicas, config.max_replicas, config.metric, config.target) == (0, 5, "rps", 50)
+    assert config.stable_window_s == 120
+
+
+def test_kserve_autoscaling_metrics_form() -> None:
+    external = {
+        "type": "External",
+        "external": {
+            "metric": {"backend": "prometheus", "serverAddress": "http://prom:9090", "query": "sum(q)"},
+            "target": {"type": "Value", "value": 4},
+        },
+    }
+    config = scaling(isvc({"model": ONNX, "autoScaling": {"metrics": [external]}}))
+    assert (config.metric, config.query, config.target) == ("custom", "sum(q)", 4)
+    cpu = {
+        "type": "Resource",
+        "resource": {"name": "cpu", "target": {"type": "Utilization", "averageUtilization": 50}},
+    }
+    config = scaling(isvc({"model": ONNX, "autoScaling": {"metrics": [cpu]}}))
+    assert (config.metric, config.target) == ("cpu", 50)
+
+
+@pytest.mark.parametrize(
+    ("predictor", "annotations", "expected"),
+    [
+        ({"minReplicas": 3, "maxReplicas": 2}, {}, "spec.predictor.minReplicas"),
+        ({"scaleTarget": 0}, {}, "spec.predictor.scaleTarget"),
+        ({"scaleMetric": "gpu"}, {}, "spec.predictor.scaleMetric"),
+        ({"scaleMetric": "memory"}, {}, "spec.predictor.scaleMetric"),  # no memory limit to scale against
+        (
+            {},
+            {"autoscaling.knative.dev/window": "soon"},
+            'metadata.annotations["autoscaling.knative.dev/window"]',
+        ),
+        (
+            {},
+            {"autoscaling.knative.dev/panic-threshold-percentage": "50"},
+            'metadata.annotations["autoscaling.knative.dev/panic-threshold-percentage"]',
+        ),
+        (
+            {"autoScaling": {"metrics": [{"type": "External"}]}},
+            {},
+            "spec.predictor.autoScaling.metrics[0].external",
+        ),
+    ],
+)
+def test_bad_autoscaling_fields_are_rejected_with_their_path(
+    predictor: dict[str, Any], annotations: dict[str, str], expected: str
+) -> None:
+    doc = isvc({"model": ONNX, **predictor})
+    doc["metadata"]["annotations"] = annotations
+    found = problems(doc)
+    assert any(p.startswith(f"InferenceService/iris: {expected}") for p in found), found
