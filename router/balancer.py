@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import random
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from serving.errors import InferenceTimeout, ServerUnavailable
@@ -56,10 +56,16 @@ class Pool:
         container_concurrency: int = 0,
         queue_limit: int = 1000,
         rng: random.Random | None = None,
+        on_starved: Callable[[str], None] | None = None,
+        activation_timeout_s: float = 60.0,
     ) -> None:
         self.revision = revision
         self.container_concurrency = container_concurrency
         self.queue_limit = queue_limit
+        #: told (with the revision) when a request waits and no replica is ready: scale from zero.
+        self.on_starved = on_starved
+        #: how long a request waits for the first replica of a pool that has none, in seconds.
+        self.activation_timeout_s = activation_timeout_s
         self._endpoints: dict[str, Endpoint] = {}
         self._waiters: deque[_Waiter] = deque()
         self._rng = rng or random.Random()
@@ -161,13 +167,23 @@ class Pool:
             raise ServerUnavailable(
                 f"revision {self.revision} is overloaded: {len(self._waiters)} requests already queued"
             )
-        waiter = _Waiter(asyncio.get_running_loop().create_future(), exclude, only)
+        loop = asyncio.get_running_loop()
+        waiter = _Waiter(loop.create_future(), exclude, only)
         self._waiters.append(waiter)
+        cold = not self._endpoints
+        if cold and self.on_starved is not None:
+            self.on_starved(self.revision)
+        activation = loop.time() + self.activation_timeout_s if cold else deadline
         try:
-            async with asyncio.timeout_at(deadline):
+            async with asyncio.timeout_at(min(deadline, activation)):
                 return await waiter.future
         except TimeoutError:
             self._abandon(waiter)
+            if activation < deadline and not self._endpoints:
+                raise ServerUnavailable(
+                    f"no replica of revision {self.revision} became ready within "
+                    f"{self.activation_timeout_s:g}s (scaling from zero)"
+                ) from None
             raise InferenceTimeout(
                 f"timed out waiting for a replica of revision {self.revision} ({self.size} ready, all busy)"
                 if self.size

@@ -15,8 +15,12 @@ import signal
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from autoscaler.metrics import AutoscalerMetrics
+from autoscaler.runner import Autoscaler
 from prometheus_client import CollectorRegistry
 
+from autoscaler.config import GlobalScalingDefaults
+from autoscaler.sources.promql import PromQLSource
 from predictors.server.replica import bind_socket, http_server
 from router.core import Router
 from router.front.grpc import build_gateway_grpc_server
@@ -50,6 +54,18 @@ class GatewayOptions:
     drain_timeout_s: float = 30.0
     access_log: bool = False
     engine_options: dict[str, float] = field(default_factory=dict)
+    #: a Prometheus server's base URL, for custom (PromQL) autoscaling metrics; None: scraping only.
+    prometheus_url: str | None = None
+    #: cluster-wide autoscaling defaults (each service may override them).
+    scaling: GlobalScalingDefaults = field(default_factory=GlobalScalingDefaults)
+    #: seconds between two autoscaling decisions.
+    autoscale_tick_s: float = 2.0
+    #: a Prometheus server's base URL for custom (PromQL) autoscaling metrics; None: scrape only.
+    prometheus_url: str | None = None
+    #: cluster-wide autoscaling defaults (each service may override them).
+    scaling: GlobalScalingDefaults = field(default_factory=GlobalScalingDefaults)
+    #: seconds between two autoscaling decisions.
+    autoscale_tick_s: float = 2.0
 
 
 class Gateway:
@@ -84,8 +100,16 @@ class Gateway:
         sock = bind_socket(opts.host, opts.http_port)
         self.http_port = sock.getsockname()[1]
         local = "127.0.0.1" if opts.host in ("0.0.0.0", "::") else opts.host
-        controller = self.controller = Controller(
-            self.store, self.engine, self.router, f"http://{local}:{self.http_port}"
+        gateway_url = f"http://{local}:{self.http_port}"
+        controller = self.controller = Controller(self.store, self.engine, self.router, gateway_url)
+        controller.scaling_defaults = opts.scaling
+        autoscaler = controller.autoscaler = Autoscaler(
+            controller.scale_targets,
+            controller.resize,
+            gateway_url,
+            promql=PromQLSource(opts.prometheus_url) if opts.prometheus_url else None,
+            metrics=AutoscalerMetrics(self.registry),
+            tick_s=opts.autoscale_tick_s,
         )
         self.router.metrics.watch_pools(self._pool_gauges)
         app = build_gateway_app(self.router, self.registry, opts.max_body_bytes, api_routes(controller))
@@ -117,6 +141,7 @@ class Gateway:
         # Everything allocated so far lives as long as the process: keep it out of the collector's
         # full passes, which otherwise pause the event loop long enough to show in p99 latency.
         gc.freeze()
+        autoscaling = asyncio.create_task(autoscaler.run(), name="autoscaler")
         self.started.set()
         stop_task = asyncio.create_task(self._stop.wait())
         await asyncio.wait({stop_task, http_task}, return_when=asyncio.FIRST_COMPLETED)
@@ -124,6 +149,9 @@ class Gateway:
         log.info("stopping: draining in-flight requests, then every replica")
         http.should_exit = True
         await asyncio.gather(http_task, grpc_server.stop(grace=opts.drain_timeout_s), return_exceptions=True)
+        autoscaling.cancel()
+        await asyncio.gather(autoscaling, return_exceptions=True)
+        await autoscaler.aclose()
         await controller.close()
         await self.engine.close()
         await self.router.close()

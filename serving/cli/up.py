@@ -45,6 +45,38 @@ __all__ = ["up"]
     show_default=True,
     help="Seconds stopping waits for in-flight requests.",
 )
+@click.option(
+    "--prometheus-url",
+    help="Prometheus server for custom (PromQL) autoscaling metrics, e.g. http://127.0.0.1:9090.",
+)
+@click.option(
+    "--target-utilization",
+    type=click.FloatRange(0.01, 1.0),
+    default=0.7,
+    show_default=True,
+    help="Default fraction of the concurrency/rps target aimed for (Knative's 70%).",
+)
+@click.option(
+    "--stable-window",
+    type=click.FloatRange(6, 3600),
+    default=60.0,
+    show_default=True,
+    help="Default seconds the autoscaler averages over (the panic window is 10%% of it).",
+)
+@click.option(
+    "--scale-to-zero-grace-period",
+    type=click.FloatRange(0, 3600),
+    default=30.0,
+    show_default=True,
+    help="Default seconds without requests before a minReplicas-0 revision loses its last replica.",
+)
+@click.option(
+    "--autoscale-interval",
+    type=click.FloatRange(0.1, 60),
+    default=2.0,
+    show_default=True,
+    help="Seconds between two autoscaling decisions.",
+)
 @click.option("--access-log", is_flag=True, help="Log every HTTP request.")
 @click.option(
     "--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="info", show_default=True
@@ -57,6 +89,11 @@ def up(
     state_dir: Path,
     max_body_size: int,
     drain_timeout: float,
+    prometheus_url: str | None,
+    target_utilization: float,
+    stable_window: float,
+    scale_to_zero_grace_period: float,
+    autoscale_interval: float,
     access_log: bool,
     log_level: str,
 ) -> None:
@@ -66,10 +103,23 @@ def up(
     servegate up -f examples/iris.yaml
     servegate up --http-port 9000 --grpc-port 9001 --state-dir /var/lib/servegate
     """
+    from autoscaler.config import ConfigError, GlobalScalingDefaults
     from serving.cli._serve import prepare_process
     from serving.gateway import Gateway, GatewayOptions
     from serving.spec import ManifestError
 
+    try:
+        scaling = GlobalScalingDefaults(
+            target_utilization=target_utilization,
+            stable_window_s=stable_window,
+            scale_to_zero_grace_s=scale_to_zero_grace_period,
+        )
+    except ConfigError as exc:
+        flags = {"target_utilization": "--target-utilization", "stable_window_s": "--stable-window"}
+        flags["scale_to_zero_grace_s"] = "--scale-to-zero-grace-period"
+        raise click.UsageError(
+            "; ".join(f"{flags.get(p.path, p.path)}: {p.message}" for p in exc.problems)
+        ) from None
     prepare_process(log_level)
     options = GatewayOptions(
         host=host,
@@ -80,6 +130,9 @@ def up(
         max_body_bytes=max_body_size,
         drain_timeout_s=drain_timeout,
         access_log=access_log,
+        prometheus_url=prometheus_url,
+        scaling=scaling,
+        autoscale_tick_s=autoscale_interval,
     )
     try:
         uvloop.run(Gateway(options).run())

@@ -16,6 +16,8 @@ import time
 from collections.abc import Coroutine
 from typing import Any
 
+from autoscaler.config import ConfigError, GlobalScalingDefaults, ScalingConfig
+from autoscaler.runner import ScaleTarget
 from router.balancer import Pool
 from router.core import Router
 from router.payload_logger import LoggerSpec
@@ -74,6 +76,15 @@ class Controller:
         self._runners: dict[str, tuple[Any, Any]] = {}
         self._clock = ConditionClock()
         self._tasks: set[asyncio.Task[None]] = set()
+        #: revision -> (service, component) for every revision that should run (the autoscaler's).
+        self._autoscaled: dict[str, tuple[str, str]] = {}
+        #: revision -> replicas the autoscaler asked for.
+        self._scaled: dict[str, int] = {}
+        self._was_ready: set[str] = set()
+        self._first_seen: dict[str, float] = {}
+        #: set by the gateway: told when requests wait for a revision at zero.
+        self.autoscaler: Any = None
+        self.scaling_defaults = GlobalScalingDefaults()
         #: revisions to scale to zero once the next routing table no longer sends them traffic.
         self._to_retire: set[str] = set()
         self._retiring: dict[str, asyncio.Task[None]] = {}
@@ -277,7 +288,7 @@ class Controller:
                 "InferenceService", name, "Normal", "RevisionCreated", f"{kind} revision {row.name}"
             )
             revisions.append(row)
-        ready = {r.name for r in revisions if r.name in self.pools and self.pools[r.name].size > 0}
+        ready = {r.name for r in revisions if self._counts_as_ready(r.name)}
         current = self.store.rollout(name, kind)
         plan = policy.plan([r.name for r in revisions], ready, current, component.canary_traffic_percent)
         if plan.rollout != current:
@@ -289,10 +300,75 @@ class Controller:
             wanted.add(plan.rollout.previous)  # kept warm: a rollback is instant
         if not plan.rollout.pinned:
             wanted.add(revisions[-1].name)  # the newest must run to become ready
-        replicas = max(component.min_replicas, 1)
+        scaling = self._scaling(name, kind)
         for row in revisions:
-            await self._scale(name, row, replicas if row.name in wanted else 0)
+            if row.name in wanted:
+                self._autoscaled[row.name] = (name, kind)
+                replicas = self._scaled.get(
+                    row.name, scaling.initial_replicas if scaling else component.min_replicas
+                )
+                await self._scale(name, row, replicas)
+            else:
+                self._autoscaled.pop(row.name, None)
+                self._scaled.pop(row.name, None)
+                await self._scale(name, row, 0)
         return _ComponentState(component, revisions, plan)
+
+    def _counts_as_ready(self, revision: str) -> bool:
+        """Ready: replicas answer, or the autoscaler took a once-ready revision to zero (it is still
+        the one serving: the next request brings a replica back)."""
+        pool = self.pools.get(revision)
+        if pool is not None and pool.size > 0:
+            self._was_ready.add(revision)
+            return True
+        return revision in self._was_ready and self._scaled.get(revision) == 0
+
+    def _scaling(self, name: str, kind: str) -> ScalingConfig | None:
+        try:
+            return self.services[name].scaling(kind, self.scaling_defaults)
+        except ConfigError as exc:  # a manifest stored before its fields were checked: fixed size
+            log.warning("InferenceService %s %s: autoscaling off: %s", name, kind, exc)
+            return None
+
+    # -- autoscaling ------------------------------------------------------------------------------
+
+    def scale_targets(self) -> list[ScaleTarget]:
+        """Every revision that should run, as the autoscaler sizes it."""
+        targets = []
+        for revision, (service, kind) in self._autoscaled.items():
+            scaling = self._scaling(service, kind) if service in self.services else None
+            state = self._states.get(service, {}).get(kind)
+            if scaling is None or state is None:
+                continue
+            pool = self.engine.status(revision)
+            urls = tuple(r.http_url for r in pool.replicas if r.ready and r.http_url) if pool else ()
+            targets.append(
+                ScaleTarget(
+                    service=service,
+                    revision=revision,
+                    config=scaling,
+                    ready=len(urls),
+                    desired=self._scaled.get(revision, self._desired.get(revision, 0)),
+                    replica_urls=urls,
+                    memory_limit_bytes=state.component.memory_bytes,
+                    created=self._first_seen.setdefault(revision, time.monotonic()),
+                )
+            )
+        return targets
+
+    async def resize(self, revision: str, replicas: int, reason: str) -> None:
+        """The autoscaler's decision for one revision: applied by the next reconcile."""
+        owner = self._autoscaled.get(revision)
+        if owner is None or self._scaled.get(revision) == replicas:
+            return  # retired meanwhile, or already asked for
+        self._scaled[revision] = replicas
+        self.store.add_event("InferenceService", owner[0], "Normal", "Scaled", f"{revision}: {reason}")
+        self._mark(owner[0])
+
+    def _starved(self, revision: str) -> None:
+        """Requests wait for a revision with no ready replica: scale it from zero at once."""
+        if self.autoscaler is not None and self._scaled.get(revision) == 0:
+            self.autoscaler.poke(revision)
 
     def _referenced(self, name: str) -> set[str]:
         """Revisions an experiment variant or a shadow names: they run whatever their traffic share."""
@@ -348,7 +424,9 @@ class Controller:
             await asyncio.gather(retiring, return_exceptions=True)
         self._owner[revision] = service
         component = _component_from(row.spec)
-        self.pools.setdefault(revision, Pool(revision, component.container_concurrency))
+        self.pools.setdefault(
+            revision, Pool(revision, component.container_concurrency, on_starved=self._starved)
+        )
         await self.engine.scale(self._replica_spec(service, row), count)
 
     # -- routes -----------------------------------------------------------------------------------

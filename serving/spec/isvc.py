@@ -12,11 +12,10 @@ import hashlib
 import json
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import BeforeValidator, Field, field_validator
 
-from autoscaler.config import ConfigError, GlobalScalingDefaults, ScalingConfig
 from serving.spec.common import (
     NAME_PATTERN,
     KModel,
@@ -25,6 +24,10 @@ from serving.spec.common import (
     parse_quantity,
     unknown_fields,
 )
+
+if TYPE_CHECKING:
+    # autoscaler.config reads serving.spec.common: importing it here at load time would be circular.
+    from autoscaler.config import GlobalScalingDefaults, ScalingConfig
 
 __all__ = [
     "FRAMEWORKS",
@@ -244,6 +247,8 @@ class ComponentExtension(KModel):
         prefix: str,
     ) -> ScalingConfig:
         """How this component scales: `defaults`, then annotations, then these fields (raises ConfigError)."""
+        from autoscaler.config import ConfigError, ScalingConfig
+
         metric, target, query = self.scale_metric, self.scale_target, None
         if self.auto_scaling is not None and self.auto_scaling.metrics:
             if len(self.auto_scaling.metrics) > 1:
@@ -472,6 +477,8 @@ class InferenceService(KModel):
         if spec.shadow is not None:
             problems += spec.shadow.problems("spec.shadow")
         if not problems:
+            from autoscaler.config import ConfigError
+
             for kind in self.components():
                 try:
                     self.scaling(kind)
@@ -481,6 +488,8 @@ class InferenceService(KModel):
 
     def scaling(self, kind: str, defaults: GlobalScalingDefaults | None = None) -> ScalingConfig:
         """How the `kind` component ("predictor", "transformer") scales; raises ConfigError."""
+        from autoscaler.config import GlobalScalingDefaults
+
         component = self.spec.predictor if kind == "predictor" else self.spec.transformer
         assert component is not None
         memory = self.components()[kind].memory_bytes

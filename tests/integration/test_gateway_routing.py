@@ -361,7 +361,9 @@ def test_failing_shadow_never_affects_the_primary(
 def test_container_concurrency_one_queues_requests_at_the_gateway(
     gateway: GatewayProcess, http: httpx.Client, deploy: Deploy
 ) -> None:
-    deploy(python_isvc("single", "Sleeper", predictor={"containerConcurrency": 1}))
+    # One replica, held there (the autoscaler would otherwise add replicas for the queue).
+    pinned = {"containerConcurrency": 1, "minReplicas": 1, "maxReplicas": 1}
+    deploy(python_isvc("single", "Sleeper", predictor=pinned))
     rev = revision("single", 1)
 
     def infer(_: int) -> httpx.Response:
