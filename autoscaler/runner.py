@@ -147,6 +147,8 @@ class Autoscaler:
         self._gateway_url = gateway_url.rstrip("/")
         self._scrape = scrape if scrape is not None else ScrapeSource()
         self._promql = promql
+        #: the PromQL source custom metrics are read from (None: none configured).
+        self.promql = promql
         self._metrics = metrics
         self._tick_s = tick_s
         self._clock = clock

@@ -13,6 +13,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Mount, Route
 
+from autoscaler.sources import MetricSourceError
+from autoscaler.sources.promql import render
 from serving.controller.controller import Controller, NotFound
 from serving.spec import InferenceService, ManifestError, Problem, TrainedModel, load_manifests
 from serving.spec.manifests import Resource
@@ -26,6 +28,7 @@ KINDS = {
     "inferencegraphs": "InferenceGraph",
 }
 MAX_MANIFEST_BYTES = 4 * 1024 * 1024
+NO_PROMETHEUS = "a custom (PromQL) metric needs a Prometheus server: start servegate up with --prometheus-url"
 
 
 def _error(message: str, status: int, problems: list[Problem] | None = None) -> JSONResponse:
@@ -55,7 +58,7 @@ class _Api:
             return _error("manifests must be UTF-8 text (YAML or JSON)", 400)
         try:
             resources = load_manifests(text, request.query_params.get("source", "<request>"))
-            problems = self._references(resources)
+            problems = self._references(resources) + await self._queries(resources)
             if problems:
                 raise ManifestError(problems)
         except ManifestError as exc:
@@ -123,6 +126,32 @@ class _Api:
                         problems.append(
                             Problem(f"{where}: {path}", f"InferenceService '{service}' not found")
                         )
+        return problems
+
+    async def _queries(self, resources: list[Resource]) -> list[Problem]:
+        """A custom metric's PromQL must parse on the Prometheus server that will answer it."""
+        problems = []
+        promql = getattr(self.controller.autoscaler, "promql", None)
+        for r in resources:
+            if not isinstance(r, InferenceService):
+                continue
+            name = r.metadata.name
+            for kind in r.components():
+                config = r.scaling(kind)
+                if config.metric != "custom" or config.query is None:
+                    continue
+                where = f"InferenceService/{name}: spec.{kind}.autoScaling.metrics[0].external.metric.query"
+                if promql is None:
+                    problems.append(Problem(where, NO_PROMETHEUS))
+                    continue
+                try:
+                    error = await promql.check(
+                        render(config.query, revision=f"{name}-{kind}-00001", service=name)
+                    )
+                except (MetricSourceError, ValueError) as exc:
+                    error = str(exc)
+                if error:
+                    problems.append(Problem(where, error))
         return problems
 
     async def list(self, request: Request) -> Response:

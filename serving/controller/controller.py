@@ -190,8 +190,9 @@ class Controller:
             "creationTimestamp": created,
         }
         if kind == "InferenceService":
+            autoscaling = self.autoscaler.status if self.autoscaler is not None else None
             out["status"] = service_status(
-                name, self._states.get(name, {}), self.engine, self.gateway_url, self._clock
+                name, self._states.get(name, {}), self.engine, self.gateway_url, self._clock, autoscaling
             )
         elif kind == "TrainedModel":
             host = row.manifest["spec"]["inferenceService"]

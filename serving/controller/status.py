@@ -9,6 +9,7 @@ answering from the old revision but reports not ready, as KServe does.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any, Protocol
 
 from serving.engines.base import Engine, PoolStatus, ReplicaState
@@ -44,8 +45,14 @@ class ConditionClock:
 
 
 def service_status(
-    name: str, states: dict[str, _State], engine: Engine, gateway_url: str, clock: ConditionClock
+    name: str,
+    states: dict[str, _State],
+    engine: Engine,
+    gateway_url: str,
+    clock: ConditionClock,
+    autoscaling: Callable[[str], Any] | None = None,
 ) -> dict[str, Any]:
+    """`autoscaling(revision)`: the autoscaler's last outcome for a revision (or None)."""
     predictor = states.get("predictor")
     protocol = predictor.component.protocol if predictor else "v1"
     path = f"/v1/models/{name}" if protocol == "v1" else f"/v2/models/{name}"
@@ -63,7 +70,11 @@ def service_status(
     for kind, state in states.items():
         plan = state.plan
         latest = state.revisions[-1].name if state.revisions else None
-        pools = {row.name: _pool(pool) for row in state.revisions if (pool := engine.status(row.name))}
+        pools = {
+            row.name: _pool(pool, autoscaling(row.name) if autoscaling else None)
+            for row in state.revisions
+            if (pool := engine.status(row.name))
+        }
         serving = bool(plan.traffic) and plan.latest_ready is not None
         ready = serving and (latest == plan.latest_ready or plan.rollout.pinned)
         all_ready = all_ready and ready
@@ -97,8 +108,8 @@ def service_status(
     return status
 
 
-def _pool(pool: PoolStatus) -> dict[str, Any]:
-    return {
+def _pool(pool: PoolStatus, scaled: Any) -> dict[str, Any]:
+    out = {
         "desired": pool.desired,
         "ready": pool.ready,
         "restarts": sum(r.restarts for r in pool.replicas),
@@ -115,6 +126,17 @@ def _pool(pool: PoolStatus) -> dict[str, Any]:
         ],
         "events": list(pool.events[-5:]),
     }
+    if scaled is not None:
+        # The autoscaler's last word: what it wants and why, or why it holds (a failing metric).
+        out["autoscaler"] = {
+            "desired": scaled.desired,
+            "panic": scaled.panic,
+            "metric": scaled.metric,
+            "observedPerReplica": scaled.observed,
+            "reason": scaled.reason,
+            **({"error": scaled.error} if scaled.error else {}),
+        }
+    return out
 
 
 def _why_not_ready(pool: PoolStatus | None, revision: str | None) -> tuple[str, str]:
