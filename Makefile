@@ -44,6 +44,7 @@ bench-tools:
 bench: install bench-tools
 	$(BIN)/python loadtests/bench_replica.py
 	$(BIN)/python loadtests/bench_gateway.py
+	$(BIN)/python loadtests/bench_autoscale.py
 
 clean:
 	rm -rf $(VENV) $(STATE) .pytest_cache .ruff_cache
