@@ -15,11 +15,11 @@ import signal
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from autoscaler.metrics import AutoscalerMetrics
-from autoscaler.runner import Autoscaler
 from prometheus_client import CollectorRegistry
 
 from autoscaler.config import GlobalScalingDefaults
+from autoscaler.metrics import AutoscalerMetrics
+from autoscaler.runner import Autoscaler
 from autoscaler.sources.promql import PromQLSource
 from predictors.server.replica import bind_socket, http_server
 from router.core import Router
