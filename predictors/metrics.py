@@ -16,6 +16,7 @@ from prometheus_client.metrics_core import GaugeMetricFamily, Metric
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
+from predictors.gpu_metrics import gpu_collector
 from serving.errors import ErrorKind
 
 __all__ = ["MODEL_STATES", "ReplicaMetrics", "status_label"]
@@ -35,6 +36,10 @@ class ReplicaMetrics:
         self._states: _ModelStateCollector | None = None
         # CPU seconds and resident memory: what the autoscaler's cpu and memory metrics read.
         ProcessCollector(registry=registry)
+        # Utilization and memory of the replica's GPUs, when it has any (and NVML is there).
+        self._gpus = gpu_collector()
+        if self._gpus is not None:
+            registry.register(self._gpus)
         self.requests = Counter(
             "servegate_requests",
             "Inference requests by model, protocol and outcome.",
@@ -114,6 +119,8 @@ class ReplicaMetrics:
         registry = CollectorRegistry()
         MultiProcessCollector(registry)
         ProcessCollector(registry=registry)  # the answering worker's own process
+        if self._gpus is not None:
+            registry.register(self._gpus)
         if self._states is not None:
             registry.register(self._states)
         return registry

@@ -28,9 +28,9 @@ def status_for_http(code: int) -> str:
     return kind.name.lower() if kind else f"http_{code}"
 
 
-#: (service, revision, queued requests, outstanding requests, ready replicas, desired replicas),
-#: read at scrape time.
-PoolGauge = tuple[str, str, int, int, int, int]
+#: (service, revision, queued requests, outstanding requests, ready replicas, desired replicas,
+#: whether the engine can place them), read at scrape time.
+PoolGauge = tuple[str, str, int, int, int, int, bool]
 
 
 class GatewayMetrics:
@@ -104,9 +104,15 @@ class _PoolCollector(Collector):
             "Replicas the controller asked for, per revision.",
             labels=labels,
         )
-        for service, revision, q, o, r, d in self._read():
+        unschedulable = GaugeMetricFamily(
+            "servegate_gateway_unschedulable",
+            "1 while the engine cannot place a revision's replicas (GPUs, images), else 0.",
+            labels=labels,
+        )
+        for service, revision, q, o, r, d, placeable in self._read():
             queued.add_metric([service, revision], q)
             outstanding.add_metric([service, revision], o)
             ready.add_metric([service, revision], r)
             desired.add_metric([service, revision], d)
-        return [queued, outstanding, ready, desired]
+            unschedulable.add_metric([service, revision], 0.0 if placeable else 1.0)
+        return [queued, outstanding, ready, desired, unschedulable]

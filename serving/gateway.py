@@ -25,7 +25,7 @@ from predictors.server.replica import bind_socket, http_server
 from router.core import Router
 from router.front.grpc import build_gateway_grpc_server
 from router.front.rest import build_gateway_app
-from router.metrics import GatewayMetrics
+from router.metrics import GatewayMetrics, PoolGauge
 from serving.api import api_routes
 from serving.controller.controller import Controller
 from serving.engines.process import ProcessEngine
@@ -60,6 +60,8 @@ class GatewayOptions:
     scaling: GlobalScalingDefaults = field(default_factory=GlobalScalingDefaults)
     #: seconds between two autoscaling decisions.
     autoscale_tick_s: float = 2.0
+    #: seconds a request waits for the first replica of a revision at zero (then 503).
+    activation_timeout_s: float = 60.0
     #: a Prometheus server's base URL for custom (PromQL) autoscaling metrics; None: scrape only.
     prometheus_url: str | None = None
     #: cluster-wide autoscaling defaults (each service may override them).
@@ -103,6 +105,7 @@ class Gateway:
         gateway_url = f"http://{local}:{self.http_port}"
         controller = self.controller = Controller(self.store, self.engine, self.router, gateway_url)
         controller.scaling_defaults = opts.scaling
+        controller.activation_timeout_s = opts.activation_timeout_s
         autoscaler = controller.autoscaler = Autoscaler(
             controller.scale_targets,
             controller.resize,
@@ -174,12 +177,24 @@ class Gateway:
         except OSError as exc:  # monitoring must never take the gateway down
             log.warning("cannot write Prometheus targets: %s", exc)
 
-    def _pool_gauges(self) -> list[tuple[str, str, int, int, int, int]]:
+    def _pool_gauges(self) -> list[PoolGauge]:
         controller = self.controller
         if controller is None:
             return []
         owners, desired = controller.revision_owners(), controller.desired_replicas()
-        return [
-            (owners.get(rev, ""), rev, pool.queued, pool.outstanding, pool.size, desired.get(rev, 0))
-            for rev, pool in controller.pools.items()
-        ]
+        gauges = []
+        for rev, pool in controller.pools.items():
+            status = self.engine.status(rev)
+            placeable = status.schedulable if status is not None else True
+            gauges.append(
+                (
+                    owners.get(rev, ""),
+                    rev,
+                    pool.queued,
+                    pool.outstanding,
+                    pool.size,
+                    desired.get(rev, 0),
+                    placeable,
+                )
+            )
+        return gauges

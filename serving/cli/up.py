@@ -77,6 +77,13 @@ __all__ = ["up"]
     show_default=True,
     help="Seconds between two autoscaling decisions.",
 )
+@click.option(
+    "--activation-timeout",
+    type=click.FloatRange(1, 3600),
+    default=60.0,
+    show_default=True,
+    help="Seconds a request waits for the first replica of a revision at zero before a 503.",
+)
 @click.option("--access-log", is_flag=True, help="Log every HTTP request.")
 @click.option(
     "--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="info", show_default=True
@@ -94,6 +101,7 @@ def up(
     stable_window: float,
     scale_to_zero_grace_period: float,
     autoscale_interval: float,
+    activation_timeout: float,
     access_log: bool,
     log_level: str,
 ) -> None:
@@ -133,6 +141,7 @@ def up(
         prometheus_url=prometheus_url,
         scaling=scaling,
         autoscale_tick_s=autoscale_interval,
+        activation_timeout_s=activation_timeout,
     )
     try:
         uvloop.run(Gateway(options).run())

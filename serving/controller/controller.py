@@ -85,6 +85,8 @@ class Controller:
         #: set by the gateway: told when requests wait for a revision at zero.
         self.autoscaler: Any = None
         self.scaling_defaults = GlobalScalingDefaults()
+        #: seconds a request waits for the first replica of a revision at zero.
+        self.activation_timeout_s = 60.0
         #: revisions to scale to zero once the next routing table no longer sends them traffic.
         self._to_retire: set[str] = set()
         self._retiring: dict[str, asyncio.Task[None]] = {}
@@ -426,7 +428,13 @@ class Controller:
         self._owner[revision] = service
         component = _component_from(row.spec)
         self.pools.setdefault(
-            revision, Pool(revision, component.container_concurrency, on_starved=self._starved)
+            revision,
+            Pool(
+                revision,
+                component.container_concurrency,
+                on_starved=self._starved,
+                activation_timeout_s=self.activation_timeout_s,
+            ),
         )
         await self.engine.scale(self._replica_spec(service, row), count)
 

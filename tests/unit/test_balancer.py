@@ -281,3 +281,36 @@ async def test_request_waits_out_the_quarantine_of_the_only_endpoint() -> None:
     endpoint = await asyncio.wait_for(pool.acquire(deadline()), 1.0)
     assert endpoint is a
     assert loop.time() - started >= 0.09
+
+
+# -- scale from zero -------------------------------------------------------------------------------
+
+
+async def test_a_request_at_zero_asks_for_a_replica_and_gets_the_first_one() -> None:
+    starved: list[str] = []
+    pool = Pool("rev-00001", on_starved=starved.append, activation_timeout_s=5.0)
+    waiting = asyncio.create_task(pool.acquire(deadline()))
+    await settle()
+    assert starved == ["rev-00001"] and pool.queued == 1
+    pool.update([("r1", "http://r1", None)])  # the replica the autoscaler started
+    endpoint = await waiting
+    assert endpoint.id == "r1"
+
+
+async def test_no_replica_within_the_activation_timeout_is_a_503() -> None:
+    pool = Pool("rev-00001", activation_timeout_s=0.05)
+    with pytest.raises(ServerUnavailable, match=r"became ready within 0\.05s"):
+        await pool.acquire(deadline(5.0))
+    assert pool.queued == 0
+
+
+async def test_a_busy_pool_does_not_ask_for_more() -> None:
+    starved: list[str] = []
+    pool = Pool("rev-00001", container_concurrency=1, on_starved=starved.append)
+    pool.update([("r1", "http://r1", None)])
+    first = await pool.acquire(deadline())
+    waiting = asyncio.create_task(pool.acquire(deadline()))
+    await settle()
+    assert starved == []  # a full pool is the autoscaler's to judge from its metrics, not a cold start
+    pool.release(first)
+    assert (await waiting).id == "r1"
