@@ -61,7 +61,7 @@ __all__ = ["up"]
     type=click.FloatRange(6, 3600),
     default=60.0,
     show_default=True,
-    help="Default seconds the autoscaler averages over (the panic window is 10%% of it).",
+    help="Default seconds the autoscaler averages over (the panic window is a share of it).",
 )
 @click.option(
     "--scale-to-zero-grace-period",
@@ -69,6 +69,34 @@ __all__ = ["up"]
     default=30.0,
     show_default=True,
     help="Default seconds without requests before a minReplicas-0 revision loses its last replica.",
+)
+@click.option(
+    "--panic-window-percentage",
+    type=click.FloatRange(1, 100),
+    default=10.0,
+    show_default=True,
+    help="Default panic window, as a percentage of the stable window.",
+)
+@click.option(
+    "--panic-threshold-percentage",
+    type=click.FloatRange(110, 1000),
+    default=200.0,
+    show_default=True,
+    help="Default: panic when the panic window wants this percentage of the ready replicas.",
+)
+@click.option(
+    "--max-scale-up-rate",
+    type=click.FloatRange(min=1, min_open=True),
+    default=1000.0,
+    show_default=True,
+    help="Default: one decision asks for at most this many times the ready replicas.",
+)
+@click.option(
+    "--max-scale-down-rate",
+    type=click.FloatRange(min=1, min_open=True),
+    default=2.0,
+    show_default=True,
+    help="Default: one decision keeps at least the ready replicas divided by this.",
 )
 @click.option(
     "--autoscale-interval",
@@ -100,6 +128,10 @@ def up(
     target_utilization: float,
     stable_window: float,
     scale_to_zero_grace_period: float,
+    panic_window_percentage: float,
+    panic_threshold_percentage: float,
+    max_scale_up_rate: float,
+    max_scale_down_rate: float,
     autoscale_interval: float,
     activation_timeout: float,
     access_log: bool,
@@ -121,6 +153,10 @@ def up(
             target_utilization=target_utilization,
             stable_window_s=stable_window,
             scale_to_zero_grace_s=scale_to_zero_grace_period,
+            panic_window_pct=panic_window_percentage,
+            panic_threshold_pct=panic_threshold_percentage,
+            max_scale_up_rate=max_scale_up_rate,
+            max_scale_down_rate=max_scale_down_rate,
         )
     except ConfigError as exc:
         flags = {"target_utilization": "--target-utilization", "stable_window_s": "--stable-window"}
