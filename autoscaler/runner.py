@@ -146,7 +146,6 @@ class Autoscaler:
         self._resize = resize
         self._gateway_url = gateway_url.rstrip("/")
         self._scrape = scrape if scrape is not None else ScrapeSource()
-        self._promql = promql
         #: the PromQL source custom metrics are read from (None: none configured).
         self.promql = promql
         self._metrics = metrics
@@ -232,8 +231,8 @@ class Autoscaler:
             task.cancel()
         await asyncio.gather(*pokes, return_exceptions=True)
         await self._scrape.aclose()
-        if self._promql is not None:
-            await self._promql.aclose()
+        if self.promql is not None:
+            await self.promql.aclose()
 
     # -- one revision ------------------------------------------------------------------------------
 
@@ -340,13 +339,13 @@ class Autoscaler:
         """The revision's total of a cpu, memory or custom metric; None: nothing to measure."""
         config = target.config
         if config.metric == "custom":
-            if self._promql is None:
+            if self.promql is None:
                 raise MetricSourceError("the custom metric needs --prometheus-url")
             try:
                 expr = render(config.query or "", revision=target.revision, service=target.service)
             except ValueError as exc:
                 raise MetricSourceError(str(exc)) from None
-            return await self._promql.query(expr)
+            return await self.promql.query(expr)
 
         if config.metric == "memory" and not target.memory_limit_bytes:
             raise MetricSourceError("scaling on memory needs a memory limit (resources.limits.memory)")
