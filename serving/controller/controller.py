@@ -272,8 +272,9 @@ class Controller:
         isvc = self.services.get(name)
         if isvc is None:
             for revision in [r for r, owner in self._owner.items() if owner == name]:
-                self._desired.pop(revision, None)
-                self._owner.pop(revision, None)
+                for table in (self._desired, self._owner, self._autoscaled, self._scaled, self._first_seen):
+                    table.pop(revision, None)
+                self._was_ready.discard(revision)
                 self._to_retire.add(revision)
             self._states.pop(name, None)
             self._clock.forget(name)
