@@ -55,14 +55,21 @@ def runtime_class(fmt: str) -> type[Runtime]:
 
 
 def model_file(path: Path) -> Path | None:
-    """The artifact inside a model directory (or `path` itself when it is a file)."""
+    """The artifact inside a model directory (or `path` itself when it is a file).
+
+    A directory without an artifact of its own but with Triton-style version folders (`1/`, `2/`)
+    gives the newest version's: a KServe storageUri names the model's folder, however it is laid out.
+    """
     if path.is_file():
         return path
     if not path.is_dir():
         return None
     candidates = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in _SUFFIXES)
     preferred = [p for p in candidates if p.stem == "model"]
-    return (preferred or candidates or [None])[0]
+    if preferred or candidates:
+        return (preferred or candidates)[0]
+    versions = [p for p in path.iterdir() if p.is_dir() and p.name.isdigit()]
+    return model_file(max(versions, key=lambda p: int(p.name))) if versions else None
 
 
 def is_import_path(uri: str) -> bool:
