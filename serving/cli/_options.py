@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import re
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import click
 
-__all__ = ["ByteSize"]
+__all__ = ["ByteSize", "listen_options", "server_options"]
 
 _UNITS = {
     "": 1,
@@ -41,3 +42,60 @@ class ByteSize(click.ParamType):
         if size <= 0:
             self.fail("the size must be positive", param, ctx)
         return size
+
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _options(*decorators: Callable[[F], F]) -> Callable[[F], F]:
+    def apply(function: F) -> F:
+        for decorator in reversed(decorators):
+            function = decorator(function)
+        return function
+
+    return apply
+
+
+#: where a server listens: `--host`, `--http-port`, `--grpc-port` (replica and gateway alike).
+listen_options = _options(
+    click.option("--host", default="0.0.0.0", show_default=True, help="Interface to listen on."),
+    click.option(
+        "--http-port",
+        type=click.IntRange(0, 65535),
+        default=8080,
+        show_default=True,
+        help="REST port (0: any free port).",
+    ),
+    click.option(
+        "--grpc-port",
+        type=click.IntRange(0, 65535),
+        default=8081,
+        show_default=True,
+        help="gRPC port (0: any free port).",
+    ),
+)
+
+#: how a server takes requests and stops: body limit, drain timeout, access log, log level.
+server_options = _options(
+    click.option(
+        "--max-body-size",
+        type=ByteSize(),
+        default="256MiB",
+        show_default=True,
+        help="Largest request body or gRPC message accepted.",
+    ),
+    click.option(
+        "--drain-timeout",
+        type=click.FloatRange(0),
+        default=30.0,
+        show_default=True,
+        help="Seconds stopping waits for in-flight requests.",
+    ),
+    click.option("--access-log", is_flag=True, help="Log every HTTP request."),
+    click.option(
+        "--log-level",
+        type=click.Choice(["debug", "info", "warning", "error"]),
+        default="info",
+        show_default=True,
+    ),
+)

@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 from pydantic import ValidationError
 
-from serving.cli._options import ByteSize
+from serving.cli._options import listen_options, server_options
 
 __all__ = ["model"]
 
@@ -44,21 +44,7 @@ def model() -> None:
     type=click.Path(file_okay=False, path_type=Path),
     help="Serve every model in this folder (KServe/Triton layout).",
 )
-@click.option("--host", default="0.0.0.0", show_default=True, help="Interface to listen on.")
-@click.option(
-    "--http-port",
-    type=click.IntRange(0, 65535),
-    default=8080,
-    show_default=True,
-    help="REST port (0: any free port).",
-)
-@click.option(
-    "--grpc-port",
-    type=click.IntRange(0, 65535),
-    default=8081,
-    show_default=True,
-    help="gRPC port (0: any free port).",
-)
+@listen_options
 @click.option("--no-grpc", is_flag=True, help="Do not serve gRPC.")
 @click.option(
     "--max-batch-size",
@@ -95,13 +81,6 @@ def model() -> None:
     help="Model calls (or batches) that may run at once per model.",
 )
 @click.option(
-    "--max-body-size",
-    type=ByteSize(),
-    default="256MiB",
-    show_default=True,
-    help="Largest request body or gRPC message accepted.",
-)
-@click.option(
     "--trust-source",
     "trusted",
     multiple=True,
@@ -115,21 +94,11 @@ def model() -> None:
     help="Where downloaded models are kept (default: SERVEGATE_CACHE_DIR or ~/.cache/servegate/models).",
 )
 @click.option(
-    "--drain-timeout",
-    type=click.FloatRange(0),
-    default=30.0,
-    show_default=True,
-    help="Seconds shutdown waits for in-flight requests.",
-)
-@click.option(
     "--port-file",
     type=click.Path(dir_okay=False, path_type=Path),
     help="Write the bound ports as JSON to this file once listening (for process managers).",
 )
-@click.option("--access-log", is_flag=True, help="Log every HTTP request.")
-@click.option(
-    "--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="info", show_default=True
-)
+@server_options
 def serve(**kw: object) -> None:
     """Serve one or more models over KServe V1, V2 REST and V2 gRPC.
 

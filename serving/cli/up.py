@@ -8,9 +8,20 @@ from pathlib import Path
 import click
 import uvloop
 
-from serving.cli._options import ByteSize
+from serving.cli._options import listen_options, server_options
 
 __all__ = ["up"]
+
+#: GlobalScalingDefaults field -> the flag that sets it (to name a rejected value by its flag).
+_SCALING_FLAGS = {
+    "target_utilization": "--target-utilization",
+    "stable_window_s": "--stable-window",
+    "scale_to_zero_grace_s": "--scale-to-zero-grace-period",
+    "panic_window_pct": "--panic-window-percentage",
+    "panic_threshold_pct": "--panic-threshold-percentage",
+    "max_scale_up_rate": "--max-scale-up-rate",
+    "max_scale_down_rate": "--max-scale-down-rate",
+}
 
 
 @click.command()
@@ -21,29 +32,13 @@ __all__ = ["up"]
     multiple=True,
     help="Manifest file or folder to apply at start (repeatable).",
 )
-@click.option("--host", default="0.0.0.0", show_default=True, help="Interface the gateway listens on.")
-@click.option(
-    "--http-port", type=click.IntRange(0, 65535), default=8080, show_default=True, help="REST port."
-)
-@click.option(
-    "--grpc-port", type=click.IntRange(0, 65535), default=8081, show_default=True, help="gRPC port."
-)
+@listen_options
 @click.option(
     "--state-dir",
     type=click.Path(file_okay=False, path_type=Path),
     default=Path(".servegate"),
     show_default=True,
     help="Where state (SQLite), replica logs and scratch files live.",
-)
-@click.option(
-    "--max-body-size", type=ByteSize(), default="256MiB", show_default=True, help="Largest request accepted."
-)
-@click.option(
-    "--drain-timeout",
-    type=click.FloatRange(min=0),
-    default=30.0,
-    show_default=True,
-    help="Seconds stopping waits for in-flight requests.",
 )
 @click.option(
     "--prometheus-url",
@@ -112,10 +107,7 @@ __all__ = ["up"]
     show_default=True,
     help="Seconds a request waits for the first replica of a revision at zero before a 503.",
 )
-@click.option("--access-log", is_flag=True, help="Log every HTTP request.")
-@click.option(
-    "--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="info", show_default=True
-)
+@server_options
 def up(
     manifests: tuple[str, ...],
     host: str,
@@ -159,10 +151,8 @@ def up(
             max_scale_down_rate=max_scale_down_rate,
         )
     except ConfigError as exc:
-        flags = {"target_utilization": "--target-utilization", "stable_window_s": "--stable-window"}
-        flags["scale_to_zero_grace_s"] = "--scale-to-zero-grace-period"
         raise click.UsageError(
-            "; ".join(f"{flags.get(p.path, p.path)}: {p.message}" for p in exc.problems)
+            "; ".join(f"{_SCALING_FLAGS.get(p.path, p.path)}: {p.message}" for p in exc.problems)
         ) from None
     prepare_process(log_level)
     options = GatewayOptions(
