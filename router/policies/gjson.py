@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
@@ -245,43 +246,39 @@ def _query_value(text: str, op: str, inner: str) -> tuple[str, bool]:
     )
 
 
+def _structure(
+    text: str, start: int = 0, opening: str = "([", closing: str = ")]"
+) -> Iterator[tuple[int, str, int]]:
+    """(index, character, bracket depth after it) for every character of `text` from `start` that
+    is outside a string and not escaped: the one scan the parsers below share."""
+    depth = 0
+    i = start
+    while i < len(text):
+        char = text[i]
+        if char == "\\":
+            i += 2
+            continue
+        if char == '"':
+            i = _string_end(text, i) + 1
+            continue
+        if char in opening:
+            depth += 1
+        elif char in closing:
+            depth -= 1
+        yield i, char, depth
+        i += 1
+
+
 def _operator_start(inner: str) -> int | None:
     """Where the operator of a query's inside begins, skipping nested queries and strings."""
-    depth = 0
-    i = 0
-    while i < len(inner):
-        char = inner[i]
-        if char == "\\":
-            i += 1
-        elif char == '"':
-            i = _string_end(inner, i)
-        elif char in "([":
-            depth += 1
-        elif char in ")]":
-            depth -= 1
-        elif depth == 0 and char in "!=<>%":
-            return i
-        i += 1
-    return None
+    return next((i for i, char, depth in _structure(inner) if depth == 0 and char in "!=<>%"), None)
 
 
 def _closing(path: str, start: int) -> int:
     """The index of the bracket that closes the one at `start`."""
-    depth = 0
-    i = start
-    while i < len(path):
-        char = path[i]
-        if char == "\\":
-            i += 1
-        elif char == '"':
-            i = _string_end(path, i)
-        elif char in "([":
-            depth += 1
-        elif char in ")]":
-            depth -= 1
-            if depth == 0:
-                return i
-        i += 1
+    for i, char, depth in _structure(path, start):
+        if depth == 0 and char in ")]":
+            return i
     raise ValueError(f"'{path[start]}' at position {start} is never closed")
 
 
@@ -299,23 +296,11 @@ def _string_end(text: str, start: int) -> int:
 
 def _split_top_level(text: str) -> list[str]:
     parts: list[str] = []
-    depth = 0
     start = 0
-    i = 0
-    while i < len(text):
-        char = text[i]
-        if char == "\\":
-            i += 1
-        elif char == '"':
-            i = _string_end(text, i)
-        elif char in "([{":
-            depth += 1
-        elif char in ")]}":
-            depth -= 1
-        elif char == "," and depth == 0:
+    for i, char, depth in _structure(text, opening="([{", closing=")]}"):
+        if char == "," and depth == 0:
             parts.append(text[start:i])
             start = i + 1
-        i += 1
     parts.append(text[start:])
     return parts
 
