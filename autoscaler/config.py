@@ -86,16 +86,41 @@ class ConfigError(ManifestError):
 
 
 @dataclass(frozen=True, slots=True)
-class GlobalScalingDefaults:
-    """Cluster-wide autoscaling defaults, Knative's `config-autoscaler`; a service overrides each.
-
-    Invalid values raise `ConfigError`, each problem at the field's name.
-    """
+class _Knobs:
+    """What a service and the cluster defaults set alike; each field's meaning and unit below."""
 
     #: replicas kept however idle; 0 lets a revision scale to zero. KServe's default is 1.
     min_replicas: int = 1
     #: replicas never exceeded; 0 is no upper bound.
     max_replicas: int = 0
+    #: fraction (0.01..1) of the concurrency or rps target aimed for, leaving headroom for bursts;
+    #: cpu and memory targets are utilizations already (as in the HPA) and do not use it.
+    target_utilization: float = 0.70
+    #: seconds the stable average spans (6..3600, whole seconds).
+    stable_window_s: float = 60.0
+    #: the panic window, as a percentage (1..100) of the stable window.
+    panic_window_pct: float = 10.0
+    #: panic when the panic window wants this percentage (110..1000) of the ready replicas.
+    panic_threshold_pct: float = 200.0
+    #: a decision asks for at most this many times (> 1) the ready replicas (at least 1).
+    max_scale_up_rate: float = 1000.0
+    #: a decision keeps at least the ready replicas divided by this (> 1), rounded down.
+    max_scale_down_rate: float = 2.0
+    #: seconds without requests before the last replica goes (0..3600); needs `min_replicas` 0.
+    scale_to_zero_grace_s: float = 30.0
+    #: replicas a new revision starts with, before any metric is seen (clamped to the bounds).
+    initial_scale: int = 1
+    #: seconds a lower replica count must persist before it is applied (0..3600, whole seconds).
+    scale_down_delay_s: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class GlobalScalingDefaults(_Knobs):
+    """Cluster-wide autoscaling defaults, Knative's `config-autoscaler`; a service overrides each.
+
+    Invalid values raise `ConfigError`, each problem at the field's name.
+    """
+
     #: per-replica target when scaling on concurrency: requests in flight (Knative 100).
     concurrency_target: float = 100.0
     #: per-replica target when scaling on rps: requests per second (Knative 200).
@@ -104,26 +129,8 @@ class GlobalScalingDefaults:
     cpu_target: float = 80.0
     #: per-replica target when scaling on memory: percent of the memory limit.
     memory_target: float = 80.0
-    #: fraction (0.01..1) of the concurrency or rps target aimed for, leaving headroom for bursts.
-    target_utilization: float = 0.70
-    #: seconds the stable average spans (6..3600, whole seconds).
-    stable_window_s: float = 60.0
-    #: the panic window, as a percentage (1..100) of the stable window.
-    panic_window_pct: float = 10.0
-    #: panic when the panic window wants this percentage (110..1000) of the ready replicas.
-    panic_threshold_pct: float = 200.0
-    #: a decision asks for at most this many times (> 1) the ready replicas.
-    max_scale_up_rate: float = 1000.0
-    #: a decision keeps at least the ready replicas divided by this (> 1).
-    max_scale_down_rate: float = 2.0
-    #: seconds without requests before the last replica goes (0..3600).
-    scale_to_zero_grace_s: float = 30.0
-    #: replicas a new revision starts with, before any metric is seen.
-    initial_scale: int = 1
     #: whether a service may ask for `initial-scale: 0` (Knative's allow-zero-initial-scale).
     allow_zero_initial_scale: bool = False
-    #: seconds a lower replica count must persist before it is applied (0..3600, whole seconds).
-    scale_down_delay_s: float = 0.0
 
     def __post_init__(self) -> None:
         values = asdict(self)
@@ -146,41 +153,18 @@ class GlobalScalingDefaults:
 
 
 @dataclass(frozen=True, slots=True)
-class ScalingConfig:
+class ScalingConfig(_Knobs):
     """How one revision is scaled. Build it with `from_sources`; a direct call is validated too.
 
     Invalid values raise `ConfigError`, each problem at the field's name.
     """
 
-    #: replicas kept however idle; 0 lets the revision scale to zero.
-    min_replicas: int = 1
-    #: replicas never exceeded; 0 is no upper bound.
-    max_replicas: int = 0
     #: what is scaled on: one of `METRICS`.
     metric: str = "concurrency"
     #: the per-replica value aimed for, before `target_utilization`. Units by metric: concurrency,
     #: requests in flight; rps, requests per second; cpu, percent of the CPU limit (of one core
     #: without a limit); memory, percent of the memory limit; custom, the query's unit.
     target: float = 100.0
-    #: fraction (0.01..1) of `target` aimed for; applies to concurrency and rps only, as in
-    #: Knative (cpu and memory targets are utilizations already, as in the HPA).
-    target_utilization: float = 0.70
-    #: seconds the stable average spans (6..3600, whole seconds).
-    stable_window_s: float = 60.0
-    #: the panic window, as a percentage (1..100) of the stable window.
-    panic_window_pct: float = 10.0
-    #: panic when the panic window wants this percentage (110..1000) of the ready replicas.
-    panic_threshold_pct: float = 200.0
-    #: a decision asks for at most this many times (> 1) the ready replicas (at least 1).
-    max_scale_up_rate: float = 1000.0
-    #: a decision keeps at least the ready replicas divided by this (> 1), rounded down.
-    max_scale_down_rate: float = 2.0
-    #: seconds without requests before the last replica goes (0..3600); needs `min_replicas` 0.
-    scale_to_zero_grace_s: float = 30.0
-    #: replicas a new revision starts with, before any metric is seen (clamped to the bounds).
-    initial_scale: int = 1
-    #: seconds a lower replica count must persist before it is applied (0..3600, whole seconds).
-    scale_down_delay_s: float = 0.0
     #: the PromQL query giving the revision's total of a custom metric; None for other metrics.
     query: str | None = None
 
