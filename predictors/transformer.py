@@ -33,13 +33,14 @@ import orjson
 from predictors.python_model import Context, PythonModel
 from serving.errors import ErrorKind, ModelFailure, ServingError, kind_for_status
 from serving.protocol.datatypes import datatype_of, from_json_data, to_json_data
+from serving.protocol.rest import TRACE_HEADERS
 
 __all__ = ["Transformer"]
 
 #: tells the gateway that this call is the transformer's, for the predictor behind it.
 COMPONENT_HEADER = "x-servegate-component"
 #: headers of the client's request carried on to the predictor.
-PROPAGATED = ("x-request-id", "traceparent", "tracestate", "authorization")
+PROPAGATED = (*TRACE_HEADERS, "authorization")
 
 
 class Transformer(PythonModel):

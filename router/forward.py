@@ -14,19 +14,13 @@ import aiohttp
 import grpc
 from grpc import aio
 
+from serving.protocol.rest import TRACE_HEADERS
+
 __all__ = ["GrpcForwarder", "HttpForwarder", "HttpReply", "Unreachable"]
 
 #: request headers passed on to a replica; hop-by-hop ones (connection, host, ...) are not.
 FORWARDED_REQUEST_HEADERS = frozenset(
-    {
-        "content-type",
-        "content-encoding",
-        "accept-encoding",
-        "inference-header-content-length",
-        "x-request-id",
-        "traceparent",
-        "tracestate",
-    }
+    {"content-type", "content-encoding", "accept-encoding", "inference-header-content-length", *TRACE_HEADERS}
 )
 #: response headers passed back to the client.
 FORWARDED_RESPONSE_HEADERS = ("content-type", "content-encoding", "inference-header-content-length")

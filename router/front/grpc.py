@@ -21,6 +21,7 @@ from router.forward import HttpReply
 from router.routes import Backend
 from serving import __version__
 from serving.errors import ERROR_TABLE, InvalidInput, ServingError, as_serving_error
+from serving.protocol.rest import TRACE_HEADERS
 
 __all__ = ["build_gateway_grpc_server", "model_name_of"]
 
@@ -37,7 +38,7 @@ FORWARDED: dict[str, Any] = {
 }
 _HTTP_BY_CODE = {code: status for status, code in ERROR_TABLE.values()}
 #: metadata a client sends that replicas should see (tracing, request ids); the rest stays here.
-_FORWARDED_METADATA = ("x-request-id", "traceparent", "tracestate")
+_FORWARDED_METADATA = TRACE_HEADERS
 
 
 def model_name_of(message: bytes) -> str:

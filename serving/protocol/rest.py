@@ -14,9 +14,13 @@ from starlette.responses import Response
 
 from serving.errors import PayloadTooLarge, ServingError, as_serving_error
 
-__all__ = ["EXCEPTION_HANDLERS", "error_response", "json_response", "read_raw", "too_large"]
+__all__ = ["EXCEPTION_HANDLERS", "TRACE_HEADERS", "error_response", "json_response", "read_raw", "too_large"]
 
 log = logging.getLogger(__name__)
+
+#: headers that follow a request through every hop (gateway, transformer, predictor): its id and
+#: W3C trace context.
+TRACE_HEADERS = ("x-request-id", "traceparent", "tracestate")
 
 
 def json_response(content: Any, status: int = 200) -> Response:
