@@ -36,6 +36,8 @@ CREATE TABLE IF NOT EXISTS events (
 CREATE INDEX IF NOT EXISTS events_by_object ON events (kind, name, id);
 """
 
+_SELECT_RESOURCES = "SELECT kind, name, manifest, generation, created, updated FROM resources"
+
 
 @dataclass(frozen=True, slots=True)
 class ResourceRow:
@@ -123,16 +125,19 @@ class Store:
             return "configured"
 
     def resources(self, kind: str | None = None) -> list[ResourceRow]:
-        query = "SELECT kind, name, manifest, generation, created, updated FROM resources"
         rows = (
-            self._db.execute(query + " WHERE kind = ? ORDER BY name", (kind,))
+            self._db.execute(_SELECT_RESOURCES + " WHERE kind = ? ORDER BY name", (kind,))
             if kind
-            else self._db.execute(query + " ORDER BY created")
+            else self._db.execute(_SELECT_RESOURCES + " ORDER BY created")
         )
         return [ResourceRow(k, n, json.loads(m), g, c, u) for k, n, m, g, c, u in rows]
 
     def resource(self, kind: str, name: str) -> ResourceRow | None:
-        return next((r for r in self.resources(kind) if r.name == name), None)
+        row = self._db.execute(_SELECT_RESOURCES + " WHERE kind = ? AND name = ?", (kind, name)).fetchone()
+        if row is None:
+            return None
+        k, n, m, g, c, u = row
+        return ResourceRow(k, n, json.loads(m), g, c, u)
 
     def delete_resource(self, kind: str, name: str) -> bool:
         with self._db:
