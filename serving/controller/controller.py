@@ -30,7 +30,7 @@ from serving.engines.base import Engine, ReplicaSpec, ServedModelRef
 from serving.spec import Component, InferenceService, TrainedModel
 from serving.spec.isvc import SERVER_METADATA
 from serving.spec.manifests import Resource
-from serving.store import RevisionRow, Store
+from serving.store import ResourceRow, RevisionRow, Store
 
 __all__ = ["Controller", "NotFound"]
 
@@ -184,6 +184,14 @@ class Controller:
         row = self.store.resource(kind, name)
         if row is None:
             raise NotFound(f"{kind} '{name}' not found")
+        return self._view(row)
+
+    def list(self, kind: str) -> list[dict[str, Any]]:
+        return [self._view(row) for row in self.store.resources(kind)]
+
+    def _view(self, row: ResourceRow) -> dict[str, Any]:
+        """A stored resource as the API shows it: the manifest, server metadata and status."""
+        kind, name = row.kind, row.name
         out = dict(row.manifest)
         created = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(row.created))
         out["metadata"] = {
@@ -209,9 +217,6 @@ class Controller:
         else:
             out["status"] = {"url": f"{self.gateway_url}/graphs/{name}"}
         return out
-
-    def list(self, kind: str) -> list[dict[str, Any]]:
-        return [self.get(kind, row.name) for row in self.store.resources(kind)]
 
     def desired_replicas(self) -> dict[str, int]:
         """revision -> the replicas asked of the engine."""
