@@ -29,11 +29,18 @@ test: lint test-tools
 
 # The metric-source tests run a real Prometheus (the Debian package; the tests start it themselves
 # on a free loopback port). Recommends are skipped: they would pull in and start a node exporter.
+# The registry tests run a real PostgreSQL the same way (initdb in a temporary folder): the
+# createcluster.d file stops the package from creating, and starting, its own "main" cluster.
 SUDO = $(shell [ "$$(id -u)" != 0 ] && command -v sudo)
 test-tools:
 	@command -v prometheus >/dev/null || \
 		($(SUDO) apt-get update -qq && \
 		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus)
+	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || \
+		($(SUDO) mkdir -p /etc/postgresql-common/createcluster.d && \
+		echo "create_main_cluster = false" | $(SUDO) tee /etc/postgresql-common/createcluster.d/servegate.conf >/dev/null && \
+		$(SUDO) apt-get update -qq && \
+		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends postgresql)
 
 # The benchmark loads servers with wrk and h2load (Debian packages); the peers it compares with
 # (KServe, Ray Serve) come from ../shared/bench and install themselves on first use.

@@ -18,10 +18,12 @@ from predictors.discovery import discover, discover_one
 from predictors.metrics import ReplicaMetrics
 from predictors.model import ModelState, ServedModel
 from predictors.runtime import Runtime
-from predictors.runtimes import infer_format, is_import_path, runtime_class
+from predictors.runtimes import infer_format, is_import_path, normalize_format, runtime_class
 from predictors.spec import ModelSpec
 from predictors.storage import StorageConfig, fetch
-from serving.errors import ModelNotFound, ModelNotReady, as_serving_error
+from serving.errors import InvalidInput, ModelFailure, ModelNotFound, ModelNotReady, as_serving_error
+from serving.registry.types import RegistryError
+from serving.registry.uris import is_registry_uri
 
 __all__ = ["ModelRepository"]
 
@@ -154,6 +156,8 @@ class ModelRepository:
         await model.start(runtime)
 
     async def _runtime(self, spec: ModelSpec) -> Runtime:
+        if is_registry_uri(spec.uri):
+            return await self._registry_runtime(spec)
         fmt = spec.format or ("python" if is_import_path(spec.uri) else None)
         cls = runtime_class(fmt) if fmt else None
         path = None
@@ -162,3 +166,19 @@ class ModelRepository:
         if cls is None:
             cls = runtime_class(infer_format(spec.uri, path))
         return cls(spec, path)
+
+    async def _registry_runtime(self, spec: ModelSpec) -> Runtime:
+        """A `registry://` model: its format comes from the registry, its artifact is verified."""
+        from serving.registry.local import materialize  # SQLAlchemy only where registry models are served
+
+        try:
+            got = await asyncio.to_thread(materialize, spec.uri, self._storage.cache_dir)
+        except RegistryError as exc:
+            raise ModelFailure(exc.message) from None
+        registered = got.version.format
+        if spec.format is not None and normalize_format(spec.format) != registered:
+            raise InvalidInput(f"{spec.uri} is a {registered} model, not {normalize_format(spec.format)}")
+        cls = runtime_class(registered)
+        if not cls.needs_artifact:  # python: the class inside the verified copy
+            return cls(dataclasses.replace(spec, uri=got.import_path, format=registered), None)
+        return cls(dataclasses.replace(spec, format=registered), got.path)

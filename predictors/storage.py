@@ -1,7 +1,8 @@
 """Turn a model's storage URI into a local path.
 
-Supported: local paths and `file://` URIs (used in place), `http(s)://` (one file) and `s3://`
-(one object or every object under a prefix). Remote artifacts land in a cache under
+Supported: local paths and `file://` URIs (used in place), `http(s)://` (one file), `s3://`
+(one object or every object under a prefix) and `registry://` (the model registry's artifact store,
+verified against the registered sha256). Remote artifacts land in a cache under
 `StorageConfig.cache_dir`; each downloaded file keeps its sha256 in a `<file>.sha256` sidecar so a
 corrupted cache is noticed and fetched again.
 
@@ -28,10 +29,10 @@ import httpx
 
 from serving.errors import ModelFailure
 
-__all__ = ["StorageConfig", "StorageError", "fetch"]
+__all__ = ["StorageConfig", "StorageError", "cache_lock", "fetch", "s3_endpoint_from_env", "sha256_file"]
 
 _CHUNK = 1 << 20
-_SUPPORTED = "a local path, file://, http://, https:// or s3://"
+_SUPPORTED = "a local path, file://, http://, https://, s3:// or registry://"
 
 
 class StorageError(ModelFailure):
@@ -43,7 +44,7 @@ def _default_cache_dir() -> Path:
     return Path(configured).expanduser() if configured else Path.home() / ".cache" / "servegate" / "models"
 
 
-def _s3_endpoint_from_env() -> str | None:
+def s3_endpoint_from_env() -> str | None:
     if url := os.environ.get("AWS_ENDPOINT_URL"):
         return url
     endpoint = os.environ.get("S3_ENDPOINT")
@@ -72,7 +73,7 @@ class StorageConfig:
     @classmethod
     def from_env(cls) -> StorageConfig:
         """Config from $SERVEGATE_CACHE_DIR and the S3 endpoint variables, resolved now."""
-        return cls(cache_dir=_default_cache_dir(), s3_endpoint_url=_s3_endpoint_from_env())
+        return cls(cache_dir=_default_cache_dir(), s3_endpoint_url=s3_endpoint_from_env())
 
 
 def fetch(uri: str, config: StorageConfig) -> Path:
@@ -90,7 +91,22 @@ def fetch(uri: str, config: StorageConfig) -> Path:
         return _fetch_http(uri, config)
     if scheme == "s3":
         return _fetch_s3(uri, config)
+    if scheme == "registry":
+        return _fetch_registry(uri, config)
     raise StorageError(f"unsupported storage URI {uri!r}: use {_SUPPORTED}")
+
+
+# -- registry ----------------------------------------------------------------------------------------
+
+
+def _fetch_registry(uri: str, config: StorageConfig) -> Path:
+    from serving.registry.local import materialize  # SQLAlchemy only for registry URIs
+    from serving.registry.types import RegistryError
+
+    try:
+        return materialize(uri, config.cache_dir).path
+    except RegistryError as exc:
+        raise StorageError(exc.message) from None
 
 
 # -- local -------------------------------------------------------------------------------------------
@@ -125,7 +141,7 @@ def _read_text(path: Path) -> str | None:
         return None
 
 
-def _sha256_file(path: Path) -> str:
+def sha256_file(path: Path) -> str:
     digest = hashlib.sha256()
     with path.open("rb") as f:
         while chunk := f.read(_CHUNK):
@@ -137,13 +153,13 @@ def _is_cached(target: Path) -> bool:
     """Whether `target` exists and still hashes to the digest kept beside it."""
     kept = _read_text(_sidecar(target, ".sha256"))
     try:
-        return kept is not None and _sha256_file(target) == kept
+        return kept is not None and sha256_file(target) == kept
     except OSError:
         return False
 
 
 @contextlib.contextmanager
-def _locked(cache_dir: Path, target: Path) -> Iterator[None]:
+def cache_lock(cache_dir: Path, target: Path) -> Iterator[None]:
     """Hold an exclusive fcntl lock for `target`; it excludes other threads and processes alike.
 
     Lock files live in `cache_dir/.locks` so they never show up inside a returned model directory.
@@ -206,7 +222,7 @@ def _fetch_http(uri: str, config: StorageConfig) -> Path:
     key = hashlib.sha256(uri.encode()).hexdigest()[:16]
     target = config.cache_dir / "http" / key / name
 
-    with _locked(config.cache_dir, target):
+    with cache_lock(config.cache_dir, target):
         if _is_cached(target):
             return target
         try:
@@ -252,7 +268,7 @@ def _fetch_s3(uri: str, config: StorageConfig) -> Path:
     if bucket in ("", ".", ".."):
         raise StorageError(f"no bucket in {uri!r}: use s3://bucket/key")
     root = config.cache_dir / "s3" / bucket
-    endpoint = config.s3_endpoint_url or _s3_endpoint_from_env()
+    endpoint = config.s3_endpoint_url or s3_endpoint_from_env()
     try:
         client = boto3.client("s3", endpoint_url=endpoint)
     except (BotoCoreError, ValueError) as exc:  # ValueError: a malformed endpoint URL
@@ -290,7 +306,7 @@ def _sync_object(
     client: Any, bucket: str, key: str, etag: str, size: int, target: Path, config: StorageConfig
 ) -> None:
     """Download one object unless the cached copy has the same ETag and size and is intact."""
-    with _locked(config.cache_dir, target):
+    with cache_lock(config.cache_dir, target):
         etag_file = _sidecar(target, ".etag")
         fresh = _read_text(etag_file) == etag and target.is_file() and target.stat().st_size == size
         if fresh and _is_cached(target):

@@ -7,6 +7,7 @@ Errors are `{"error": message}` like the data plane; a rejected apply adds
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from starlette.requests import Request
@@ -16,6 +17,9 @@ from starlette.routing import Mount, Route
 from autoscaler.sources import MetricSourceError
 from autoscaler.sources.promql import render
 from serving.controller.controller import Controller, NotFound
+from serving.errors import ServingError
+from serving.registry.types import RegistryError
+from serving.registry.uris import is_registry_uri
 from serving.spec import InferenceService, ManifestError, Problem, TrainedModel, load_manifests
 from serving.spec.manifests import Resource
 
@@ -58,7 +62,9 @@ class _Api:
             return _error("manifests must be UTF-8 text (YAML or JSON)", 400)
         try:
             resources = load_manifests(text, request.query_params.get("source", "<request>"))
-            problems = self._references(resources) + await self._queries(resources)
+            problems = (
+                self._references(resources) + await self._queries(resources) + await self._models(resources)
+            )
             if problems:
                 raise ManifestError(problems)
         except ManifestError as exc:
@@ -154,6 +160,33 @@ class _Api:
                     problems.append(Problem(where, error))
         return problems
 
+    async def _models(self, resources: list[Resource]) -> list[Problem]:
+        """A `registry://` storageUri must name a version (or alias) the registry has, of the format
+        the manifest says."""
+        problems = []
+        for r in resources:
+            if isinstance(r, InferenceService):
+                uris = [(f"spec.{kind}", c.storage_uri, c.format) for kind, c in r.components().items()]
+            elif isinstance(r, TrainedModel):
+                uris = [("spec.model", r.spec.model.storage_uri, r.spec.model.framework)]
+            else:
+                continue
+            for path, uri, fmt in uris:
+                if not is_registry_uri(uri):
+                    continue
+                where = f"{r.kind}/{r.metadata.name}: {path}.storageUri"
+                if self.controller.registry is None:
+                    problems.append(Problem(where, "this gateway has no model registry"))
+                    continue
+                try:
+                    version = await asyncio.to_thread(self.controller.registry.resolve, uri)
+                except RegistryError as exc:
+                    problems.append(Problem(where, exc.message))
+                    continue
+                if fmt and _format(fmt) != version.format:
+                    problems.append(Problem(where, f"{version.uri} is a {version.format} model, not {fmt}"))
+        return problems
+
     async def list(self, request: Request) -> Response:
         return JSONResponse({"items": self.controller.list(self._kind(request))})
 
@@ -182,6 +215,15 @@ class _Api:
         except ValueError as exc:
             return _error(str(exc), 409)
         return JSONResponse({"name": request.path_params["name"], "message": message})
+
+
+def _format(name: str) -> str:
+    from predictors.runtimes import normalize_format
+
+    try:
+        return normalize_format(name)
+    except ServingError:
+        return name.lower()
 
 
 async def _not_found(request: Request, exc: Exception) -> Response:

@@ -1,7 +1,8 @@
 """`serving.Client`: the Python SDK for a running `servegate up` gateway.
 
-It speaks the control API under `/api/v1` (apply, get, list, delete, promote, rollback, events) and
-the data plane (KServe V1, Open Inference Protocol V2 over REST and gRPC), like the CLI does.
+It speaks the control API under `/api/v1` (apply, get, list, delete, promote, rollback, events), the
+model registry under `/api/registry` (`client.registry`), and the data plane (KServe V1, Open
+Inference Protocol V2 over REST and gRPC), like the CLI does.
 
     with Client("http://127.0.0.1:8080") as client:
         client.apply_files(["iris.yaml"])
@@ -14,18 +15,22 @@ Every error the gateway reports, and a gateway that cannot be reached, is a `Ser
 from __future__ import annotations
 
 import builtins
+import functools
 import json
 import os
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Self
+from typing import TYPE_CHECKING, Any, Self
 from urllib.parse import quote, urlsplit
 
 import httpx
 
 from serving.spec.common import Problem
+
+if TYPE_CHECKING:
+    from serving.registry.client import RegistryClient
 
 __all__ = [
     "DEFAULT_URL",
@@ -147,6 +152,14 @@ class Client:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+    @functools.cached_property
+    def registry(self) -> RegistryClient:
+        """The gateway's model registry (`/api/registry`): `serving.registry.Registry`'s methods."""
+        from serving.registry.client import RegistryClient
+        from serving.registry.types import default_actor
+
+        return RegistryClient(http=self._http, actor=default_actor())
 
     # -- control API ------------------------------------------------------------------------------
 

@@ -30,6 +30,8 @@ from serving.api import api_routes
 from serving.controller.controller import Controller
 from serving.engines.process import ProcessEngine
 from serving.monitoring import ReplicaTarget, targets_path, write_targets
+from serving.registry.api import registry_routes
+from serving.registry.registry import Registry, RegistryConfig
 from serving.spec import load_manifests, read_manifest_paths
 from serving.store import Store
 
@@ -62,12 +64,10 @@ class GatewayOptions:
     autoscale_tick_s: float = 2.0
     #: seconds a request waits for the first replica of a revision at zero (then 503).
     activation_timeout_s: float = 60.0
-    #: a Prometheus server's base URL for custom (PromQL) autoscaling metrics; None: scrape only.
-    prometheus_url: str | None = None
-    #: cluster-wide autoscaling defaults (each service may override them).
-    scaling: GlobalScalingDefaults = field(default_factory=GlobalScalingDefaults)
-    #: seconds between two autoscaling decisions.
-    autoscale_tick_s: float = 2.0
+    #: the model registry behind `registry://` URIs and /api/registry; None: the state dir's.
+    registry: RegistryConfig | None = None
+    #: seconds between two looks at the registry for moved aliases.
+    registry_poll_s: float = 1.0
 
 
 class Gateway:
@@ -80,6 +80,7 @@ class Gateway:
             options.state_dir, drain_timeout_s=options.drain_timeout_s, **options.engine_options
         )
         self.http_port: int | None = None
+        self.model_registry: Registry | None = None
         self.grpc_port: int | None = None
         self.controller: Controller | None = None
         self.started = asyncio.Event()
@@ -104,6 +105,10 @@ class Gateway:
         local = "127.0.0.1" if opts.host in ("0.0.0.0", "::") else opts.host
         gateway_url = f"http://{local}:{self.http_port}"
         controller = self.controller = Controller(self.store, self.engine, self.router, gateway_url)
+        controller.registry = model_registry = self.model_registry = Registry(
+            opts.registry or RegistryConfig.from_env(opts.state_dir)
+        )
+        controller.registry_poll_s = opts.registry_poll_s
         controller.scaling_defaults = opts.scaling
         controller.activation_timeout_s = opts.activation_timeout_s
         autoscaler = controller.autoscaler = Autoscaler(
@@ -115,7 +120,8 @@ class Gateway:
             tick_s=opts.autoscale_tick_s,
         )
         self.router.metrics.watch_pools(self._pool_gauges)
-        app = build_gateway_app(self.router, self.registry, opts.max_body_bytes, api_routes(controller))
+        routes = api_routes(controller) + registry_routes(model_registry)
+        app = build_gateway_app(self.router, self.registry, opts.max_body_bytes, routes)
         http = http_server(app, opts.access_log, opts.drain_timeout_s)
         grpc_server = build_gateway_grpc_server(self.router, opts.max_body_bytes)
         try:
@@ -159,6 +165,7 @@ class Gateway:
         await self.engine.close()
         await self.router.close()
         self.store.close()
+        model_registry.close()
         stop_task.cancel()
         log.info("gateway stopped")
 

@@ -1,4 +1,5 @@
-"""Fixtures shared by every test tier: models made at test time and a running replica."""
+"""Fixtures shared by every test tier: models made at test time, a running replica, a fake S3 and a
+throwaway PostgreSQL."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from predictors.examples import IDENTITY_DATATYPES, make_identity_onnx, make_mlp_onnx
-from tests.servers import ReplicaProcess, moto_server
+from tests.servers import ReplicaProcess, moto_server, postgres_server
 
 #: small MLP used by the functional tests (the benchmark uses the issue's sizes).
 MLP_SIZES = (8, 16, 4)
@@ -54,3 +55,11 @@ def moto_endpoint() -> Iterator[str]:
     """A fake S3 on loopback for the whole session (tests use buckets of their own)."""
     with moto_server() as endpoint:
         yield endpoint
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """A real PostgreSQL on loopback for the whole session; its SQLAlchemy URL (tests use tables or
+    databases of their own)."""
+    with postgres_server() as url:
+        yield url

@@ -1,13 +1,15 @@
 """Shared test helpers: free ports, polling, a real `servegate model serve` process on loopback, the
-fakes the storage tests fetch from (a static HTTP server and moto's S3) and a real Prometheus, all on
-127.0.0.1."""
+fakes the storage tests fetch from (a static HTTP server and moto's S3), a real Prometheus and a real
+PostgreSQL, all on 127.0.0.1."""
 
 from __future__ import annotations
 
 import contextlib
 import functools
+import glob
 import http.server
 import os
+import pwd
 import shutil
 import signal
 import socket
@@ -19,7 +21,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Self
+from typing import Any, NoReturn, Self
 
 import httpx
 
@@ -33,6 +35,7 @@ __all__ = [
     "ServerProcess",
     "free_port",
     "moto_server",
+    "postgres_server",
     "processes_using",
     "prometheus_server",
     "serve_files",
@@ -220,6 +223,15 @@ def processes_using(folder: Path) -> set[int]:
     return found
 
 
+def _missing_tool(message: str) -> NoReturn:
+    """Skip the test for want of a test tool, or fail it under CI=true, where a skip must not pass."""
+    if os.environ.get("CI") == "true":
+        raise RuntimeError(f"{message} (CI=true: a missing test tool fails the run)")
+    import pytest
+
+    pytest.skip(message)
+
+
 @contextlib.contextmanager
 def prometheus_server(config_text: str, timeout: float = 30.0) -> Iterator[str]:
     """A real Prometheus (`make test-tools` installs it) running `config_text` on a free loopback port,
@@ -227,12 +239,7 @@ def prometheus_server(config_text: str, timeout: float = 30.0) -> Iterator[str]:
     or fails under CI=true, where a missing tool must not pass as a skip."""
     binary = shutil.which("prometheus")
     if binary is None:
-        message = "prometheus is not installed: run make test-tools"
-        if os.environ.get("CI") == "true":
-            raise RuntimeError(f"{message} (CI=true: a missing test tool fails the run)")
-        import pytest
-
-        pytest.skip(message)
+        _missing_tool("prometheus is not installed: run make test-tools")
     with tempfile.TemporaryDirectory(prefix="prometheus-") as folder, open(f"{folder}/log", "w+") as log:
         config = Path(folder) / "prometheus.yml"
         config.write_text(config_text)
@@ -276,3 +283,93 @@ def prometheus_server(config_text: str, timeout: float = 30.0) -> Iterator[str]:
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()
+
+
+def _postgres_bindir() -> Path | None:
+    """Debian's newest PostgreSQL major version: /usr/lib/postgresql/NN/bin, if it has initdb and postgres."""
+    found = [Path(initdb).parent for initdb in glob.glob("/usr/lib/postgresql/*/bin/initdb")]
+    found = [bindir for bindir in found if (bindir / "postgres").is_file()]
+
+    def version(bindir: Path) -> tuple[int, ...]:
+        try:
+            return tuple(int(part) for part in bindir.parent.name.split("."))
+        except ValueError:
+            return ()
+
+    return max(found, key=version, default=None)
+
+
+@contextlib.contextmanager
+def postgres_server(timeout: float = 30.0) -> Iterator[str]:
+    """A real, throwaway PostgreSQL (`make test-tools` installs Debian's package) on a free loopback
+    port, its data and unix socket in a temporary folder, with a trusted superuser and a database both
+    named servegate; yields its SQLAlchemy URL. Without the binaries the test is skipped, or fails under
+    CI=true. initdb and postgres refuse to run as root, so as root they run as the package's `postgres`
+    user."""
+    import psycopg
+
+    bindir = _postgres_bindir()
+    if bindir is None:
+        _missing_tool("PostgreSQL is not installed (no /usr/lib/postgresql/*/bin/initdb): make test-tools")
+    run_as: dict[str, Any] = {}
+    if os.geteuid() == 0:
+        try:
+            account = pwd.getpwnam("postgres")
+        except KeyError:
+            _missing_tool("running as root, and no postgres user to run PostgreSQL as: make test-tools")
+        run_as = {"user": account.pw_uid, "group": account.pw_gid, "extra_groups": []}
+    with tempfile.TemporaryDirectory(prefix="postgres-") as folder, open(f"{folder}/log", "w+") as log:
+        if run_as:
+            os.chown(folder, run_as["user"], run_as["group"])
+        data = f"{folder}/data"
+        env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LC_ALL": "C"}
+        initdb = subprocess.run(
+            [
+                bindir / "initdb", "-D", data, "-U", "servegate", "--auth=trust",
+                "--encoding=UTF8", "--locale=C", "--no-sync", "--no-instructions",
+            ],
+            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, check=False, **run_as,
+        )  # fmt: skip
+        if initdb.returncode != 0:
+            raise RuntimeError(f"initdb exited with {initdb.returncode}:\n{initdb.stdout[-4000:]}")
+        port = free_port()
+        process = subprocess.Popen(
+            [
+                bindir / "postgres", "-D", data, "-h", "127.0.0.1", "-p", str(port), "-k", folder,
+                "-c", "fsync=off", "-c", "full_page_writes=off", "-c", "synchronous_commit=off",
+                "-c", "shared_buffers=16MB", "-c", "max_connections=50",
+            ],
+            env=env, stdout=log, stderr=subprocess.STDOUT, **run_as,
+        )  # fmt: skip
+
+        def output() -> str:
+            log.flush()
+            log.seek(0)
+            return log.read()[-4000:]
+
+        try:
+            deadline = time.monotonic() + timeout
+            while True:
+                if process.poll() is not None:
+                    raise RuntimeError(f"postgres exited with {process.returncode}:\n{output()}")
+                try:
+                    connection = psycopg.connect(
+                        host="127.0.0.1", port=port, user="servegate", dbname="postgres",
+                        connect_timeout=1, autocommit=True,
+                    )  # fmt: skip
+                    break
+                except psycopg.OperationalError:
+                    pass
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"postgres not accepting connections after {timeout}s:\n{output()}")
+                time.sleep(0.05)
+            with connection:
+                connection.execute("CREATE DATABASE servegate")
+            yield f"postgresql+psycopg://servegate@127.0.0.1:{port}/servegate"
+        finally:
+            # SIGINT is postgres' fast shutdown (it ends open sessions); SIGQUIT its immediate one.
+            for stop, wait in ((signal.SIGINT, 15.0), (signal.SIGQUIT, 5.0), (signal.SIGKILL, None)):
+                if process.poll() is None:
+                    process.send_signal(stop)
+                    with contextlib.suppress(subprocess.TimeoutExpired):
+                        process.wait(wait)

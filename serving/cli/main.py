@@ -9,6 +9,7 @@ import click
 from serving import __version__
 from serving.cli.model import model
 from serving.cli.prometheus import prometheus_config
+from serving.cli.registry import registry
 from serving.cli.resources import RESOURCE_COMMANDS
 from serving.cli.up import up
 
@@ -24,6 +25,7 @@ def cli() -> None:
 cli.add_command(model)
 cli.add_command(up)
 cli.add_command(prometheus_config)
+cli.add_command(registry)
 for command in RESOURCE_COMMANDS:
     cli.add_command(command)
 

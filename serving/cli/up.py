@@ -41,6 +41,17 @@ _SCALING_FLAGS = {
     help="Where state (SQLite), replica logs and scratch files live.",
 )
 @click.option(
+    "--registry-url",
+    envvar="SERVEGATE_REGISTRY_URL",
+    help="Model registry database (SQLAlchemy URL, e.g. postgresql+psycopg://...) "
+    "[default: SQLite in the state dir].",
+)
+@click.option(
+    "--artifacts",
+    envvar="SERVEGATE_ARTIFACTS",
+    help="Registry artifact store: a folder or s3://bucket/prefix [default: artifacts/ in the state dir].",
+)
+@click.option(
     "--prometheus-url",
     help="Prometheus server for custom (PromQL) autoscaling metrics, e.g. http://127.0.0.1:9090.",
 )
@@ -114,6 +125,8 @@ def up(
     http_port: int,
     grpc_port: int,
     state_dir: Path,
+    registry_url: str | None,
+    artifacts: str | None,
     max_body_size: int,
     drain_timeout: float,
     prometheus_url: str | None,
@@ -138,6 +151,7 @@ def up(
     from autoscaler.config import ConfigError, GlobalScalingDefaults
     from serving.cli._serve import prepare_process
     from serving.gateway import Gateway, GatewayOptions
+    from serving.registry import RegistryConfig, RegistryError
     from serving.spec import ManifestError
 
     try:
@@ -155,11 +169,14 @@ def up(
             "; ".join(f"{_SCALING_FLAGS.get(p.path, p.path)}: {p.message}" for p in exc.problems)
         ) from None
     prepare_process(log_level)
+    defaults = RegistryConfig.from_env(state_dir)
+    registry = RegistryConfig(url=registry_url or defaults.url, artifacts=artifacts or defaults.artifacts)
     options = GatewayOptions(
         host=host,
         http_port=http_port,
         grpc_port=grpc_port,
         state_dir=state_dir,
+        registry=registry,
         manifests=manifests,
         max_body_bytes=max_body_size,
         drain_timeout_s=drain_timeout,
@@ -178,3 +195,5 @@ def up(
         sys.exit(2)
     except OSError as exc:
         raise click.ClickException(str(exc)) from None
+    except RegistryError as exc:
+        raise click.ClickException(f"model registry: {exc.message}") from None

@@ -6,8 +6,8 @@ pointers and `canaryTrafficPercent`, decide the pointers and the traffic split (
   old one becomes `previousRolledoutRevision`. Until it is ready, traffic stays where it was.
 - With `canaryTrafficPercent: P`, the newest ready revision gets P% and the rolled-out one the rest,
   until `promote` rolls it out.
-- `rollback` pins 100% to the previous rolled-out revision; newer revisions get nothing until the
-  spec changes again (a new revision clears the pin).
+- `rollback` withdraws a canary in progress, or else pins 100% to the previous rolled-out revision;
+  newer revisions get nothing until the spec changes again (a new revision clears the pin).
 """
 
 from __future__ import annotations
@@ -65,8 +65,11 @@ def promote(rollout: Rollout, latest_ready: str | None) -> Rollout:
     return Rollout(latest=latest_ready, previous=rollout.latest)
 
 
-def rollback(rollout: Rollout) -> Rollout:
-    """Pin 100% to the previous rolled-out revision."""
+def rollback(rollout: Rollout, canary: str | None = None) -> Rollout:
+    """Withdraw the canary (`canary`: the revision taking canary traffic, if any), keeping 100% on the
+    rolled-out revision; without a canary, pin 100% to the previous rolled-out revision."""
+    if canary is not None and canary != rollout.latest and not rollout.pinned:
+        return replace(rollout, pinned=True)
     if rollout.previous is None:
         raise ValueError("there is no previous rolled-out revision to roll back to")
     return Rollout(latest=rollout.previous, previous=rollout.latest, pinned=True)

@@ -75,6 +75,8 @@ def service_status(
             for row in state.revisions
             if (pool := engine.status(row.name))
         }
+        # What each revision serves: a `registry://NAME@ALIAS` pinned to the version it resolved to.
+        uris = {row.name: row.spec.get("storage_uri") for row in state.revisions}
         serving = bool(plan.traffic) and plan.latest_ready is not None
         ready = serving and (latest == plan.latest_ready or plan.rollout.pinned)
         all_ready = all_ready and ready
@@ -83,8 +85,14 @@ def service_status(
             "latestReadyRevision": plan.latest_ready,
             "latestRolledoutRevision": plan.rollout.latest,
             "previousRolledoutRevision": plan.rollout.previous,
+            "storageUri": uris.get(latest),
             "traffic": [
-                {"revisionName": rev, "percent": percent, "latestRevision": rev == latest}
+                {
+                    "revisionName": rev,
+                    "percent": percent,
+                    "latestRevision": rev == latest,
+                    "storageUri": uris.get(rev),
+                }
                 for rev, percent in plan.traffic
             ],
             "url": gateway_url + path,

@@ -1,0 +1,420 @@
+"""`servegate registry ...`: register model versions, move aliases, set promotion gates, read the
+audit log.
+
+Which registry, like MLflow's tracking URI: `--registry` (or SERVEGATE_REGISTRY_URL) is either a
+running gateway (`http://...`, `https://...`, spoken to through `RegistryClient`) or a SQLAlchemy
+database URL used directly, with `--artifacts` as its artifact store. Without either, the database
+and artifacts live under `--state-dir` (`.servegate`), where `servegate up` keeps its state.
+
+A registry error prints `error: MESSAGE` on stderr and exits 1; bad arguments are usage errors
+(exit 2).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import re
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
+
+import click
+
+from serving.cli._output import dump, print_table
+
+if TYPE_CHECKING:
+    from serving.registry import Gate, Registry, RegistryUri
+    from serving.registry.client import RegistryClient
+
+__all__ = ["parse_gate", "parse_pairs", "parse_ref", "registry"]
+
+_FORMATS = ("onnx", "pytorch", "sklearn", "python")
+_GATEWAY_SCHEMES = ("http://", "https://")
+_GATE = re.compile(r"^\s*(?P<metric>[^<>=!\s]+)\s*(?P<op>[<>=!]+)\s*(?P<threshold>[^<>=!\s]\S*)\s*$")
+F = TypeVar("F", bound=Callable[..., Any])
+
+# -- parsing (pure) -------------------------------------------------------------------------------
+
+
+def parse_pairs(values: Sequence[str], *, numeric: bool = False) -> dict[str, Any]:
+    """`KEY=VALUE` items as a dict (values as floats when `numeric`). ValueError names the bad item:
+    no `=`, an empty key, a key given twice, or (numeric) a value that is not a finite number."""
+    out: dict[str, Any] = {}
+    for item in values:
+        key, sep, value = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise ValueError(f"'{item}' is not KEY=VALUE")
+        if key in out:
+            raise ValueError(f"'{key}' is given twice")
+        if numeric:
+            try:
+                number = float(value)
+            except ValueError:
+                raise ValueError(f"'{item}': the value of a metric must be a number") from None
+            if not math.isfinite(number):
+                raise ValueError(f"'{item}': the value of a metric must be a finite number")
+            out[key] = number
+        else:
+            out[key] = value
+    return out
+
+
+def parse_gate(text: str, alias: str) -> Gate:
+    """A gate from `METRIC OP THRESHOLD` (`accuracy>=0.95`, `latency_ms < 20`), OP one of the
+    registry's GATE_OPS. ValueError says what is wrong with `text`."""
+    from serving.registry import Gate
+    from serving.registry.registry import GATE_OPS
+
+    match = _GATE.match(text)
+    ops = " ".join(GATE_OPS)
+    if match is None:
+        raise ValueError(f"'{text}' is not METRIC OP THRESHOLD (OP one of {ops}), e.g. 'accuracy>=0.95'")
+    if match["op"] not in GATE_OPS:
+        raise ValueError(f"'{text}': unknown operator '{match['op']}'; use one of {ops}")
+    try:
+        threshold = float(match["threshold"])
+    except ValueError:
+        raise ValueError(f"'{text}': the threshold '{match['threshold']}' is not a number") from None
+    if not math.isfinite(threshold):
+        raise ValueError(f"'{text}': the threshold must be a finite number")
+    return Gate(alias, match["metric"], match["op"], threshold)
+
+
+def parse_ref(text: str) -> RegistryUri:
+    """`NAME`, `NAME/VERSION`, `NAME@ALIAS` or a `registry://` URI. A bare NAME gives a RegistryUri
+    with neither version nor alias (the model itself). RegistryError says what is wrong."""
+    from serving.registry import RegistryError, RegistryUri, is_registry_uri, parse_uri
+    from serving.registry.types import NAME_PATTERN
+
+    if is_registry_uri(text):
+        return parse_uri(text)
+    if "/" in text or "@" in text:
+        return parse_uri(f"registry://{text}")
+    if not NAME_PATTERN.match(text):
+        raise RegistryError(f"bad model name '{text}': letters, digits, '.', '_' and '-'")
+    return RegistryUri(text)
+
+
+class _Ref(click.ParamType):
+    """A `parse_ref` argument; `versioned` takes only NAME/VERSION."""
+
+    def __init__(self, versioned: bool = False) -> None:
+        self.versioned = versioned
+        self.name = "NAME/VERSION" if versioned else "NAME[/VERSION|@ALIAS]"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> RegistryUri:
+        from serving.registry import RegistryError
+
+        try:
+            ref = parse_ref(str(value))
+        except RegistryError as exc:
+            self.fail(exc.message, param, ctx)
+        if self.versioned and ref.version is None:
+            self.fail(f"'{value}' names no version: use NAME/VERSION, e.g. mlp/3", param, ctx)
+        return ref
+
+
+def _pairs_option(flag: str, dest: str, what: str, numeric: bool = False) -> Callable[[F], F]:
+    def convert(ctx: click.Context, param: click.Parameter, values: Sequence[str]) -> dict[str, Any]:
+        try:
+            return parse_pairs(values, numeric=numeric)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), ctx, param) from None
+
+    return click.option(
+        flag, dest, multiple=True, metavar="KEY=VALUE", callback=convert, help=f"{what} (repeatable)."
+    )
+
+
+_output_option = click.option(
+    "-o",
+    "--output",
+    type=click.Choice(["table", "json", "yaml"]),
+    default="table",
+    show_default=True,
+    help="Text for people, or the objects as JSON or YAML.",
+)
+
+# -- the backend ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class _Target:
+    """Which registry the group's options name."""
+
+    url: str | None
+    artifacts: str | None
+    state_dir: Path
+
+    @property
+    def is_gateway(self) -> bool:
+        return self.url is not None and self.url.lower().startswith(_GATEWAY_SCHEMES)
+
+    def open(self) -> Registry | RegistryClient:
+        if self.is_gateway:
+            from serving.registry.client import RegistryClient
+            from serving.registry.types import default_actor
+
+            return RegistryClient(self.url, actor=default_actor())
+        from serving.registry import Registry, RegistryConfig
+
+        defaults = RegistryConfig.from_env(self.state_dir)
+        return Registry(RegistryConfig(self.url or defaults.url, self.artifacts or defaults.artifacts))
+
+
+def _fail(message: str) -> NoReturn:
+    click.echo(f"error: {message}", err=True)
+    click.get_current_context().exit(1)
+
+
+@contextlib.contextmanager
+def _backend(target: _Target) -> Iterator[Registry | RegistryClient]:
+    """The registry for one command; any error it raises becomes `error: ...` and exit status 1."""
+    from serving.client import GatewayUnreachable, ServegateError
+    from serving.registry import RegistryError
+
+    try:
+        with contextlib.closing(target.open()) as backend:
+            yield backend
+    except GatewayUnreachable as exc:
+        _fail(f"cannot reach the gateway at {exc.url} (is `servegate up` running?)")
+    except (RegistryError, ServegateError) as exc:
+        _fail(exc.message)
+
+
+def _emit(value: Any, output: str, text: Callable[[], str]) -> None:
+    click.echo(dump(value, output) if output != "table" else text())
+
+
+# -- commands -------------------------------------------------------------------------------------
+
+
+@click.group()
+@click.option(
+    "--registry",
+    "url",
+    metavar="URL",
+    envvar="SERVEGATE_REGISTRY_URL",
+    show_default="SERVEGATE_REGISTRY_URL, else sqlite:///STATE_DIR/registry.db",
+    help="A gateway (http://HOST:PORT) or a SQLAlchemy database URL (sqlite:///PATH, postgresql+psycopg://...).",
+)
+@click.option(
+    "--artifacts",
+    metavar="PATH|s3://BUCKET/PREFIX",
+    envvar="SERVEGATE_ARTIFACTS",
+    show_default="SERVEGATE_ARTIFACTS, else STATE_DIR/artifacts",
+    help="The artifact store of a database registry (a gateway uses its own).",
+)
+@click.option(
+    "--state-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    envvar="SERVEGATE_STATE_DIR",
+    default=Path(".servegate"),
+    show_default=True,
+    help="Where the default database and artifacts live (servegate up's state dir).",
+)
+@click.pass_context
+def registry(ctx: click.Context, url: str | None, artifacts: str | None, state_dir: Path) -> None:
+    """Model versions, aliases and promotion gates.
+
+    \b
+    servegate registry register mlp model.onnx --metric accuracy=0.97
+    servegate registry alias mlp production 3
+    servegate registry --registry http://127.0.0.1:8080 list
+    """
+    ctx.obj = _Target(url, artifacts, state_dir)
+
+
+@registry.command()
+@click.argument("name")
+@click.argument("source", metavar="PATH_OR_URI")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(_FORMATS, case_sensitive=False),
+    help="The artifact's format (default: inferred from it).",
+)
+@_pairs_option("--metric", "metrics", "A number the version scored, e.g. accuracy=0.97", numeric=True)
+@_pairs_option("--param", "params", "A training parameter, e.g. lr=0.001")
+@_pairs_option("--tag", "tags", "A label, e.g. team=search")
+@click.option("--description", default="", help="What this version is.")
+@click.option("--run", metavar="RUN_ID", help="The pipeline run that made it.")
+@click.option("--dataset", metavar="HASH", help="The dataset it was trained on.")
+@_output_option
+@click.pass_obj
+def register(
+    target: _Target,
+    name: str,
+    source: str,
+    fmt: str | None,
+    metrics: dict[str, float],
+    params: dict[str, str],
+    tags: dict[str, str],
+    description: str,
+    run: str | None,
+    dataset: str | None,
+    output: str,
+) -> None:
+    """Register PATH_OR_URI as the next version of model NAME.
+
+    PATH_OR_URI: a file or folder, file://, s3:// or http(s)://, or FILE.py:Class (python).
+    """
+    from serving.cli._registry_output import registered_line
+
+    with _backend(target) as backend:
+        version = backend.register(
+            name,
+            source,
+            format=fmt.lower() if fmt else None,
+            metrics=metrics,
+            params=params,
+            tags=tags,
+            description=description,
+            run=run,
+            dataset=dataset,
+        )
+    _emit(version.as_dict(), output, lambda: registered_line(version))
+
+
+@registry.command(name="list")
+@_output_option
+@click.pass_obj
+def list_models(target: _Target, output: str) -> None:
+    """List the registered models."""
+    from serving.cli._registry_output import MODEL_COLUMNS, model_rows
+
+    with _backend(target) as backend:
+        models = backend.models()
+    if output != "table":
+        click.echo(dump([m.as_dict() for m in models], output))
+    elif not models:
+        click.echo("No models registered.", err=True)
+    else:
+        print_table(MODEL_COLUMNS, model_rows(models, time.time()))
+
+
+@registry.command()
+@click.argument("ref", metavar="NAME[/VERSION|@ALIAS]", type=_Ref())
+@_output_option
+@click.pass_obj
+def show(target: _Target, ref: RegistryUri, output: str) -> None:
+    """Show a model (aliases, gates, versions), or one version in detail.
+
+    \b
+    servegate registry show mlp
+    servegate registry show mlp/3
+    servegate registry show mlp@production
+    """
+    from serving.cli._registry_output import describe_model, describe_version
+
+    with _backend(target) as backend:
+        if ref.version is None and ref.alias is None:
+            model, versions = backend.model(ref.model), backend.versions(ref.model)
+            value = model.as_dict() | {"versions": [v.as_dict() for v in versions]}
+            _emit(value, output, lambda: describe_model(model, versions, time.time()))
+            return
+        version = backend.resolve(str(ref))
+    _emit(version.as_dict(), output, lambda: describe_version(version, time.time()))
+
+
+@registry.command()
+@click.argument("name")
+@click.argument("alias")
+@click.argument("version", type=click.IntRange(min=1), required=False)
+@click.option("--delete", is_flag=True, help="Remove the alias instead.")
+@_output_option
+@click.pass_obj
+def alias(target: _Target, name: str, alias: str, version: int | None, delete: bool, output: str) -> None:
+    """Point ALIAS of model NAME at VERSION (moving it), or remove it with --delete.
+
+    \b
+    servegate registry alias mlp production 3
+    servegate registry alias mlp staging --delete
+    """
+    if (version is None) == (not delete):
+        raise click.UsageError(
+            "give either VERSION or --delete, not both" if delete else "give VERSION or --delete"
+        )
+    with _backend(target) as backend:
+        if delete:
+            model = backend.delete_alias(name, alias)
+            message = f"deleted alias {alias} of {name}"
+        else:
+            model = backend.set_alias(name, alias, version)  # type: ignore[arg-type]
+            message = f"{name}@{alias} -> version {version}"
+    _emit(model.as_dict(), output, lambda: message)
+
+
+@registry.command()
+@click.argument("ref", metavar="NAME/VERSION", type=_Ref(versioned=True))
+@_output_option
+@click.pass_obj
+def archive(target: _Target, ref: RegistryUri, output: str) -> None:
+    """Archive a version: it keeps its number and stays resolvable, but takes no alias."""
+    with _backend(target) as backend:
+        version = backend.archive(ref.model, ref.version)  # type: ignore[arg-type]
+    _emit(version.as_dict(), output, lambda: f"archived {version.model} version {version.version}")
+
+
+@registry.command()
+@click.argument("name")
+@_output_option
+@click.pass_obj
+def history(target: _Target, name: str, output: str) -> None:
+    """Every change to model NAME, oldest first: who did what when."""
+    from serving.cli._registry_output import HISTORY_COLUMNS, history_rows
+
+    with _backend(target) as backend:
+        entries = backend.history(name)
+    if output != "table":
+        click.echo(dump([e.as_dict() for e in entries], output))
+    else:
+        print_table(HISTORY_COLUMNS, history_rows(entries))
+
+
+@registry.command()
+@click.argument("name")
+@click.argument("expressions", metavar="[METRIC OP THRESHOLD]...", nargs=-1)
+@click.option(
+    "--alias",
+    "alias_name",
+    default="production",
+    show_default=True,
+    help="The alias the gates guard.",
+)
+@click.option("--clear", is_flag=True, help="Remove the alias's gates.")
+@_output_option
+@click.pass_obj
+def gate(
+    target: _Target, name: str, expressions: tuple[str, ...], alias_name: str, clear: bool, output: str
+) -> None:
+    """Set the promotion gates of one alias of model NAME, replacing its old ones.
+
+    The alias then only moves to a version whose metrics pass every gate. OP is one of
+    >= > <= < == (quote the expression for the shell). The other aliases' gates are kept.
+
+    \b
+    servegate registry gate mlp 'accuracy>=0.95' 'latency_ms<20'
+    servegate registry gate mlp --alias staging 'accuracy>=0.9'
+    servegate registry gate mlp --clear
+    """
+    if bool(expressions) == clear:
+        raise click.UsageError(
+            "give gate expressions or --clear, not both" if clear else "give gate expressions or --clear"
+        )
+    try:
+        gates = [parse_gate(text, alias_name) for text in expressions]
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="METRIC OP THRESHOLD") from None
+    with _backend(target) as backend:
+        kept = [g for g in backend.model(name).gates if g.alias != alias_name]
+        model = backend.set_gates(name, kept + gates)
+    where = f"{name}@{alias_name}"
+    message = (
+        (f"gates of {where}: " + ", ".join(map(str, gates))) if gates else f"removed the gates of {where}"
+    )
+    _emit(model.as_dict(), output, lambda: message)
