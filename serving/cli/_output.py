@@ -250,6 +250,15 @@ def _revisions(component: dict[str, Any]) -> list[list[str]]:
     return rows
 
 
+def _registry_models(component: dict[str, Any]) -> dict[str, str]:
+    """Revision -> the `registry://NAME/VERSION` it serves, when the component serves registry models."""
+    uris = {name: pool.get("storageUri") or "" for name, pool in (component.get("replicas") or {}).items()}
+    uris |= {t["revisionName"]: t.get("storageUri") or "" for t in component.get("traffic") or []}
+    if not any(uri.startswith("registry://") for uri in uris.values()):
+        return {}
+    return {name: uri.removeprefix("registry://") for name, uri in uris.items()}
+
+
 def _isvc_sections(isvc: dict[str, Any]) -> list[str]:
     spec = isvc.get("spec") or {}
     status = isvc.get("status") or {}
@@ -293,7 +302,11 @@ def _isvc_sections(isvc: dict[str, Any]) -> list[str]:
         lines += ["", f"Revisions ({kind}):"]
         rows = _revisions(component)
         if rows:
-            headers = ("REVISION", "TRAFFIC", "READY/DESIRED", "RESTARTS", "ROLE", "REASON")
+            headers = ["REVISION", "TRAFFIC", "READY/DESIRED", "RESTARTS", "ROLE", "REASON"]
+            pinned = _registry_models(component)
+            if pinned:  # a service following a registry alias: which version each revision serves
+                headers.insert(1, "MODEL")
+                rows = [[row[0], pinned.get(row[0], ""), *row[1:]] for row in rows]
             lines.append(table_text(headers, rows, indent=2))
         else:
             lines.append("  <none>")

@@ -70,13 +70,16 @@ def service_status(
     for kind, state in states.items():
         plan = state.plan
         latest = state.revisions[-1].name if state.revisions else None
+        # What each revision serves: a `registry://NAME@ALIAS` pinned to the version it resolved to.
+        uris = {row.name: row.spec.get("storage_uri") for row in state.revisions}
         pools = {
-            row.name: _pool(pool, autoscaling(row.name) if autoscaling else None)
+            row.name: {
+                **_pool(pool, autoscaling(row.name) if autoscaling else None),
+                "storageUri": uris[row.name],
+            }
             for row in state.revisions
             if (pool := engine.status(row.name))
         }
-        # What each revision serves: a `registry://NAME@ALIAS` pinned to the version it resolved to.
-        uris = {row.name: row.spec.get("storage_uri") for row in state.revisions}
         serving = bool(plan.traffic) and plan.latest_ready is not None
         ready = serving and (latest == plan.latest_ready or plan.rollout.pinned)
         all_ready = all_ready and ready

@@ -146,7 +146,9 @@ class Registry:
         path, entry = self._source(source, format)
         inspection = inspect_artifact(path, format, entry)
         stored = self.store.put(path)
-        origin = {"uri": source} | ({"run": run} if run else {}) | ({"dataset": dataset} if dataset else {})
+        # Where it came from, as found again from anywhere: a local path is kept absolute.
+        where = source if "://" in source else str(path) + (f":{entry}" if entry else "")
+        origin = {"uri": where} | ({"run": run} if run else {}) | ({"dataset": dataset} if dataset else {})
         try:
             with self._writing() as conn:
                 now = time.time()
