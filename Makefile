@@ -52,6 +52,7 @@ bench: install bench-tools
 	$(BIN)/python loadtests/bench_replica.py
 	$(BIN)/python loadtests/bench_gateway.py
 	$(BIN)/python loadtests/bench_autoscale.py
+	$(BIN)/python loadtests/bench_registry.py
 
 clean:
 	rm -rf $(VENV) $(STATE) .pytest_cache .ruff_cache

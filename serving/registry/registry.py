@@ -336,13 +336,12 @@ class Registry:
     def resolve(self, uri: str) -> ModelVersion:
         """The version a `registry://NAME/VERSION` or `registry://NAME@ALIAS` URI names now."""
         parsed = parse_uri(uri)
-        if parsed.version is not None:
-            return self.version(parsed.model, parsed.version)
         with self._reading() as conn:
-            version = _aliases(conn, _model_row(conn, parsed.model).name).get(parsed.alias or "")
-        if version is None:
-            raise RegistryNotFound(f"model {parsed.model} has no alias '{parsed.alias}'")
-        return self.version(parsed.model, version)
+            aliases = _aliases(conn, _model_row(conn, parsed.model).name)
+            version = parsed.version if parsed.version is not None else aliases.get(parsed.alias or "")
+            if version is None:
+                raise RegistryNotFound(f"model {parsed.model} has no alias '{parsed.alias}'")
+            return _version(_version_row(conn, parsed.model, version), _by_version(aliases).get(version, ()))
 
     def history(self, name: str) -> list[AuditEntry]:
         """Every change to `name`, oldest first."""
