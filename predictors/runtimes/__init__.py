@@ -13,7 +13,15 @@ from pathlib import Path
 from predictors.runtime import Runtime
 from serving.errors import InvalidInput
 
-__all__ = ["FORMATS", "infer_format", "is_import_path", "model_file", "normalize_format", "runtime_class"]
+__all__ = [
+    "FORMATS",
+    "SUFFIXES",
+    "infer_format",
+    "is_import_path",
+    "model_file",
+    "normalize_format",
+    "runtime_class",
+]
 
 #: format -> "module:Class"
 FORMATS: dict[str, str] = {
@@ -26,7 +34,8 @@ FORMATS: dict[str, str] = {
 #: other names for the same formats (KServe modelFormat names and common spellings).
 _ALIASES = {"torch": "pytorch", "torchscript": "pytorch", "scikit-learn": "sklearn", "custom": "python"}
 
-_SUFFIXES = {
+#: artifact file suffix -> format.
+SUFFIXES = {
     ".onnx": "onnx",
     ".pt": "pytorch",
     ".pth": "pytorch",
@@ -64,7 +73,7 @@ def model_file(path: Path) -> Path | None:
         return path
     if not path.is_dir():
         return None
-    candidates = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in _SUFFIXES)
+    candidates = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in SUFFIXES)
     preferred = [p for p in candidates if p.stem == "model"]
     if preferred or candidates:
         return (preferred or candidates)[0]
@@ -81,13 +90,13 @@ def infer_format(uri: str, path: Path | None = None) -> str:
     """The format of a model from its artifact's file name; python and triton must be named."""
     if path is not None:
         artifact = model_file(path)
-        if artifact is not None and artifact.suffix.lower() in _SUFFIXES:
-            return _SUFFIXES[artifact.suffix.lower()]
+        if artifact is not None and artifact.suffix.lower() in SUFFIXES:
+            return SUFFIXES[artifact.suffix.lower()]
     if is_import_path(uri):
         return "python"
     suffix = Path(uri.split("?", 1)[0]).suffix.lower()
-    if suffix in _SUFFIXES:
-        return _SUFFIXES[suffix]
+    if suffix in SUFFIXES:
+        return SUFFIXES[suffix]
     raise InvalidInput(
         f"cannot tell the model format of '{uri}' from its file name; pass --model-format "
         f"(one of {', '.join(FORMATS)})"

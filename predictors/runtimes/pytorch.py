@@ -43,7 +43,7 @@ from serving.errors import InvalidInput, ModelFailure
 from serving.protocol.datatypes import DATATYPES
 from serving.protocol.types import TensorSpec
 
-__all__ = ["TorchRuntime"]
+__all__ = ["TorchRuntime", "parse_specs"]
 
 _TORCH_TYPES: dict[torch.dtype, str] = {
     torch.bool: "BOOL",
@@ -251,7 +251,7 @@ def _torchscript_signature(schema: torch.FunctionSchema, declared: object, sourc
     declared = declared or {}
 
     if "inputs" in declared:
-        inputs = _parse_specs(declared["inputs"], f"{source}: inputs")
+        inputs = parse_specs(declared["inputs"], f"{source}: inputs")
         unknown = [spec.name for spec in inputs if spec.name not in by_name]
         if unknown:
             raise ModelFailure(
@@ -280,7 +280,7 @@ def _torchscript_signature(schema: torch.FunctionSchema, declared: object, sourc
     else:
         count = None  # a dict or list: how many (and which keys) only the signature can say
     if "outputs" in declared:
-        outputs = _parse_specs(declared["outputs"], f"{source}: outputs")
+        outputs = parse_specs(declared["outputs"], f"{source}: outputs")
         if count is not None and len(outputs) != count:
             raise ModelFailure(f"{source} declares {len(outputs)} outputs, but forward() returns {count}")
     elif count is None:
@@ -293,7 +293,8 @@ def _torchscript_signature(schema: torch.FunctionSchema, declared: object, sourc
     return Signature(inputs=tuple(inputs), outputs=tuple(outputs))
 
 
-def _parse_specs(entries: object, what: str) -> list[TensorSpec]:
+def parse_specs(entries: object, what: str) -> list[TensorSpec]:
+    """Tensor specs from a declared `[{name, datatype, shape}, ...]`; `what` names it in errors."""
     if not isinstance(entries, list):
         raise ModelFailure(f"{what} must be a list of {{name, datatype, shape}}")
     specs = []

@@ -18,6 +18,7 @@ from serving.registry.types import (
     RegistryConflict,
     RegistryError,
     RegistryNotFound,
+    RegistryUnavailable,
 )
 from serving.registry.uris import RegistryUri, is_registry_uri, parse_uri
 
@@ -46,6 +47,7 @@ __all__ = [
     "RegistryConflict",
     "RegistryError",
     "RegistryNotFound",
+    "RegistryUnavailable",
     "RegistryUri",
     "is_registry_uri",
     "parse_uri",

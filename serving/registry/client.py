@@ -35,6 +35,7 @@ from serving.registry.types import (
     RegistryConflict,
     RegistryError,
     RegistryNotFound,
+    RegistryUnavailable,
 )
 
 __all__ = ["RegistryClient"]
@@ -42,9 +43,20 @@ __all__ = ["RegistryClient"]
 #: the error classes the API names under "type"; an unknown name falls back to the status.
 _ERRORS: dict[str, type[RegistryError]] = {
     cls.__name__: cls
-    for cls in (RegistryError, InvalidArtifact, RegistryNotFound, RegistryConflict, GateFailed)
+    for cls in (
+        RegistryError,
+        InvalidArtifact,
+        RegistryNotFound,
+        RegistryConflict,
+        GateFailed,
+        RegistryUnavailable,
+    )
 }
-_BY_STATUS: dict[int, type[RegistryError]] = {404: RegistryNotFound, 409: RegistryConflict}
+_BY_STATUS: dict[int, type[RegistryError]] = {
+    404: RegistryNotFound,
+    409: RegistryConflict,
+    503: RegistryUnavailable,
+}
 #: `FILE.py:Class`, the python format's source.
 _PYTHON_SOURCE = re.compile(r"^(?P<file>.+\.py):(?P<cls>[A-Za-z_]\w*)$")
 

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from predictors.runtimes import _SUFFIXES, FORMATS, model_file, normalize_format
+from predictors.runtimes import FORMATS, SUFFIXES, model_file, normalize_format
 from serving.errors import InvalidInput, ModelFailure
 from serving.protocol.datatypes import datatype_of
 from serving.protocol.types import TensorSpec
@@ -82,7 +82,7 @@ def inspect_artifact(path: Path, fmt: str | None = None, entry: str | None = Non
     artifact = _artifact(path)
     how = f"--format {fmt}"
     if wanted is None:
-        wanted, how = _SUFFIXES.get(artifact.suffix.lower()), "format inferred from its name"
+        wanted, how = SUFFIXES.get(artifact.suffix.lower()), "format inferred from its name"
     try:
         return Inspection(wanted, _CHECKS[wanted](artifact)) if wanted else _sniff(artifact)
     except _Mismatch as exc:
@@ -114,7 +114,7 @@ def _artifact(path: Path) -> Path:
         raise InvalidArtifact(f"directory {path} is empty")
     if artifact is None:
         raise InvalidArtifact(
-            f"no model file in {path}: expected a file named *{', *'.join(_SUFFIXES)} "
+            f"no model file in {path}: expected a file named *{', *'.join(SUFFIXES)} "
             "(or version folders 1/, 2/, ... holding one)"
         )
     if artifact.stat().st_size == 0:
@@ -244,14 +244,14 @@ def _export_spec(arg: dict[str, Any], tensors: dict[str, Any], what: str) -> Ten
 def _torchscript_signature(embedded: bytes) -> dict[str, Any] | None:
     """TorchScript records only forward()'s argument names, and loading it runs its code; but a
     signature embedded as servegate.json (see the pytorch runtime) reads as JSON."""
-    from predictors.runtimes.pytorch import _parse_specs  # imports torch
+    from predictors.runtimes.pytorch import parse_specs  # imports torch
 
     try:
         declared = json.loads(embedded)
         if not (isinstance(declared, dict) and "inputs" in declared and "outputs" in declared):
             return None  # the runtime completes a partial one from forward(), which only loading shows
-        inputs = _parse_specs(declared["inputs"], "servegate.json: inputs")
-        return _signature(inputs, _parse_specs(declared["outputs"], "servegate.json: outputs"))
+        inputs = parse_specs(declared["inputs"], "servegate.json: inputs")
+        return _signature(inputs, parse_specs(declared["outputs"], "servegate.json: outputs"))
     except ValueError as exc:
         raise _Unservable(f"its servegate.json is not valid JSON: {exc}") from None
     except ModelFailure as exc:

@@ -39,6 +39,7 @@ from serving.registry.types import (
     RegistryConflict,
     RegistryError,
     RegistryNotFound,
+    RegistryUnavailable,
     VersionStatus,
     default_actor,
 )
@@ -107,14 +108,14 @@ class Registry:
 
     @contextlib.contextmanager
     def _writing(self) -> Iterator[Connection]:
-        with self._engine.connect() as conn:
+        with _available(), self._engine.connect() as conn:
             conn.execution_options(**{db.WRITE: True})
             with conn.begin():
                 yield conn
 
     @contextlib.contextmanager
     def _reading(self) -> Iterator[Connection]:
-        with self._engine.connect() as conn, conn.begin():
+        with _available(), self._engine.connect() as conn, conn.begin():
             yield conn
 
     # -- writes -------------------------------------------------------------------------------------
@@ -362,6 +363,15 @@ class Registry:
         raises InvalidArtifact when the stored artifact no longer matches its digest."""
         v = self.resolve(uri)
         return self.store.materialize(v.sha256, v.artifact_kind, v.artifact_name, self.cache_dir, v.uri)
+
+
+@contextlib.contextmanager
+def _available() -> Iterator[None]:
+    """A database that is down, or locked past the busy timeout, is a RegistryUnavailable (503)."""
+    try:
+        yield
+    except sa.exc.OperationalError as exc:
+        raise RegistryUnavailable(f"the registry database is unavailable: {exc.orig}") from None
 
 
 # -- queries ------------------------------------------------------------------------------------------

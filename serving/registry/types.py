@@ -26,6 +26,7 @@ __all__ = [
     "RegistryConflict",
     "RegistryError",
     "RegistryNotFound",
+    "RegistryUnavailable",
     "VersionStatus",
     "default_actor",
 ]
@@ -70,6 +71,12 @@ class RegistryConflict(RegistryError):
     """The change contradicts the registry's state (an alias on an archived version, ...)."""
 
     status = 409
+
+
+class RegistryUnavailable(RegistryError):
+    """The registry's database cannot be reached (or stays locked): try again later."""
+
+    status = 503
 
 
 class GateFailed(RegistryConflict):

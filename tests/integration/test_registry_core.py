@@ -26,6 +26,7 @@ from serving.registry import (
     RegistryConflict,
     RegistryError,
     RegistryNotFound,
+    RegistryUnavailable,
 )
 from serving.registry import db as registry_db
 
@@ -384,3 +385,22 @@ def test_an_s3_bucket_holds_the_artifacts(
         pytest.raises(InvalidArtifact, match="corrupted"),
     ):
         fresh.fetch(v2.uri)
+
+
+def test_a_database_gone_away_is_reported_as_unavailable(postgres_url: str, tmp_path: Path) -> None:
+    name = f"gone_{uuid.uuid4().hex[:12]}"
+    admin = sa.create_engine(postgres_url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.exec_driver_sql(f"CREATE DATABASE {name}")
+    url = postgres_url.rsplit("/", 1)[0] + f"/{name}"
+    with Registry(RegistryConfig(url=url, artifacts=str(tmp_path / "a"))) as registry:
+        assert registry.models() == []
+        with admin.connect() as conn:
+            conn.exec_driver_sql(f"DROP DATABASE {name} WITH (FORCE)")
+        with pytest.raises(RegistryUnavailable, match="unavailable") as caught:
+            registry.models()
+        assert caught.value.status == 503
+    admin.dispose()
+
+    with pytest.raises(RegistryError, match="cannot open the registry database"):
+        Registry(RegistryConfig(url=url, artifacts=str(tmp_path / "a")))
