@@ -15,6 +15,7 @@ from starlette.applications import Starlette
 from starlette.testclient import TestClient
 
 from predictors.examples import make_mlp_onnx
+from serving.cli._registry_args import parse_gate, parse_pairs, parse_ref
 from serving.cli._registry_output import (
     describe_model,
     describe_version,
@@ -25,7 +26,6 @@ from serving.cli._registry_output import (
     version_rows,
 )
 from serving.cli.main import cli
-from serving.cli.registry import parse_gate, parse_pairs, parse_ref
 from serving.registry import (
     AuditEntry,
     Gate,
