@@ -267,3 +267,40 @@ def test_a_trained_model_loads_its_alias_and_reloads_when_it_moves(
     second = until(lambda: (a := answer()) != first and a, timeout=30, what="the TrainedModel to reload")
     assert second != first
     assert api.http.get("/trainedmodels/tm-mlp").json()["status"]["storageUri"] == "registry://tm-mlp/2"
+
+
+def test_a_gateway_on_a_postgresql_registry_serves_from_it(
+    postgres_url: str, tmp_path: Path, sources: list[Path]
+) -> None:
+    """The shared-registry set-up: registry rows in PostgreSQL; the replicas resolve there too."""
+    import uuid
+
+    import sqlalchemy as sa
+
+    name = f"gw_{uuid.uuid4().hex[:12]}"
+    admin = sa.create_engine(postgres_url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.exec_driver_sql(f"CREATE DATABASE {name}")
+    url = postgres_url.rsplit("/", 1)[0] + f"/{name}"
+    try:
+        gateway = GatewayProcess(
+            tmp_path / "state", "--registry-url", url, "--artifacts", str(tmp_path / "shared-artifacts")
+        )
+        try:
+            gateway.wait_live()
+            with Client(gateway.url) as client:
+                client.registry.register("pg-mlp", str(sources[2]))
+                client.registry.set_alias("pg-mlp", "production", 1)
+                client.apply(_following("pg-mlp", "registry://pg-mlp@production"))
+                client.wait_ready("pg-mlp", timeout=60)
+                response = httpx.post(f"{gateway.url}/v2/models/pg-mlp/infer", json=mlp_body(), timeout=30)
+                assert response.status_code == 200, response.text
+            # Another process on the same database sees the same registry.
+            with Registry(RegistryConfig(url=url, artifacts=str(tmp_path / "shared-artifacts"))) as direct:
+                assert direct.resolve("registry://pg-mlp@production").version == 1
+        finally:
+            assert gateway.stop() == 0, gateway.output()[-3000:]
+    finally:
+        with admin.connect() as conn:
+            conn.exec_driver_sql(f"DROP DATABASE {name} WITH (FORCE)")
+        admin.dispose()
