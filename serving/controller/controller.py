@@ -25,10 +25,9 @@ from router.policies.placement import Budget
 from router.policies.traffic import effective_weights
 from router.routes import Backend, Experiment, ModelRoute, RoutingTable, ServiceRoute, Shadow, Split, Variant
 from serving.controller import rollout as policy
+from serving.controller.following import RegistryFollower, uses_registry
 from serving.controller.status import ConditionClock, service_status
 from serving.engines.base import Engine, ReplicaSpec, ServedModelRef
-from serving.registry.types import RegistryError
-from serving.registry.uris import is_registry_uri, parse_uri
 from serving.spec import Component, InferenceService, TrainedModel
 from serving.spec.isvc import SERVER_METADATA
 from serving.spec.manifests import Resource
@@ -45,8 +44,6 @@ RETIRE_QUIET_S = 1.0
 RETIRE_LIMIT_S = 120.0
 #: InferenceService annotation: how many TrainedModels one replica may hold (LRU beyond that).
 MAX_MODELS_ANNOTATION = "serving.servegate.io/max-models-per-replica"
-#: InferenceService annotation: the registry alias whose version is canaried (default "canary").
-CANARY_ALIAS_ANNOTATION = "serving.servegate.io/canary-alias"
 
 
 class NotFound(KeyError):
@@ -98,10 +95,7 @@ class Controller:
         self.registry: Any = None
         #: seconds between two looks at the registry for moved aliases.
         self.registry_poll_s = 1.0
-        #: registry://NAME@ALIAS -> the registry://NAME/VERSION it was last resolved to.
-        self._pins: dict[str, str] = {}
-        #: service -> the registry problem last reported for it (reported once, not every reconcile).
-        self._registry_problems: dict[str, str] = {}
+        self._follower: RegistryFollower | None = None
 
     # -- lifecycle --------------------------------------------------------------------------------
 
@@ -118,7 +112,12 @@ class Controller:
         self._mark(*self.services)
         self._task = asyncio.create_task(self._loop(), name="controller")
         if self.registry is not None:
-            self._background(self._watch_registry())
+            self._follower = RegistryFollower(self.registry, self.store, self.registry_poll_s)
+            self._background(
+                self._follower.watch(
+                    lambda: self._mark(*(n for n, s in self.services.items() if uses_registry(s)))
+                )
+            )
 
     async def close(self) -> None:
         tasks = [t for t in (self._task, *self._retiring.values(), *self._tasks) if t is not None]
@@ -184,53 +183,15 @@ class Controller:
         else:
             traffic = state.plan.traffic if state else ()
             moved = policy.rollback(current, canary=traffic[-1][0] if len(traffic) > 1 else None)
-        if state is not None:
-            await self._follow_in_registry(name, state, moved, how)
+        serving = next((r for r in state.revisions if r.name == moved.latest), None) if state else None
+        if serving is not None and self._follower is not None:
+            await self._follower.sync_aliases(name, self.services[name], serving.spec.get("storage_uri"), how)
         self.store.set_rollout(name, "predictor", moved)
         message = f"{how}: revision {moved.latest} takes 100% of traffic"
         self.store.add_event("InferenceService", name, "Normal", how.capitalize(), message)
         self._mark(name)
         await self.settled()
         return message
-
-    async def _follow_in_registry(self, name: str, state: _ComponentState, moved: Rollout, how: str) -> None:
-        """Keep the registry's aliases in step with a promote or rollback of a service that follows
-        one: the followed alias moves to the version now taking the traffic (through its gates on a
-        promote: a failing gate refuses the promote), and a canary alias that is done with goes."""
-        followed = self._followed(name)
-        row = next((r for r in state.revisions if r.name == moved.latest), None)
-        if followed is None or row is None or self.registry is None:
-            return
-        pinned = parse_uri(row.spec["storage_uri"])
-        canary = self._canary_alias(name)
-        actor = f"servegate {how} inferenceservice/{name}"
-
-        def sync() -> None:
-            aliases = self.registry.model(followed.model).aliases
-            if aliases.get(followed.alias) != pinned.version:
-                self.registry.set_alias(followed.model, followed.alias, pinned.version, actor=actor)
-            done = how == "rollback" or aliases.get(canary) == pinned.version
-            if canary in aliases and canary != followed.alias and done:
-                self.registry.delete_alias(followed.model, canary, actor=actor)
-
-        try:
-            await asyncio.to_thread(sync)
-        except RegistryError as exc:
-            if how == "promote":
-                raise ValueError(f"not promoted: {exc.message}") from None
-            # A rollback must not be held up by the registry: traffic moves, the alias is reported.
-            self.store.add_event("InferenceService", name, "Warning", "RegistryNotUpdated", exc.message)
-
-    def _followed(self, name: str) -> Any:
-        """The `registry://NAME@ALIAS` the service's predictor follows, parsed (None: it follows none)."""
-        uri = self.services[name].components()["predictor"].storage_uri
-        if not is_registry_uri(uri):
-            return None
-        parsed = parse_uri(uri)  # type: ignore[arg-type]
-        return parsed if parsed.alias else None
-
-    def _canary_alias(self, name: str) -> str:
-        return self.services[name].metadata.annotations.get(CANARY_ALIAS_ANNOTATION, "canary")
 
     def _background(self, work: Coroutine[Any, Any, None]) -> None:
         task = asyncio.create_task(work)
@@ -270,7 +231,7 @@ class Controller:
             out["status"] = {
                 "url": f"{self.gateway_url}/v2/models/{name}",
                 # A `registry://NAME@ALIAS` shows the version it loads now.
-                "storageUri": self._pins.get(uri, uri),
+                "storageUri": self._follower.pinned(uri) if self._follower else uri,
                 "conditions": [
                     {"type": "InferenceServiceReady", "status": str(ready)},
                     {"type": "Ready", "status": str(ready)},
@@ -327,8 +288,8 @@ class Controller:
                         await self._reconcile(name)
                 except Exception:
                     log.exception("reconciling %s failed", name)
-            if self.trained_models:
-                await self._refresh_pins()
+            if self.trained_models and self._follower is not None:
+                await self._follower.refresh(self.trained_models.values())
             self.router.set_table(self._table())
             # Only now that no route names them may old revisions go (drain at the router first).
             for revision in self._to_retire:
@@ -356,7 +317,9 @@ class Controller:
     async def _reconcile_component(self, name: str, kind: str, component: Component) -> _ComponentState:
         revisions = self.store.revisions(name, kind)
         current = self.store.rollout(name, kind)
-        pinned = await self._pinned(name, component)
+        pinned = (
+            await self._follower.pin(name, self.services[name], component) if self._follower else component
+        )
         if pinned is not None:  # None: the registry cannot say what to run now; keep what runs
             current = self._revise(name, kind, pinned, revisions, current)
         ready = {r.name for r in revisions if self._counts_as_ready(r.name)}
@@ -405,58 +368,6 @@ class Controller:
         )
         revisions.append(row)
         return self.store.rollout(name, kind)  # a new revision clears a rollback's pin
-
-    async def _pinned(self, name: str, component: Component) -> Component | None:
-        """`component` with a `registry://NAME@ALIAS` storageUri pinned to the version to run now:
-        the canary alias's while one is set, else the followed alias's. None when the registry
-        cannot answer (reported as a Warning event once)."""
-        uri = component.storage_uri
-        if not is_registry_uri(uri):
-            return component
-        try:
-            parsed = parse_uri(uri)  # type: ignore[arg-type]
-            if parsed.alias is None:
-                return component
-            if self.registry is None:
-                raise RegistryError("this gateway has no model registry")
-            aliases = (await asyncio.to_thread(self.registry.model, parsed.model)).aliases
-            version = followed_version(parsed.alias, aliases, self._canary_alias(name), parsed.model)
-        except RegistryError as exc:
-            if self._registry_problems.get(name) != exc.message:
-                self._registry_problems[name] = exc.message
-                self.store.add_event(
-                    "InferenceService", name, "Warning", "RegistryUnresolved", f"{uri}: {exc.message}"
-                )
-            return None
-        self._registry_problems.pop(name, None)
-        return dataclasses.replace(component, storage_uri=f"registry://{parsed.model}/{version}")
-
-    async def _watch_registry(self) -> None:
-        """Reconcile every service that follows the registry whenever the registry changes."""
-        seen = None
-        while True:
-            try:
-                mark = await asyncio.to_thread(self.registry.change_mark)
-            except Exception as exc:  # a registry database away for a while must not stop the watch
-                log.warning("cannot read the model registry: %s", exc)
-                mark = seen
-            if mark != seen:
-                seen = mark
-                self._mark(*(n for n, isvc in self.services.items() if _uses_registry(isvc)))
-            await asyncio.sleep(self.registry_poll_s)
-
-    async def _refresh_pins(self) -> None:
-        """Resolve the `registry://NAME@ALIAS` URIs of TrainedModels (they load what the alias names
-        now; a moved alias reloads them)."""
-        uris = {tm.spec.model.storage_uri for tm in self.trained_models.values()}
-        followed = {u for u in uris if is_registry_uri(u) and parse_uri(u).alias}
-        for uri in set(self._pins) - followed:
-            del self._pins[uri]
-        for uri in followed:
-            try:
-                self._pins[uri] = (await asyncio.to_thread(self.registry.resolve, uri)).uri
-            except (RegistryError, AttributeError) as exc:
-                log.warning("cannot resolve %s: %s", uri, exc)
 
     def _counts_as_ready(self, revision: str) -> bool:
         """Ready: replicas answer, or the autoscaler took a once-ready revision to zero (it is still
@@ -536,8 +447,8 @@ class Controller:
         c = _component_from(row.spec)
         models = (ServedModelRef(service, c.storage_uri, c.format),) if c.storage_uri else ()
         env = c.env
-        if self.registry is not None:  # replicas resolve registry:// URIs themselves (and verify them)
-            env += self.registry.config.env()
+        if self._follower is not None:  # replicas resolve registry:// URIs themselves (and verify them)
+            env += self._follower.env()
         if row.component == "transformer":
             # The transformer calls its predictor through this gateway (predictors.transformer).
             protocol = self.services[service].components()["predictor"].protocol
@@ -631,7 +542,7 @@ class Controller:
                 memory_bytes=host.components()["predictor"].memory_bytes,
             )
             model = tm.spec.model
-            uri = self._pins.get(model.storage_uri, model.storage_uri)
+            uri = self._follower.pinned(model.storage_uri) if self._follower else model.storage_uri
             routes[name] = ModelRoute(name, host.metadata.name, uri, model.framework, tm.memory_bytes, budget)
         return routes
 
@@ -672,20 +583,6 @@ class Controller:
         if spec.revision:
             split = self._split(name, ((spec.revision, 100),)) if spec.revision in self.pools else Split()
         return Shadow(spec.percent, split, spec.service)
-
-
-def followed_version(alias: str, aliases: dict[str, int], canary_alias: str, model: str) -> int:
-    """The version a service following `alias` should run newest: the canary alias's while it is
-    set, else the alias's own."""
-    if alias not in aliases:
-        raise RegistryError(f"model {model} has no alias '{alias}'")
-    if canary_alias != alias and canary_alias in aliases:
-        return aliases[canary_alias]
-    return aliases[alias]
-
-
-def _uses_registry(isvc: InferenceService) -> bool:
-    return any(is_registry_uri(c.storage_uri) for c in isvc.components().values())
 
 
 def _image(component: Component) -> str | None:

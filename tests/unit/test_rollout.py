@@ -195,3 +195,14 @@ def test_rollback_without_a_previous_revision_is_refused() -> None:
         rollback(Rollout(latest=R1))
     with pytest.raises(ValueError, match="no previous"):
         rollback(Rollout())
+
+
+def test_rollback_during_a_canary_withdraws_it() -> None:
+    current = Rollout(latest=R1)
+    withdrawn = rollback(current, canary=R2)
+    assert withdrawn == Rollout(latest=R1, pinned=True)
+    result = plan([R1, R2], {R1, R2}, withdrawn, 30)
+    assert result.traffic == ((R1, 100),)
+    # Once withdrawn, a second rollback goes to the previous revision (here: there is none).
+    with pytest.raises(ValueError, match="no previous"):
+        rollback(withdrawn, canary=None)
