@@ -24,6 +24,7 @@ from sqlalchemy.engine import Connection
 
 from predictors.runtimes import is_import_path
 from predictors.storage import StorageConfig, StorageError, fetch
+from serving import sqldb
 from serving.registry import db
 from serving.registry.artifacts import StoredArtifact, open_store
 from serving.registry.inspect import inspect_artifact
@@ -108,14 +109,12 @@ class Registry:
 
     @contextlib.contextmanager
     def _writing(self) -> Iterator[Connection]:
-        with _available(), self._engine.connect() as conn:
-            conn.execution_options(**{db.WRITE: True})
-            with conn.begin():
-                yield conn
+        with _available(), sqldb.writing(self._engine) as conn:
+            yield conn
 
     @contextlib.contextmanager
     def _reading(self) -> Iterator[Connection]:
-        with _available(), self._engine.connect() as conn, conn.begin():
+        with _available(), sqldb.reading(self._engine) as conn:
             yield conn
 
     # -- writes -------------------------------------------------------------------------------------

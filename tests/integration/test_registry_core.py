@@ -323,9 +323,9 @@ def test_a_database_newer_than_this_code_is_refused(tmp_path: Path) -> None:
 def test_an_older_database_is_migrated_in_place(tmp_path: Path, onnx_file: Path) -> None:
     engine = sa.create_engine(f"sqlite:///{tmp_path / 'r.db'}")
     with engine.begin() as conn:  # what the first release created: schema 1, no gates table
-        registry_db._schema_version.create(conn)
+        registry_db.MIGRATIONS.table.create(conn)
         registry_db._v1(conn)
-        conn.execute(registry_db._schema_version.insert().values(version=1))
+        conn.execute(registry_db.MIGRATIONS.table.insert().values(version=1))
     engine.dispose()
 
     with Registry(RegistryConfig(url=f"sqlite:///{tmp_path / 'r.db'}", artifacts=str(tmp_path / "a"))) as r:
