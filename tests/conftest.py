@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from predictors.examples import IDENTITY_DATATYPES, make_identity_onnx, make_mlp_onnx
-from tests.servers import ReplicaProcess, moto_server, postgres_server
+from tests.servers import ReplicaProcess, fresh_database, moto_server, postgres_server
 
 #: small MLP used by the functional tests (the benchmark uses the issue's sizes).
 MLP_SIZES = (8, 16, 4)
@@ -62,4 +62,15 @@ def postgres_url() -> Iterator[str]:
     """A real PostgreSQL on loopback for the whole session; its SQLAlchemy URL (tests use tables or
     databases of their own)."""
     with postgres_server() as url:
+        yield url
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.integration)])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A fresh, empty database of each kind the stores support: SQLite in tmp_path, and a new
+    database on the session's PostgreSQL (dropped afterwards)."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'store.db'}"
+        return
+    with fresh_database(request.getfixturevalue("postgres_url")) as url:
         yield url

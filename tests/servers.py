@@ -34,6 +34,7 @@ __all__ = [
     "ReplicaProcess",
     "ServerProcess",
     "free_port",
+    "fresh_database",
     "moto_server",
     "postgres_server",
     "processes_using",
@@ -373,3 +374,22 @@ def postgres_server(timeout: float = 30.0) -> Iterator[str]:
                     process.send_signal(stop)
                     with contextlib.suppress(subprocess.TimeoutExpired):
                         process.wait(wait)
+
+
+@contextlib.contextmanager
+def fresh_database(server_url: str) -> Iterator[str]:
+    """A new, empty database on the PostgreSQL at `server_url`; its URL, dropped afterwards."""
+    import uuid
+
+    import sqlalchemy as sa
+
+    name = f"test_{uuid.uuid4().hex[:12]}"
+    admin = sa.create_engine(server_url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.exec_driver_sql(f"CREATE DATABASE {name}")
+    try:
+        yield server_url.rsplit("/", 1)[0] + f"/{name}"
+    finally:
+        with admin.connect() as conn:
+            conn.exec_driver_sql(f"DROP DATABASE {name} WITH (FORCE)")
+        admin.dispose()

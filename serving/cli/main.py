@@ -8,6 +8,7 @@ import click
 
 from serving import __version__
 from serving.cli.model import model
+from serving.cli.pipeline import pipeline_group
 from serving.cli.prometheus import prometheus_config
 from serving.cli.registry import registry
 from serving.cli.resources import RESOURCE_COMMANDS
@@ -23,6 +24,7 @@ def cli() -> None:
 
 
 cli.add_command(model)
+cli.add_command(pipeline_group)
 cli.add_command(up)
 cli.add_command(prometheus_config)
 cli.add_command(registry)

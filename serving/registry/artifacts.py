@@ -27,7 +27,14 @@ from urllib.parse import urlsplit
 from predictors.storage import cache_lock, s3_endpoint_from_env, sha256_file
 from serving.registry.types import InvalidArtifact, RegistryError
 
-__all__ = ["ArtifactStore", "LocalArtifactStore", "S3ArtifactStore", "StoredArtifact", "open_store"]
+__all__ = [
+    "ArtifactStore",
+    "LocalArtifactStore",
+    "S3ArtifactStore",
+    "StoredArtifact",
+    "artifact_digest",
+    "open_store",
+]
 
 _CHUNK = 1 << 20
 
@@ -41,6 +48,22 @@ class StoredArtifact:
     size: int
     #: keys this put wrote (not already stored): what to remove if the register fails.
     written: tuple[str, ...] = ()
+
+
+def _manifest(entries: list[dict[str, Any]]) -> bytes:
+    """A folder's canonical file list; its sha256 is the folder's digest."""
+    return json.dumps({"files": entries}, sort_keys=True, separators=(",", ":")).encode()
+
+
+def artifact_digest(path: Path) -> tuple[str, int]:
+    """(sha256, size in bytes) of a file, or of a folder as the store names it (its file list's)."""
+    if path.is_file():
+        return sha256_file(path), path.stat().st_size
+    entries = [
+        {"path": f.relative_to(path).as_posix(), "sha256": sha256_file(f), "size": f.stat().st_size}
+        for f in sorted(p for p in path.rglob("*") if p.is_file())
+    ]
+    return hashlib.sha256(_manifest(entries)).hexdigest(), sum(e["size"] for e in entries)
 
 
 def _blob_key(digest: str) -> str:
@@ -91,7 +114,7 @@ class ArtifactStore(ABC):
                 written += self._put_blob(digest, file)
                 rel = file.relative_to(path).as_posix()
                 entries.append({"path": rel, "sha256": digest, "size": file.stat().st_size})
-            manifest = json.dumps({"files": entries}, sort_keys=True, separators=(",", ":")).encode()
+            manifest = _manifest(entries)
             digest = hashlib.sha256(manifest).hexdigest()
             if not self._has(_tree_key(digest)):
                 with _temp_file(manifest) as tmp:

@@ -19,7 +19,7 @@ from serving.registry import Gate, Registry, RegistryConfig
 from serving.registry.client import RegistryClient
 from tests.conftest import MLP_SIZES
 from tests.gateway_helpers import ControlApi, Load, gateway_process, mlp_body, revision, traffic
-from tests.servers import ROOT, GatewayProcess, ReplicaProcess, until
+from tests.servers import ROOT, GatewayProcess, ReplicaProcess, fresh_database, until
 
 pytestmark = pytest.mark.integration
 
@@ -273,16 +273,7 @@ def test_a_gateway_on_a_postgresql_registry_serves_from_it(
     postgres_url: str, tmp_path: Path, sources: list[Path]
 ) -> None:
     """The shared-registry set-up: registry rows in PostgreSQL; the replicas resolve there too."""
-    import uuid
-
-    import sqlalchemy as sa
-
-    name = f"gw_{uuid.uuid4().hex[:12]}"
-    admin = sa.create_engine(postgres_url, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.exec_driver_sql(f"CREATE DATABASE {name}")
-    url = postgres_url.rsplit("/", 1)[0] + f"/{name}"
-    try:
+    with fresh_database(postgres_url) as url:
         gateway = GatewayProcess(
             tmp_path / "state", "--registry-url", url, "--artifacts", str(tmp_path / "shared-artifacts")
         )
@@ -300,7 +291,3 @@ def test_a_gateway_on_a_postgresql_registry_serves_from_it(
                 assert direct.resolve("registry://pg-mlp@production").version == 1
         finally:
             assert gateway.stop() == 0, gateway.output()[-3000:]
-    finally:
-        with admin.connect() as conn:
-            conn.exec_driver_sql(f"DROP DATABASE {name} WITH (FORCE)")
-        admin.dispose()
