@@ -53,6 +53,7 @@ bench: install bench-tools
 	$(BIN)/python loadtests/bench_gateway.py
 	$(BIN)/python loadtests/bench_autoscale.py
 	$(BIN)/python loadtests/bench_registry.py
+	$(BIN)/python loadtests/bench_pipeline.py
 
 clean:
 	rm -rf $(VENV) $(STATE) .pytest_cache .ruff_cache

@@ -164,14 +164,20 @@ def runs(name: str | None, limit: int, output: str, state_dir: Path, metadata_ur
 def show(run_id: str, logs_of: str | None, output: str, state_dir: Path, metadata_url: str | None) -> None:
     """Show a run: its steps (status, attempts, durations, cache), artifacts, metrics, logs.
 
-    RUN is a run id or a unique prefix of one.
+    RUN is a run id, a unique prefix of one, or a pipeline's name (its latest run).
     """
     from serving.cli._pipeline_output import describe_run
-    from serving.pipelines.metadata import MetadataError
+    from serving.pipelines.metadata import Ambiguous, MetadataError
 
     with _store(state_dir, metadata_url) as store:
         try:
-            view = store.run(run_id)
+            try:
+                view = store.run(run_id)
+            except Ambiguous:
+                latest = store.runs(limit=1, pipeline=run_id)  # a pipeline's name: its latest run
+                if not latest:
+                    raise
+                view = store.run(latest[0].id)
         except MetadataError as exc:
             _fail(str(exc))
     if logs_of is not None:

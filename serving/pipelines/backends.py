@@ -132,8 +132,8 @@ class RayBackend(Backend):
         if not ray.is_initialized():
             root = str(Path(__file__).resolve().parents[2])
             pythonpath = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH", "")) if p)
-            await asyncio.to_thread(
-                ray.init,
+            # On this thread: Ray installs its signal handlers only from the main thread.
+            ray.init(
                 address=self.address,
                 include_dashboard=False,
                 log_to_driver=False,
@@ -147,7 +147,7 @@ class RayBackend(Backend):
         import ray
 
         if self._started_local and ray.is_initialized():
-            await asyncio.to_thread(ray.shutdown)
+            ray.shutdown()
 
     async def run(self, invocation: Invocation, timeout_s: float | None) -> dict[str, Any]:
         import ray

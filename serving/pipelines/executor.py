@@ -145,12 +145,13 @@ class _Run:
             for name, value in inputs.items()
         }
         key = None
-        if step.cache and self.use_cache:
+        if step.cache:
+            # Recorded even when this run reuses nothing (--no-cache), so later runs may reuse it.
             shas = {
                 name: [p.sha256 for p in (v if isinstance(v, list) else [v])] for name, v in inputs.items()
             }
             key = cache_key(step.code_hash, step.component, params, shas)
-            if await self._reuse(step, key, consumed):
+            if self.use_cache and await self._reuse(step, key, consumed):
                 return
         invocation = Invocation(
             run_id=self.run_id,

@@ -73,7 +73,8 @@ def test_the_digits_pipeline_registers_and_deploys_a_canary(gateway: GatewayProc
     )
     assert second.returncode == 0, second.stdout + second.stderr
     run_id = re.search(r"run (\S+) succeeded", second.stdout)[1]  # type: ignore[index]
-    run = json.loads(_pipeline(state, "show", run_id, "-o", "json").stdout)
+    run = json.loads(_pipeline(state, "show", "digits", "-o", "json").stdout)  # the pipeline's latest run
+    assert run["run"]["id"] == run_id
     statuses = {s["step_id"]: s["status"] for s in run["steps"]}
     assert statuses == {
         "load_digits": "CACHED",

@@ -103,6 +103,11 @@ def test_an_unchanged_step_is_cached_and_a_change_runs_again(store: MetadataStor
     }
     fourth, _ = _run(pc.fan_out, store, state, use_cache=False)
     assert set(_statuses(fourth).values()) == {"SUCCEEDED"}
+    # A run that reused nothing is still there to be reused: the newest intact execution wins.
+    fifth, _ = _run(pc.fan_out, store, state)
+    assert {s.cached_from for s in store.run(fifth.run_id).steps} == {
+        (fourth.run_id, s) for s in _statuses(fourth)
+    }
     cached_step = next(s for s in store.run(second.run_id).steps if s.step_id == "fit")
     assert cached_step.cached_from == (first.run_id, "fit")
 
