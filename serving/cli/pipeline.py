@@ -83,7 +83,7 @@ def run(
     servegate pipeline run examples/digits_pipeline.py --param epochs=20
     servegate pipeline run pipelines.py:nightly --executor ray --ray-address 10.0.0.5:6379
     """
-    from serving.pipelines.backends import BACKENDS, backend_for
+    from serving.pipelines.backends import BACKENDS, BackendError, backend_for
     from serving.pipelines.compiler import coerce_params, compile_pipeline, load_pipeline
     from serving.pipelines.executor import execute
     from serving.pipelines.types import PipelineError
@@ -129,6 +129,8 @@ def run(
             )
     except KeyboardInterrupt:
         _fail("interrupted: the run is marked FAILED")
+    except BackendError as exc:
+        _fail(str(exc))
     finally:
         store.close()
     for line in outcome_lines(outcome):

@@ -12,6 +12,7 @@ import contextlib
 import json
 import os
 import signal
+import socket
 import sys
 from abc import ABC, abstractmethod
 from pathlib import Path
@@ -19,7 +20,11 @@ from typing import Any
 
 from serving.pipelines.worker import Invocation, StepError, run_step
 
-__all__ = ["BACKENDS", "Backend", "LocalBackend", "RayBackend", "backend_for"]
+__all__ = ["BACKENDS", "Backend", "BackendError", "LocalBackend", "RayBackend", "backend_for"]
+
+
+class BackendError(Exception):
+    """The executor cannot start (Ray missing, a cluster unreachable); nothing ran."""
 
 
 class Backend(ABC):
@@ -128,18 +133,24 @@ class RayBackend(Backend):
         try:
             import ray
         except ImportError:
-            raise RuntimeError("the ray executor needs Ray: pip install 'servegate[ray]'") from None
+            raise BackendError("the ray executor needs Ray: pip install 'servegate[ray]'") from None
+        if self.address:
+            _check_reachable(self.address)
         if not ray.is_initialized():
             root = str(Path(__file__).resolve().parents[2])
             pythonpath = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH", "")) if p)
             # On this thread: Ray installs its signal handlers only from the main thread.
-            ray.init(
-                address=self.address,
-                include_dashboard=False,
-                log_to_driver=False,
-                configure_logging=False,
-                runtime_env={"env_vars": {"PYTHONPATH": pythonpath}},
-            )
+            try:
+                ray.init(
+                    address=self.address,
+                    include_dashboard=False,
+                    log_to_driver=False,
+                    configure_logging=False,
+                    runtime_env={"env_vars": {"PYTHONPATH": pythonpath}},
+                )
+            except (ConnectionError, RuntimeError, ValueError) as exc:
+                where = f"the Ray cluster at {self.address}" if self.address else "a local Ray cluster"
+                raise BackendError(f"cannot start {where}: {exc}") from None
             self._started_local = self.address is None
         self._remote = ray.remote(num_cpus=1, max_retries=0)(_ray_step)
 
@@ -163,6 +174,19 @@ class RayBackend(Backend):
             raise
         except ray.exceptions.RayError as exc:  # the worker died
             return {"ok": False, "error": f"the Ray task failed: {exc}", "details": ""}
+
+
+def _check_reachable(address: str) -> None:
+    """Fail fast on a cluster that does not answer: `ray.init` would retry it for ever."""
+    if address in ("auto", "local"):
+        return
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    if not host or not port.isdigit():
+        raise BackendError(f"bad Ray address '{address}': use HOST:PORT or ray://HOST:PORT")
+    try:
+        socket.create_connection((host, int(port)), timeout=5).close()
+    except OSError as exc:
+        raise BackendError(f"cannot reach the Ray cluster at {address}: {exc}") from None
 
 
 BACKENDS = ("local", "ray")

@@ -117,6 +117,11 @@ def test_a_pipeline_that_cannot_run_is_refused_before_anything_starts(tmp_path: 
     assert "pipeline parameter 'colour': unknown" in bad_param.stderr
     bad_executor = _pipeline(tmp_path, "run", str(EXAMPLE), "--executor", "spark")
     assert bad_executor.returncode == 2 and "unknown executor 'spark'" in bad_executor.stderr
+    unreachable = _pipeline(
+        tmp_path, "run", str(EXAMPLE), "--executor", "ray", "--ray-address", "127.0.0.1:1"
+    )
+    assert unreachable.returncode == 1
+    assert "cannot reach the Ray cluster at 127.0.0.1:1" in unreachable.stderr
     assert not (tmp_path / "pipelines").exists()  # nothing ran
 
 
