@@ -39,6 +39,8 @@ class ServeArgs(BaseModel):
     trusted: tuple[str, ...] = ()
     s3_endpoint: str | None = None
     cache_dir: Path | None = None
+    registry_url: str | None = None
+    artifacts: str | None = None
     drain_timeout: float = 30.0
     port_file: Path | None = None
     access_log: bool = False
@@ -97,6 +99,11 @@ def run_serve(args: ServeArgs) -> None:
     from predictors.storage import StorageConfig
 
     prepare_process(args.log_level)
+    # registry:// URIs resolve through RegistryConfig.from_env(), here and in any worker process.
+    if args.registry_url:
+        os.environ["SERVEGATE_REGISTRY_URL"] = args.registry_url
+    if args.artifacts:
+        os.environ["SERVEGATE_ARTIFACTS"] = args.artifacts
     storage = StorageConfig.from_env()
     if args.cache_dir is not None or args.s3_endpoint is not None:
         storage = StorageConfig(

@@ -30,7 +30,8 @@ def model() -> None:
     "--model-uri",
     "uris",
     multiple=True,
-    help="Storage URI (path, file://, http(s)://, s3://); python: an import path; triton: the server URL.",
+    help="Storage URI (path, file://, http(s)://, s3://, registry://NAME/VERSION or registry://NAME@ALIAS); "
+    "python: an import path; triton: the server URL.",
 )
 @click.option(
     "--model-format",
@@ -92,6 +93,16 @@ def model() -> None:
     "--cache-dir",
     type=click.Path(file_okay=False, path_type=Path),
     help="Where downloaded models are kept (default: SERVEGATE_CACHE_DIR or ~/.cache/servegate/models).",
+)
+@click.option(
+    "--registry-url",
+    help="Model registry database for registry:// URIs (SQLAlchemy URL) "
+    "[default: SERVEGATE_REGISTRY_URL, else SQLite in ./.servegate].",
+)
+@click.option(
+    "--artifacts",
+    help="The registry's artifact store: a folder or s3://bucket/prefix "
+    "[default: SERVEGATE_ARTIFACTS, else ./.servegate/artifacts].",
 )
 @click.option(
     "--port-file",

@@ -8,7 +8,6 @@ should not pay for SQLAlchemy unless it serves a registry model.
 from typing import TYPE_CHECKING, Any
 
 from serving.registry.types import (
-    Alias,
     AuditEntry,
     Gate,
     GateFailed,
@@ -35,7 +34,6 @@ def __getattr__(name: str) -> Any:
 
 
 __all__ = [
-    "Alias",
     "AuditEntry",
     "Gate",
     "GateFailed",

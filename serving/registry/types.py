@@ -16,7 +16,6 @@ from typing import Any
 
 __all__ = [
     "ALIAS_PATTERN",
-    "Alias",
     "AuditEntry",
     "Gate",
     "GateFailed",
@@ -160,14 +159,6 @@ class ModelVersion:
         known["metrics"] = {k: float(v) for k, v in (data.get("metrics") or {}).items()}
         known["aliases"] = tuple(data.get("aliases") or ())
         return cls(**known)
-
-
-@dataclass(frozen=True, slots=True)
-class Alias:
-    model: str
-    alias: str
-    version: int
-    updated: float
 
 
 @dataclass(frozen=True, slots=True)

@@ -49,9 +49,11 @@ def test_model_serve_serves_registry_uris(tmp_path: Path, sources: list[Path]) -
         registry.register("mlp", str(sources[1]))
         registry.set_alias("mlp", "production", 2)
 
+    # The registry by option; the cache by environment.
     with ReplicaProcess(
         "--model-name", "pinned", "--model-uri", "registry://mlp/1",
         "--model-name", "prod", "--model-uri", "registry://mlp@production",
+        "--registry-url", env.pop("SERVEGATE_REGISTRY_URL"), "--artifacts", env.pop("SERVEGATE_ARTIFACTS"),
         env=env,
     ) as server:  # fmt: skip
         server.wait_ready()
