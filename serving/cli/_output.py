@@ -17,6 +17,7 @@ __all__ = [
     "ISVC_COLUMNS",
     "describe_resource",
     "dump",
+    "field_lines",
     "format_age",
     "parse_time",
     "print_table",
@@ -174,7 +175,7 @@ def rows_for(
 # -- servegate describe ---------------------------------------------------------------------------
 
 
-def _fields(pairs: Iterable[tuple[str, Any]], indent: int = 0) -> list[str]:
+def field_lines(pairs: Iterable[tuple[str, Any]], indent: int = 0) -> list[str]:
     """`Key:   value` lines, values aligned; pairs whose value is None or "" are left out."""
     kept = [(k, v) for k, v in pairs if v is not None and v != ""]
     if not kept:
@@ -265,7 +266,7 @@ def _isvc_sections(isvc: dict[str, Any]) -> list[str]:
     lines: list[str] = []
     for kind in ("predictor", "transformer"):
         if isinstance(spec.get(kind), dict):
-            lines += ["", f"{kind.capitalize()}:", *_fields(_component_summary(spec[kind]), 2)]
+            lines += ["", f"{kind.capitalize()}:", *field_lines(_component_summary(spec[kind]), 2)]
     experiment = spec.get("experiment")
     if isinstance(experiment, dict):
         variants = ", ".join(
@@ -281,12 +282,16 @@ def _isvc_sections(isvc: dict[str, Any]) -> list[str]:
         lines += [
             "",
             "Experiment:",
-            *_fields([("Variants", variants), ("Sticky by", experiment.get("stickyBy"))], 2),
+            *field_lines([("Variants", variants), ("Sticky by", experiment.get("stickyBy"))], 2),
         ]
     shadow = spec.get("shadow")
     if isinstance(shadow, dict):
         target = shadow.get("service") or shadow.get("revision")
-        lines += ["", "Shadow:", *_fields([("Percent", f"{shadow.get('percent')}%"), ("Target", target)], 2)]
+        lines += [
+            "",
+            "Shadow:",
+            *field_lines([("Percent", f"{shadow.get('percent')}%"), ("Target", target)], 2),
+        ]
 
     conditions = _conditions(isvc)
     lines += ["", "Conditions:"]
@@ -319,7 +324,7 @@ def _isvc_sections(isvc: dict[str, Any]) -> list[str]:
         lines += [
             "",
             "Model status:",
-            *_fields(
+            *field_lines(
                 [
                     ("State", f"{states.get('activeModelState')} (target {states.get('targetModelState')})"),
                     ("Transition", model.get("transitionStatus")),
@@ -342,7 +347,7 @@ def describe_resource(kind: str, obj: dict[str, Any], events: Sequence[dict[str,
     """`servegate describe`: what a resource is, how it is doing, and what happened to it."""
     metadata = obj.get("metadata") or {}
     status = obj.get("status") or {}
-    lines = _fields(
+    lines = field_lines(
         [
             ("Name", metadata.get("name")),
             ("Namespace", metadata.get("namespace")),

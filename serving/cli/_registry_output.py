@@ -11,7 +11,7 @@ import time
 from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from serving.cli._output import format_age, table_text
+from serving.cli._output import field_lines, format_age, table_text
 
 if TYPE_CHECKING:
     from serving.registry.types import AuditEntry, ModelVersion, RegisteredModel
@@ -99,19 +99,10 @@ def history_rows(entries: Iterable[AuditEntry]) -> list[list[str]]:
     return [[format_time(e.time), e.actor, e.action, _pairs(e.details)] for e in entries]
 
 
-def _fields(pairs: Iterable[tuple[str, Any]], indent: int = 0) -> list[str]:
-    """`Key:   value` lines, values aligned; pairs whose value is None or "" are left out."""
-    kept = [(k, v) for k, v in pairs if v is not None and v != ""]
-    if not kept:
-        return []
-    width = max(len(k) for k, _ in kept) + 3
-    return [" " * indent + f"{k + ':':<{width}}{v}".rstrip() for k, v in kept]
-
-
 def _section(title: str, values: Mapping[str, Any]) -> list[str]:
     """A titled block of `key: value` lines, `<none>` when empty."""
     lines = ["", f"{title}:"]
-    return lines + (_fields(((k, _value(v)) for k, v in values.items()), 2) or ["  <none>"])
+    return lines + (field_lines(((k, _value(v)) for k, v in values.items()), 2) or ["  <none>"])
 
 
 def _when(epoch: float, now: float) -> str:
@@ -120,7 +111,7 @@ def _when(epoch: float, now: float) -> str:
 
 def describe_model(model: RegisteredModel, versions: Sequence[ModelVersion], now: float) -> str:
     """`show NAME`: the model, its aliases and gates, and a table of its versions."""
-    lines = _fields(
+    lines = field_lines(
         [
             ("Name", model.name),
             ("Description", model.description),
@@ -156,7 +147,7 @@ def _signature(signature: Mapping[str, Any] | None) -> list[str]:
 
 def describe_version(v: ModelVersion, now: float) -> str:
     """`show NAME/VERSION`: every field of one version."""
-    lines = _fields(
+    lines = field_lines(
         [
             ("Model", v.model),
             ("Version", v.version),

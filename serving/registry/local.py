@@ -42,4 +42,4 @@ def materialize(uri: str, cache_dir: Path) -> Materialized:
     Raises RegistryError (InvalidArtifact when the stored artifact is corrupted)."""
     registry = _registry(cache_dir)
     version = registry.resolve(uri)
-    return Materialized(version, registry.fetch(version.uri))
+    return Materialized(version, registry.fetch_version(version))

@@ -360,7 +360,10 @@ class Registry:
     def fetch(self, uri: str) -> Path:
         """A local copy of the artifact of `uri` (a registry URI), verified against its sha256 now;
         raises InvalidArtifact when the stored artifact no longer matches its digest."""
-        v = self.resolve(uri)
+        return self.fetch_version(self.resolve(uri))
+
+    def fetch_version(self, v: ModelVersion) -> Path:
+        """`fetch` for a version already resolved."""
         return self.store.materialize(v.sha256, v.artifact_kind, v.artifact_name, self.cache_dir, v.uri)
 
 
