@@ -45,6 +45,7 @@ __all__ = [
     "kind_of",
     "not_ready",
     "plural_of",
+    "send",
 ]
 
 DEFAULT_URL = "http://127.0.0.1:8080"
@@ -344,18 +345,7 @@ class Client:
     # -- plumbing ---------------------------------------------------------------------------------
 
     def _call(self, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
-        try:
-            response = self._http.request(method, path, **kwargs)
-        except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
-            raise GatewayUnreachable(self.url, str(exc) or type(exc).__name__) from None
-        except httpx.TimeoutException:
-            raise ServegateError(f"{method} {self.url}{path} timed out after {self.timeout:g}s") from None
-        except httpx.TransportError as exc:
-            raise ServegateError(f"{method} {self.url}{path} failed: {exc}") from None
-        try:
-            body = response.json()
-        except ValueError:
-            body = None
+        response, body = send(self._http, self.url, method, path, **kwargs)
         if response.is_success:
             if not isinstance(body, dict):
                 raise ServegateError(
@@ -479,3 +469,27 @@ def _output_list(array: Any) -> Any:
 
 def _text(item: Any) -> Any:
     return item.decode(errors="backslashreplace") if isinstance(item, bytes) else item
+
+
+def send(
+    http: httpx.Client, base_url: str, method: str, path: str, **kwargs: Any
+) -> tuple[httpx.Response, Any]:
+    """One request to the gateway, and its body parsed as JSON (None when it is not JSON).
+
+    A gateway that cannot be reached is GatewayUnreachable; a timeout or a broken connection is a
+    ServegateError naming the request. Every client of the gateway's APIs sends through here.
+    """
+    try:
+        response = http.request(method, path, **kwargs)
+    except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
+        raise GatewayUnreachable(base_url, str(exc) or type(exc).__name__) from None
+    except httpx.TimeoutException:
+        limit = http.timeout.read
+        after = f" after {limit:g}s" if limit is not None else ""
+        raise ServegateError(f"{method} {base_url}{path} timed out{after}") from None
+    except httpx.TransportError as exc:
+        raise ServegateError(f"{method} {base_url}{path} failed: {exc}") from None
+    try:
+        return response, response.json()
+    except ValueError:
+        return response, None

@@ -23,7 +23,7 @@ from urllib.parse import quote
 
 import httpx
 
-from serving.client import GatewayUnreachable, ServegateError, default_url
+from serving.client import default_url, send
 from serving.registry.api import ACTOR_HEADER, PREFIX
 from serving.registry.types import (
     AuditEntry,
@@ -182,19 +182,7 @@ class RegistryClient:
     def _call(self, method: str, path: str, actor: str | None = None, **kwargs: Any) -> dict[str, Any]:
         who = actor or self.actor
         headers = {ACTOR_HEADER: who} if who else None
-        url = PREFIX + path
-        try:
-            response = self._http.request(method, url, headers=headers, **kwargs)
-        except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
-            raise GatewayUnreachable(self.url, str(exc) or type(exc).__name__) from None
-        except httpx.TimeoutException:
-            raise ServegateError(f"{method} {self.url}{url} timed out") from None
-        except httpx.TransportError as exc:
-            raise ServegateError(f"{method} {self.url}{url} failed: {exc}") from None
-        try:
-            body = response.json()
-        except ValueError:
-            body = None
+        response, body = send(self._http, self.url, method, PREFIX + path, headers=headers, **kwargs)
         if response.is_success and isinstance(body, dict):
             return body
         raise _error(response, body)
