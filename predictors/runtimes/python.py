@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import functools
 import importlib
-import importlib.util
 import inspect
 import sys
 import uuid
@@ -26,6 +25,7 @@ from predictors.python_model import Context, PythonModel
 from predictors.runtime import Runtime, RuntimeRequest, Signature
 from predictors.spec import ModelSpec
 from serving.errors import InvalidInput, ModelFailure, ServingError
+from serving.modules import exec_file
 from serving.protocol.datatypes import DATATYPES, datatype_of
 from serving.protocol.types import TensorSpec
 
@@ -133,17 +133,7 @@ class PythonRuntime(Runtime):
             raise ModelFailure(f"python model file {path} does not exist")
         # A name of its own, so two models loaded from files called model.py never share a module.
         name = f"servegate_model_{path.stem}_{uuid.uuid4().hex}"
-        module_spec = importlib.util.spec_from_file_location(name, path)
-        if module_spec is None or module_spec.loader is None:
-            raise ModelFailure(f"cannot load python model file {path}")
-        module = importlib.util.module_from_spec(module_spec)
-        # Registered before running, as a normal import does (dataclasses and pickle look it up).
-        sys.modules[name] = module
-        try:
-            module_spec.loader.exec_module(module)
-        except BaseException:
-            del sys.modules[name]
-            raise
+        module = exec_file(name, path)
         self._module_name = name
         return module
 

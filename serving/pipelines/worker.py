@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import importlib.util
 import json
 import os
 import sys
@@ -19,6 +18,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+from serving.modules import exec_file
 from serving.pipelines import context
 from serving.pipelines.types import Artifact, Dataset, Metrics, Model
 
@@ -77,19 +77,9 @@ def import_file(path: Path) -> ModuleType:
         name = "servegate_pipeline_" + hashlib.sha256(str(path).encode()).hexdigest()[:12]
         if name in sys.modules:
             return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, path)
-    if spec is None or spec.loader is None:
-        raise ImportError(f"cannot import {path}")
     if str(path.parent) not in sys.path:
         sys.path.insert(0, str(path.parent))
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    try:
-        spec.loader.exec_module(module)
-    except BaseException:
-        del sys.modules[name]
-        raise
-    return module
+    return exec_file(name, path)
 
 
 @contextlib.contextmanager
