@@ -29,7 +29,16 @@ import httpx
 
 from serving.errors import ModelFailure
 
-__all__ = ["StorageConfig", "StorageError", "cache_lock", "fetch", "s3_endpoint_from_env", "sha256_file"]
+__all__ = [
+    "ChecksumMismatch",
+    "StorageConfig",
+    "StorageError",
+    "cache_lock",
+    "fetch",
+    "s3_endpoint_from_env",
+    "sha256_file",
+    "write_atomically",
+]
 
 _CHUNK = 1 << 20
 _SUPPORTED = "a local path, file://, http://, https://, s3:// or registry://"
@@ -176,11 +185,20 @@ def cache_lock(cache_dir: Path, target: Path) -> Iterator[None]:
             fcntl.flock(lock, fcntl.LOCK_UN)
 
 
-def _store(target: Path, chunks: Iterable[bytes], source: str, expected_sha256: str | None = None) -> None:
-    """Write `chunks` to `target` atomically and keep their sha256 in `<target>.sha256`.
+class ChecksumMismatch(StorageError):
+    """Downloaded or copied bytes do not hash to the sha256 they must have."""
 
-    Nothing is left behind if the stream fails or the content does not match `expected_sha256`.
-    """
+    def __init__(self, source: str, expected: str, actual: str) -> None:
+        super().__init__(f"checksum mismatch for {source}: expected {expected}, got {actual}")
+        self.expected, self.actual = expected, actual
+
+
+def write_atomically(
+    target: Path, chunks: Iterable[bytes], source: str, expected_sha256: str | None = None
+) -> str:
+    """Write `chunks` to `target` through a temporary file beside it and `os.replace`; returns their
+    sha256. Nothing is left behind if the stream fails or the content does not match
+    `expected_sha256` (ChecksumMismatch)."""
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".part")
     tmp = Path(tmp_name)
@@ -192,10 +210,16 @@ def _store(target: Path, chunks: Iterable[bytes], source: str, expected_sha256: 
                 out.write(chunk)
         actual = digest.hexdigest()
         if expected_sha256 is not None and actual != expected_sha256:
-            raise StorageError(f"checksum mismatch for {source}: expected {expected_sha256}, got {actual}")
+            raise ChecksumMismatch(source, expected_sha256, actual)
         os.replace(tmp, target)
     finally:
         tmp.unlink(missing_ok=True)
+    return actual
+
+
+def _store(target: Path, chunks: Iterable[bytes], source: str, expected_sha256: str | None = None) -> None:
+    """Write `chunks` to `target` atomically and keep their sha256 in `<target>.sha256`."""
+    actual = write_atomically(target, chunks, source, expected_sha256)
     # Written after the file: a crash in between leaves a stale sidecar, which only forces a refetch.
     _sidecar(target, ".sha256").write_text(actual)
 

@@ -24,7 +24,13 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 from urllib.parse import urlsplit
 
-from predictors.storage import cache_lock, s3_endpoint_from_env, sha256_file
+from predictors.storage import (
+    ChecksumMismatch,
+    cache_lock,
+    s3_endpoint_from_env,
+    sha256_file,
+    write_atomically,
+)
 from serving.registry.types import InvalidArtifact, RegistryError
 
 __all__ = [
@@ -172,24 +178,14 @@ class ArtifactStore(ABC):
         with cache_lock(cache_dir, target):
             if target.is_file() and sha256_file(target) == digest:
                 return  # a good cached copy (checked now, so a damaged cache is fetched again)
-            target.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp_name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".part")
-            tmp = Path(tmp_name)
             try:
-                hasher = hashlib.sha256()
-                with os.fdopen(fd, "wb") as out:
-                    for chunk in self._read_or_fail(key, what):
-                        hasher.update(chunk)
-                        out.write(chunk)
-                if hasher.hexdigest() != digest:
-                    raise InvalidArtifact(
-                        f"{what}: {target.name} in the artifact store ({self.describe()}) has sha256 "
-                        f"{hasher.hexdigest()}, not the registered {digest}: the artifact is corrupted; "
-                        "refusing to load it"
-                    )
-                os.replace(tmp, target)
-            finally:
-                tmp.unlink(missing_ok=True)
+                write_atomically(target, self._read_or_fail(key, what), what, expected_sha256=digest)
+            except ChecksumMismatch as exc:
+                raise InvalidArtifact(
+                    f"{what}: {target.name} in the artifact store ({self.describe()}) has sha256 "
+                    f"{exc.actual}, not the registered {digest}: the artifact is corrupted; "
+                    "refusing to load it"
+                ) from None
 
     def _read_or_fail(self, key: str, what: str) -> Iterator[bytes]:
         try:
