@@ -8,7 +8,7 @@ from typing import Any, TypeVar
 
 import click
 
-__all__ = ["ByteSize", "listen_options", "server_options"]
+__all__ = ["ByteSize", "listen_options", "output_option", "server_options"]
 
 _UNITS = {
     "": 1,
@@ -99,3 +99,15 @@ server_options = _options(
         show_default=True,
     ),
 )
+
+
+def output_option(help: str = "Text for people, or the objects as JSON or YAML.") -> Callable[[F], F]:
+    """`-o table|json|yaml`, the output choice of every command that prints objects."""
+    return click.option(
+        "-o",
+        "--output",
+        type=click.Choice(["table", "json", "yaml"]),
+        default="table",
+        show_default=True,
+        help=help,
+    )

@@ -11,12 +11,15 @@ import json
 import sys
 from collections.abc import Iterable, Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, NoReturn
+
+import click
 
 __all__ = [
     "ISVC_COLUMNS",
     "describe_resource",
     "dump",
+    "fail",
     "field_lines",
     "format_age",
     "parse_time",
@@ -376,3 +379,11 @@ def describe_resource(kind: str, obj: dict[str, Any], events: Sequence[dict[str,
     else:
         lines.append("  <none>")
     return "\n".join(lines)
+
+
+def fail(message: str, details: Sequence[object] = ()) -> NoReturn:
+    """`error: MESSAGE` (and each detail, indented) on stderr, then exit status 1."""
+    click.echo(f"error: {message}", err=True)
+    for detail in details:
+        click.echo(f"  {detail}", err=True)
+    click.get_current_context().exit(1)

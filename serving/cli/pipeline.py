@@ -15,7 +15,8 @@ from typing import Any
 
 import click
 
-from serving.cli._output import dump
+from serving.cli._options import output_option
+from serving.cli._output import dump, fail
 from serving.cli._registry_args import parse_pairs
 
 __all__ = ["pipeline_group"]
@@ -30,23 +31,16 @@ _state_dir_option = click.option(
 )
 _metadata_option = click.option(
     "--metadata-url",
-    envvar="SERVEGATE_METADATA_URL",
-    help="The metadata store's database (SQLAlchemy URL) [default: sqlite:///STATE_DIR/pipelines.db].",
+    help="The metadata store's database (SQLAlchemy URL) "
+    "[default: SERVEGATE_METADATA_URL, else sqlite:///STATE_DIR/pipelines.db].",
 )
-_output_option = click.option(
-    "-o", "--output", type=click.Choice(["table", "json", "yaml"]), default="table", show_default=True
-)
+_output_option = output_option()
 
 
 def _store(state_dir: Path, url: str | None) -> Any:
-    from serving.pipelines.metadata import MetadataStore
+    from serving.pipelines.metadata import MetadataStore, default_url
 
-    return MetadataStore(url or f"sqlite:///{state_dir.resolve() / 'pipelines.db'}")
-
-
-def _fail(message: str) -> None:
-    click.echo(f"error: {message}", err=True)
-    sys.exit(1)
+    return MetadataStore(url or default_url(state_dir))
 
 
 @click.group("pipeline")
@@ -128,9 +122,9 @@ def run(
                 )
             )
     except KeyboardInterrupt:
-        _fail("interrupted: the run is marked FAILED")
+        fail("interrupted: the run is marked FAILED")
     except BackendError as exc:
-        _fail(str(exc))
+        fail(str(exc))
     finally:
         store.close()
     for line in outcome_lines(outcome):
@@ -181,13 +175,13 @@ def show(run_id: str, logs_of: str | None, output: str, state_dir: Path, metadat
                     raise
                 view = store.run(latest[0].id)
         except MetadataError as exc:
-            _fail(str(exc))
+            fail(str(exc))
     if logs_of is not None:
         step = next((s for s in view.steps if s.step_id == logs_of), None)
         if step is None:
-            _fail(f"run {view.run.id} has no step '{logs_of}'")
+            fail(f"run {view.run.id} has no step '{logs_of}'")
         if not step.log_path or not Path(step.log_path).exists():
-            _fail(f"step {logs_of} has no log (status {step.status})")
+            fail(f"step {logs_of} has no log (status {step.status})")
         click.echo(Path(step.log_path).read_text(errors="replace"), nl=False)
         return
     if output != "table":
@@ -216,7 +210,7 @@ def lineage(target: str, reverse: bool, output: str, state_dir: Path, metadata_u
         try:
             graph = store.descendants(target) if reverse else store.lineage(target)
         except MetadataError as exc:
-            _fail(str(exc))
+            fail(str(exc))
     if output != "table":
         click.echo(dump(graph.as_dict(), output))
     else:

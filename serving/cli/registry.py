@@ -17,11 +17,12 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
-from serving.cli._output import dump, print_table
+from serving.cli._options import output_option
+from serving.cli._output import dump, fail, print_table
 from serving.cli._registry_args import parse_gate, parse_pairs, parse_ref
 
 if TYPE_CHECKING:
@@ -66,14 +67,7 @@ def _pairs_option(flag: str, dest: str, what: str, numeric: bool = False) -> Cal
     )
 
 
-_output_option = click.option(
-    "-o",
-    "--output",
-    type=click.Choice(["table", "json", "yaml"]),
-    default="table",
-    show_default=True,
-    help="Text for people, or the objects as JSON or YAML.",
-)
+_output_option = output_option()
 
 # -- the backend ----------------------------------------------------------------------------------
 
@@ -102,11 +96,6 @@ class _Target:
         return Registry(RegistryConfig(self.url or defaults.url, self.artifacts or defaults.artifacts))
 
 
-def _fail(message: str) -> NoReturn:
-    click.echo(f"error: {message}", err=True)
-    click.get_current_context().exit(1)
-
-
 @contextlib.contextmanager
 def _backend(target: _Target) -> Iterator[Registry | RegistryClient]:
     """The registry for one command; any error it raises becomes `error: ...` and exit status 1."""
@@ -117,9 +106,9 @@ def _backend(target: _Target) -> Iterator[Registry | RegistryClient]:
         with contextlib.closing(target.open()) as backend:
             yield backend
     except GatewayUnreachable as exc:
-        _fail(f"cannot reach the gateway at {exc.url} (is `servegate up` running?)")
+        fail(f"cannot reach the gateway at {exc.url} (is `servegate up` running?)")
     except (RegistryError, ServegateError) as exc:
-        _fail(exc.message)
+        fail(exc.message)
 
 
 def _emit(value: Any, output: str, text: Callable[[], str]) -> None:

@@ -11,12 +11,13 @@ from __future__ import annotations
 import contextlib
 import json
 import time
-from collections.abc import Iterator, Sequence
-from typing import TYPE_CHECKING, Any, NoReturn
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
 
 import click
 
-from serving.cli._output import describe_resource, dump, parse_time, print_table, rows_for
+from serving.cli._options import output_option
+from serving.cli._output import describe_resource, dump, fail, parse_time, print_table, rows_for
 
 if TYPE_CHECKING:
     from serving.client import Client
@@ -48,13 +49,6 @@ class ResourceType(click.ParamType):
             self.fail(str(exc), param, ctx)
 
 
-def _fail(message: str, details: Sequence[object] = ()) -> NoReturn:
-    click.echo(f"error: {message}", err=True)
-    for detail in details:
-        click.echo(f"  {detail}", err=True)
-    click.get_current_context().exit(1)
-
-
 @contextlib.contextmanager
 def _gateway(url: str | None) -> Iterator[Client]:
     """A client for the command; any error it raises becomes `error: ...` and exit status 1."""
@@ -64,9 +58,9 @@ def _gateway(url: str | None) -> Iterator[Client]:
         with Client(url) as client:
             yield client
     except GatewayUnreachable as exc:
-        _fail(f"cannot reach the gateway at {exc.url} (is `servegate up` running?)")
+        fail(f"cannot reach the gateway at {exc.url} (is `servegate up` running?)")
     except ServegateError as exc:
-        _fail(exc.message, exc.problems)
+        fail(exc.message, exc.problems)
 
 
 # -- apply ----------------------------------------------------------------------------------------
@@ -140,14 +134,7 @@ def _wait_ready(client: Client, names: list[str], timeout: float) -> None:
 @click.command(epilog=_TYPES_HELP)
 @click.argument("plural", metavar="TYPE", type=ResourceType())
 @click.argument("name", required=False)
-@click.option(
-    "-o",
-    "--output",
-    type=click.Choice(["table", "json", "yaml"]),
-    default="table",
-    show_default=True,
-    help="Table, or the full objects with their status.",
-)
+@output_option("Table, or the full objects with their status.")
 @_url_option
 def get(plural: str, name: str | None, output: str, url: str | None) -> None:
     """List resources of a type, or show one.

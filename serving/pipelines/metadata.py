@@ -98,9 +98,9 @@ __all__ = [
 
 
 def default_url(state_dir: Path | None = None) -> str:
-    """$SERVEGATE_PIPELINES_URL, else `pipelines.db` under the state dir ($SERVEGATE_STATE_DIR, else
+    """$SERVEGATE_METADATA_URL, else `pipelines.db` under the state dir ($SERVEGATE_STATE_DIR, else
     `.servegate`)."""
-    if url := os.environ.get("SERVEGATE_PIPELINES_URL"):
+    if url := os.environ.get("SERVEGATE_METADATA_URL"):
         return url
     root = (state_dir or Path(os.environ.get("SERVEGATE_STATE_DIR", ".servegate"))).expanduser().resolve()
     return f"sqlite:///{root / 'pipelines.db'}"

@@ -555,11 +555,11 @@ def test_an_ambiguous_sha256_prefix_is_an_error(local: MetadataStore) -> None:
 def test_the_default_database_lives_under_the_state_dir(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    monkeypatch.delenv("SERVEGATE_PIPELINES_URL", raising=False)
+    monkeypatch.delenv("SERVEGATE_METADATA_URL", raising=False)
     monkeypatch.setenv("SERVEGATE_STATE_DIR", str(tmp_path / "state"))
     assert default_url() == f"sqlite:///{tmp_path / 'state' / 'pipelines.db'}"
     assert default_url(tmp_path / "other") == f"sqlite:///{tmp_path / 'other' / 'pipelines.db'}"
-    monkeypatch.setenv("SERVEGATE_PIPELINES_URL", "postgresql+psycopg://db/pipelines")
+    monkeypatch.setenv("SERVEGATE_METADATA_URL", "postgresql+psycopg://db/pipelines")
     assert default_url() == "postgresql+psycopg://db/pipelines"
 
 
