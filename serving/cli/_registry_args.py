@@ -43,7 +43,7 @@ def parse_gate(text: str, alias: str) -> Gate:
     """A gate from `METRIC OP THRESHOLD` (`accuracy>=0.95`, `latency_ms < 20`), OP one of the
     registry's GATE_OPS. ValueError says what is wrong with `text`."""
     from serving.registry import Gate
-    from serving.registry.registry import GATE_OPS
+    from serving.registry.types import GATE_OPS
 
     match = _GATE.match(text)
     ops = " ".join(GATE_OPS)

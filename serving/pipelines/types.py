@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Generic, TypeVar
 
+from serving.comparisons import COMPARISONS
+
 __all__ = [
     "Artifact",
     "ArtifactRef",
@@ -118,14 +120,7 @@ class Predicate:
     right: Any
 
     def holds(self, value: Any) -> bool:
-        return {
-            "==": lambda: value == self.right,
-            "!=": lambda: value != self.right,
-            "<": lambda: value < self.right,
-            "<=": lambda: value <= self.right,
-            ">": lambda: value > self.right,
-            ">=": lambda: value >= self.right,
-        }[self.op]()
+        return COMPARISONS[self.op](value, self.right)
 
 
 @dataclass(frozen=True, slots=True)

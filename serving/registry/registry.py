@@ -30,6 +30,7 @@ from serving.registry.artifacts import StoredArtifact, open_store
 from serving.registry.inspect import inspect_artifact
 from serving.registry.types import (
     ALIAS_PATTERN,
+    GATE_OPS,
     NAME_PATTERN,
     AuditEntry,
     Gate,
@@ -77,9 +78,6 @@ class RegistryConfig:
         if self.s3_endpoint_url:
             pairs.append(("AWS_ENDPOINT_URL", self.s3_endpoint_url))
         return tuple(pairs)
-
-
-GATE_OPS = (">=", ">", "<=", "<", "==")
 
 
 class Registry:

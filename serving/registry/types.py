@@ -14,8 +14,11 @@ import socket
 from dataclasses import dataclass, field
 from typing import Any
 
+from serving.comparisons import COMPARISONS
+
 __all__ = [
     "ALIAS_PATTERN",
+    "GATE_OPS",
     "AuditEntry",
     "Gate",
     "GateFailed",
@@ -30,6 +33,8 @@ __all__ = [
     "default_actor",
 ]
 
+#: the operators a promotion gate may use.
+GATE_OPS = (">=", ">", "<=", "<", "==")
 #: alias names: lower-case words; never a number (that would read as a version) nor "latest".
 ALIAS_PATTERN = re.compile(r"^[a-z][a-z0-9_-]{0,62}$")
 #: model names: what a URI, a URL path and an InferenceService name can all carry.
@@ -97,13 +102,7 @@ class Gate:
     threshold: float
 
     def holds(self, value: float) -> bool:
-        return {
-            ">=": value >= self.threshold,
-            ">": value > self.threshold,
-            "<=": value <= self.threshold,
-            "<": value < self.threshold,
-            "==": value == self.threshold,
-        }[self.op]
+        return COMPARISONS[self.op](value, self.threshold)
 
     def __str__(self) -> str:
         return f"{self.metric} {self.op} {self.threshold:g}"
