@@ -22,8 +22,10 @@ __all__ = [
     "ModelNotFound",
     "ModelNotReady",
     "PayloadTooLarge",
+    "PermissionDenied",
     "ServerUnavailable",
     "ServingError",
+    "Unauthenticated",
     "as_serving_error",
     "kind_for_status",
 ]
@@ -39,6 +41,8 @@ class ErrorKind(enum.Enum):
     """What went wrong, independent of the protocol that reports it."""
 
     INVALID_INPUT = _Codes(400, grpc.StatusCode.INVALID_ARGUMENT)
+    UNAUTHENTICATED = _Codes(401, grpc.StatusCode.UNAUTHENTICATED)
+    PERMISSION_DENIED = _Codes(403, grpc.StatusCode.PERMISSION_DENIED)
     NOT_FOUND = _Codes(404, grpc.StatusCode.NOT_FOUND)
     PAYLOAD_TOO_LARGE = _Codes(413, grpc.StatusCode.RESOURCE_EXHAUSTED)
     MODEL_FAILURE = _Codes(500, grpc.StatusCode.INTERNAL)
@@ -82,6 +86,18 @@ class ServingError(Exception):
 
 class InvalidInput(ServingError):
     kind = ErrorKind.INVALID_INPUT
+
+
+class Unauthenticated(ServingError):
+    """No token, or one that is malformed, unknown, expired or revoked."""
+
+    kind = ErrorKind.UNAUTHENTICATED
+
+
+class PermissionDenied(ServingError):
+    """A valid token without the scope (or namespace, or service) the request needs."""
+
+    kind = ErrorKind.PERMISSION_DENIED
 
 
 class ModelNotFound(ServingError):

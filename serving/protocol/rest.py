@@ -12,7 +12,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 
-from serving.errors import PayloadTooLarge, ServingError, as_serving_error
+from serving.errors import ErrorKind, PayloadTooLarge, ServingError, as_serving_error
 
 __all__ = ["EXCEPTION_HANDLERS", "TRACE_HEADERS", "error_response", "json_response", "read_raw", "too_large"]
 
@@ -28,7 +28,10 @@ def json_response(content: Any, status: int = 200) -> Response:
 
 
 def error_response(error: ServingError) -> Response:
-    return json_response({"error": error.message}, error.http_status)
+    response = json_response({"error": error.message}, error.http_status)
+    if error.kind is ErrorKind.UNAUTHENTICATED:
+        response.headers["WWW-Authenticate"] = 'Bearer realm="servegate"'
+    return response
 
 
 def too_large(limit: int) -> PayloadTooLarge:

@@ -15,14 +15,18 @@ from serving.errors import (
     ModelNotFound,
     ModelNotReady,
     PayloadTooLarge,
+    PermissionDenied,
     ServerUnavailable,
     ServingError,
+    Unauthenticated,
     as_serving_error,
 )
 from serving.protocol.rest import error_response
 
 EXPECTED = {
     ErrorKind.INVALID_INPUT: (400, grpc.StatusCode.INVALID_ARGUMENT),
+    ErrorKind.UNAUTHENTICATED: (401, grpc.StatusCode.UNAUTHENTICATED),
+    ErrorKind.PERMISSION_DENIED: (403, grpc.StatusCode.PERMISSION_DENIED),
     ErrorKind.NOT_FOUND: (404, grpc.StatusCode.NOT_FOUND),
     ErrorKind.PAYLOAD_TOO_LARGE: (413, grpc.StatusCode.RESOURCE_EXHAUSTED),
     ErrorKind.MODEL_FAILURE: (500, grpc.StatusCode.INTERNAL),
@@ -32,6 +36,8 @@ EXPECTED = {
 
 SUBCLASSES = {
     InvalidInput: ErrorKind.INVALID_INPUT,
+    Unauthenticated: ErrorKind.UNAUTHENTICATED,
+    PermissionDenied: ErrorKind.PERMISSION_DENIED,
     ModelNotFound: ErrorKind.NOT_FOUND,
     PayloadTooLarge: ErrorKind.PAYLOAD_TOO_LARGE,
     ModelFailure: ErrorKind.MODEL_FAILURE,
