@@ -1,17 +1,22 @@
 #!/usr/bin/env python3
-"""Benchmark the gateway hop: client -> `servegate up` -> replica, beside the replica alone, KServe's
-ModelServer serving the model directly (no router) and Ray Serve.
+"""Benchmark the gateway hop: client -> `servegate up` -> replica, beside the same gateway with
+authentication off, the replica alone, KServe's ModelServer serving the model directly (no router)
+and Ray Serve.
 
     python loadtests/bench_gateway.py [--seconds 10] [--rounds 3] [--peers kserve,rayserve] [--json FILE]
 
 An ONNX MLP 64-256-256-10 (one ONNX Runtime thread) is deployed as an InferenceService on
-`servegate up`; its replica is also loaded directly, and the peers (`../shared/bench/peer-serve`)
-serve the same file. All take V2 JSON with 16 connections in alternating rounds
+`servegate up` as users run it (tokens on: requests carry the admin token) and on a second
+`servegate up --no-auth`; a standalone `servegate model serve` serves the same file the way the
+gateway's replica does (that replica answers only its gateway), and so do the peers
+(`../shared/bench/peer-serve`). Every endpoint gets the same Authorization header.
+All take V2 JSON with 16 connections in alternating rounds
 (`../shared/bench/compare`); then the gateway and the replica take one connection, which shows the
 latency the router hop adds without queueing.
 
 Prints requests/s, p50 and p99 for each, and whether the issue's targets are met: through the
-gateway >= 1.5x KServe's throughput with a lower p99, and >= 10x Ray Serve's.
+gateway >= 1.5x KServe's throughput with a lower p99, >= 10x Ray Serve's, and authentication costing
+under 3% of the gateway's requests/s.
 Needs wrk (Debian: wrk); peers are installed on first use (minutes).
 """
 
@@ -21,6 +26,7 @@ import argparse
 import json
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -71,10 +77,15 @@ def main() -> int:
     return report(results)
 
 
-def replica_url(state_dir: Path) -> str:
-    """The replica's own address, from the port file the process engine keeps for it."""
-    (ports,) = list((state_dir / "replicas").glob("*/ports.json"))
-    return f"http://127.0.0.1:{json.loads(ports.read_text())['http']}/v2/models/mlp/infer"
+def _admin_token(state_dir: Path, timeout: float = 60.0) -> str:
+    """The admin token `servegate up` writes into its state dir at start."""
+    path = state_dir / "admin.token"
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"no admin token at {path} after {timeout:.0f}s")
+        time.sleep(0.2)
+    return path.read_text().strip()
 
 
 def run(work: Path, args: argparse.Namespace, peers: list[str]) -> dict[str, dict[str, dict[str, float]]]:
@@ -83,11 +94,22 @@ def run(work: Path, args: argparse.Namespace, peers: list[str]) -> dict[str, dic
     manifest.write_text(MANIFEST.format(uri=model))
     x = np.random.default_rng(0).normal(size=(1, SIZES[0])).astype(np.float32)
     body = v2_json_body("input", x)
-    http, state = free_port(), work / "state"
-    gateway = Server("gateway", [
-        sys.executable, "-m", "serving", "up", "-f", str(manifest), "--host", "127.0.0.1",
-        "--http-port", str(http), "--grpc-port", str(free_port()), "--state-dir", str(state),
-        "--log-level", "warning",
+    gateways = {
+        "gateway": (free_port(), work / "state", []),
+        "gateway-no-auth": (free_port(), work / "open", ["--no-auth"]),
+    }
+    servers = [
+        Server(name, [
+            sys.executable, "-m", "serving", "up", "-f", str(manifest), "--host", "127.0.0.1",
+            "--http-port", str(http), "--grpc-port", str(free_port()), "--state-dir", str(state),
+            "--log-level", "warning", "--storage-root", str(work), *flags,
+        ])
+        for name, (http, state, flags) in gateways.items()
+    ]  # fmt: skip
+    replica_port = free_port()
+    replica = Server("replica", [
+        sys.executable, "-m", "serving", "model", "serve", "--model-name", "mlp", "--model-uri", str(model),
+        "--threads", "1", "--http-port", str(replica_port), "--no-grpc", "--log-level", "warning",
     ])  # fmt: skip
     ports = {peer: free_port() for peer in peers}
     peer_servers = [
@@ -95,24 +117,29 @@ def run(work: Path, args: argparse.Namespace, peers: list[str]) -> dict[str, dic
                env={"PEER_ORT_THREADS": "1"})
         for peer in peers
     ]  # fmt: skip
-    urls = {"gateway": f"http://127.0.0.1:{http}/v2/models/mlp/infer"}
+    urls = {name: f"http://127.0.0.1:{http}/v2/models/mlp/infer" for name, (http, _, _) in gateways.items()}
+    urls["replica"] = f"http://127.0.0.1:{replica_port}/v2/models/mlp/infer"
     peer_urls = {peer: f"http://127.0.0.1:{ports[peer]}/v2/models/mlp/infer" for peer in peers}
-
-    with running(gateway, *peer_servers):
+    with running(*servers, replica, *peer_servers):
         with console.status("starting servegate up and the peers (a peer's first use installs it: minutes)"):
-            for server in (gateway, *peer_servers):
+            for server in (*servers, replica, *peer_servers):
                 server.start(work)
-            gateway.wait_until_answering(urls["gateway"], body, timeout=120)
+            token = _admin_token(work / "state")
+            authorization = {"authorization": f"Bearer {token}"}
+            for server in (*servers, replica):
+                server.wait_until_answering(urls[server.name], body, timeout=120, headers=authorization)
             for server in peer_servers:
                 server.wait_until_answering(peer_urls[server.name], body, timeout=900)
-        urls["replica"] = replica_url(state)
+        header = f"Authorization: Bearer {token}"
         figures = {}
         with console.status(f"V2 JSON, 16 connections: {', '.join([*urls, *peer_urls])}"):
             figures["v2_json_16"] = compare(
-                args.bench_dir, body, urls | peer_urls, 16, args.seconds, args.rounds
+                args.bench_dir, body, urls | peer_urls, 16, args.seconds, args.rounds, header=header
             )
         with console.status("V2 JSON, 1 connection: gateway vs replica (the router hop)"):
-            figures["v2_json_1"] = compare(args.bench_dir, body, urls, 1, args.seconds, args.rounds)
+            figures["v2_json_1"] = compare(
+                args.bench_dir, body, urls, 1, args.seconds, args.rounds, header=header
+            )
     return figures
 
 
@@ -159,6 +186,12 @@ def report(results: dict[str, dict[str, dict[str, float]]]) -> int:
         ratio = gateway["rps"] / loaded["rayserve"]["rps"]
         console.print(f"gateway vs Ray Serve: {ratio:.2f}x throughput")
         checks.append(("gateway >= 10x Ray Serve", ratio >= 10))
+    cost = 1 - gateway["rps"] / loaded["gateway-no-auth"]["rps"]
+    console.print(
+        f"authentication: {gateway['rps']:,.0f} requests/s with tokens, "
+        f"{loaded['gateway-no-auth']['rps']:,.0f} without: it costs {cost:.1%} of requests/s"
+    )
+    checks.append(("authentication costs under 3% of requests/s", cost < 0.03))
     checks.append(("no failed requests through the gateway", gateway["bad"] == 0))
     for label, ok in checks:
         console.print(f"[{'green' if ok else 'red'}]{'met' if ok else 'MISSED'}[/]: {label}")

@@ -71,10 +71,13 @@ class Server:
         )
         return self
 
-    def wait_until_answering(self, url: str, body: bytes, timeout: float) -> None:
-        """Until `POST url` with the JSON `body` answers 200; raise with the server's log tail otherwise."""
+    def wait_until_answering(
+        self, url: str, body: bytes, timeout: float, headers: dict[str, str] | None = None
+    ) -> None:
+        """Until `POST url` with the JSON `body` (and `headers`) answers 200; raise with the server's
+        log tail otherwise."""
         # KServe reads a body without a JSON content type as binary tensors.
-        headers = {"content-type": "application/json"}
+        headers = {"content-type": "application/json", **(headers or {})}
         assert self.process is not None
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

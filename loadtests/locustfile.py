@@ -6,6 +6,8 @@
 Environment: SERVEGATE_MODEL (default "mlp"), SERVEGATE_ROWS (rows per request, default 1),
 SERVEGATE_PROTOCOLS (comma-separated from v2_json, v2_binary, v1; default all three). The request
 is built from the model's own metadata (`GET /v2/models/<m>`), so any numeric model works.
+A gateway wants a token: SERVEGATE_TOKEN, else the admin token of `servegate up`'s state dir
+(SERVEGATE_STATE_DIR, default ./.servegate), is sent as `Authorization: Bearer`.
 """
 
 from __future__ import annotations
@@ -23,6 +25,13 @@ ROWS = int(os.environ.get("SERVEGATE_ROWS", "1"))
 PROTOCOLS = set(os.environ.get("SERVEGATE_PROTOCOLS", "v2_json,v2_binary,v1").split(","))
 _NUMPY = {"FP16": np.float16, "FP32": np.float32, "FP64": np.float64, "INT8": np.int8, "INT16": np.int16,
           "INT32": np.int32, "INT64": np.int64, "UINT8": np.uint8, "BOOL": np.bool_}  # fmt: skip
+
+
+def _token() -> str | None:
+    if token := os.environ.get("SERVEGATE_TOKEN"):
+        return token
+    path = os.path.join(os.environ.get("SERVEGATE_STATE_DIR", ".servegate"), "admin.token")
+    return open(path).read().strip() if os.path.exists(path) else None
 
 
 def _concrete(shape: list[int]) -> list[int]:
@@ -74,6 +83,8 @@ class InferenceUser(HttpUser):
 
     def on_start(self) -> None:
         global _bodies
+        if token := _token():
+            self.client.headers["authorization"] = f"Bearer {token}"
         if _bodies is None:
             response = self.client.get(f"/v2/models/{MODEL}", name="metadata")
             if response.status_code != 200:

@@ -141,7 +141,7 @@ class DataPlane:
                 raise InvalidInput(
                     "loading a model from a storage URI needs a single-worker replica (--workers 1)"
                 )
-            self.repository.register(name, uri, fmt)
+            await self.repository.register(name, uri, fmt)
         await self.control.load(name)
 
     async def unload(self, name: str) -> None:

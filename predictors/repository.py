@@ -3,6 +3,11 @@
 Loading never raises into the server: a bad artifact leaves the model FAILED with its reason,
 visible in the index and in readiness. A reload builds the new copy beside the old one and swaps
 only once the new one is ready; in-flight requests on the old copy finish before it is released.
+
+Where a URI came from decides whether the storage policy (`StorageConfig.policy`) applies: a URI
+from a load request is always checked, when it is registered and again when it is fetched; the
+repository folder's models and the models given to `start` are the operator's and are not, unless
+`check_start_models` says they came from a gateway (which checked them once, at apply).
 """
 
 from __future__ import annotations
@@ -37,9 +42,15 @@ class ModelRepository:
         storage: StorageConfig,
         root: Path | None = None,
         template: ModelSpec | None = None,
+        check_start_models: bool = False,
     ) -> None:
         self._metrics = metrics
         self._storage = storage
+        #: how the operator's own URIs are fetched: without a policy.
+        self._operator_storage = dataclasses.replace(storage, policy=None)
+        self._check_start_models = check_start_models
+        #: names whose current URI is checked against the policy (see the module docstring).
+        self._checked: set[str] = set()
         self._root = root
         self._template = template or ModelSpec(name="", uri="")
         self._specs: dict[str, ModelSpec] = {}
@@ -91,23 +102,30 @@ class ModelRepository:
         found = discover(self._root, self._template) if self._root is not None else {}
         for spec in specs:
             found[spec.name] = spec
+            if self._check_start_models:
+                self._checked.add(spec.name)
         self._specs.update(found)
         await asyncio.gather(*(self.load(name) for name in found))
 
-    def register(self, name: str, uri: str, fmt: str | None) -> None:
-        """Make `name` loadable from `uri` (the repository folder, if any, still wins for its own models)."""
+    async def register(self, name: str, uri: str, fmt: str | None) -> None:
+        """Make `name` loadable from `uri`, a URI a load request gave (the repository folder, if any,
+        still wins for its own models). StorageRefused, and nothing changes, unless the storage
+        policy allows `uri`; it is checked again when fetched (a name may resolve elsewhere by then)."""
+        if self._storage.policy is not None:
+            await asyncio.to_thread(self._storage.policy.check_uri, uri)
         self._specs[name] = dataclasses.replace(self._template, name=name, uri=uri, format=fmt)
+        self._checked.add(name)
 
     async def load(self, name: str) -> ServedModel:
         """(Re)load `name` from its known spec or the repository folder; raise if it does not become ready."""
         async with self._lock(name):
-            spec = self._find_spec(name)
+            spec, checked = self._find_spec(name)
             self._specs[name] = spec
             current = self._models.get(name)
             fresh = ServedModel(spec, self._metrics)
             if current is None or current.state is not ModelState.READY:
                 self._models[name] = fresh
-            await self._start(fresh)
+            await self._start(fresh, self._storage if checked else self._operator_storage)
             if fresh.state is not ModelState.READY:
                 if current is not None and current.state is ModelState.READY:
                     raise ModelNotReady(
@@ -135,19 +153,20 @@ class ModelRepository:
     def _lock(self, name: str) -> asyncio.Lock:
         return self._locks.setdefault(name, asyncio.Lock())
 
-    def _find_spec(self, name: str) -> ModelSpec:
+    def _find_spec(self, name: str) -> tuple[ModelSpec, bool]:
+        """The spec to load `name` from, and whether its URI is checked against the storage policy."""
         if self._root is not None:
             # The folder may have changed since start-up (a new version, a new model): look again.
             spec = discover_one(self._root, name, self._template)
             if spec is not None:
-                return spec
+                return spec, False  # the operator's folder
         if name in self._specs:
-            return self._specs[name]
+            return self._specs[name], name in self._checked
         raise ModelNotFound(f"model '{name}' is not in the model repository")
 
-    async def _start(self, model: ServedModel) -> None:
+    async def _start(self, model: ServedModel, storage: StorageConfig) -> None:
         try:
-            runtime = await self._runtime(model.spec)
+            runtime = await self._runtime(model.spec, storage)
         except Exception as exc:
             error = as_serving_error(exc)
             log.error("model %s cannot load: %s", model.name, error.message)
@@ -155,14 +174,17 @@ class ModelRepository:
             return
         await model.start(runtime)
 
-    async def _runtime(self, spec: ModelSpec) -> Runtime:
+    async def _runtime(self, spec: ModelSpec, storage: StorageConfig) -> Runtime:
         if is_registry_uri(spec.uri):
             return await self._registry_runtime(spec)
         fmt = spec.format or ("python" if is_import_path(spec.uri) else None)
         cls = runtime_class(fmt) if fmt else None
         path = None
         if cls is None or cls.needs_artifact:
-            path = await asyncio.to_thread(fetch, spec.uri, self._storage)
+            path = await asyncio.to_thread(fetch, spec.uri, storage)
+        elif storage.policy is not None:
+            # python's FILE.py:Class, triton's server URL: used as they are, so fetch() never sees them.
+            await asyncio.to_thread(storage.policy.check_uri, spec.uri)
         if cls is None:
             cls = runtime_class(infer_format(spec.uri, path))
         return cls(spec, path)

@@ -6,6 +6,10 @@ verified against the registered sha256). Remote artifacts land in a cache under
 `StorageConfig.cache_dir`; each downloaded file keeps its sha256 in a `<file>.sha256` sidecar so a
 corrupted cache is noticed and fetched again.
 
+With a `StoragePolicy` in the config, every URI is checked before anything is read or fetched, and
+http(s) downloads follow redirects by hand (at most 5), checking each hop, and connect only to the
+addresses the policy allowed (see `_PolicyBackend`).
+
 This runs in a worker thread while a model loads, so it is synchronous. Downloads go to a temporary
 file in the target's directory and are moved into place with `os.replace`, under an fcntl lock per
 target file, so threads and processes sharing a cache never see (or leave) a partial file.
@@ -25,8 +29,10 @@ from typing import Any
 from urllib.parse import unquote, urlsplit
 from urllib.request import url2pathname
 
+import httpcore
 import httpx
 
+from serving.auth.storage import Address, Resolver, StoragePolicy, resolve_host
 from serving.errors import ModelFailure
 
 __all__ = [
@@ -41,6 +47,9 @@ __all__ = [
 ]
 
 _CHUNK = 1 << 20
+#: redirects one http(s) download may follow.
+MAX_REDIRECTS = 5
+_REDIRECTS = frozenset({301, 302, 303, 307, 308})
 _SUPPORTED = "a local path, file://, http://, https://, s3:// or registry://"
 
 
@@ -73,11 +82,14 @@ class StorageConfig:
     cache_dir: root of the download cache. s3_endpoint_url: S3 API endpoint; None falls back to
     $AWS_ENDPOINT_URL, then $S3_ENDPOINT (+ $S3_USE_HTTPS), then boto3's default (AWS).
     http_timeout_s: connect/read timeout for http(s) downloads, in seconds.
+    policy: what may be read and fetched (every URI is checked before it is); None: anything (the
+    operator's own URIs, e.g. on `servegate model serve`'s command line).
     """
 
     cache_dir: Path = field(default_factory=_default_cache_dir)
     s3_endpoint_url: str | None = None
     http_timeout_s: float = 60.0
+    policy: StoragePolicy | None = None
 
     @classmethod
     def from_env(cls) -> StorageConfig:
@@ -89,8 +101,11 @@ def fetch(uri: str, config: StorageConfig) -> Path:
     """Local path (file or directory) holding the artifact named by `uri`.
 
     Raises StorageError when the artifact is missing, cannot be downloaded, fails its checksum or
-    the scheme is not supported.
+    the scheme is not supported; StorageRefused when the config's policy does not allow `uri`.
     """
+    if config.policy is not None:
+        # Before the cache too: what someone else fetched is not ours to read unless allowed.
+        config.policy.check_uri(uri)
     if "://" not in uri and not uri.startswith("file:"):
         return _local(Path(uri).expanduser())
     scheme = urlsplit(uri).scheme.lower()
@@ -249,16 +264,77 @@ def _fetch_http(uri: str, config: StorageConfig) -> Path:
     with cache_lock(config.cache_dir, target):
         if _is_cached(target):
             return target
+        transport = _PinnedTransport(config.policy) if config.policy is not None else None
         try:
-            with httpx.stream("GET", url, timeout=config.http_timeout_s, follow_redirects=True) as response:
-                if response.status_code >= 400:
-                    raise StorageError(f"HTTP {response.status_code} fetching {url}")
-                _store(target, response.iter_bytes(_CHUNK), source=uri, expected_sha256=expected)
+            with httpx.Client(timeout=config.http_timeout_s, transport=transport) as client:
+                _download(client, url, config.policy, target, uri, expected)
         except httpx.TimeoutException as exc:
             raise StorageError(f"timed out after {config.http_timeout_s}s fetching {url}") from exc
         except httpx.HTTPError as exc:
             raise StorageError(f"cannot fetch {url}: {type(exc).__name__}: {exc}") from exc
     return target
+
+
+def _download(
+    client: httpx.Client, url: str, policy: StoragePolicy | None, target: Path, uri: str, expected: str | None
+) -> None:
+    """GET `url` into `target`, following redirects by hand: every hop is checked against `policy`
+    before it is connected to (fetch() checked the first)."""
+    for _ in range(MAX_REDIRECTS + 1):
+        with client.stream("GET", url) as response:
+            location = response.headers.get("location")
+            if response.status_code in _REDIRECTS and location:
+                url = str(response.url.join(location).copy_with(fragment=None))
+                if urlsplit(url).scheme.lower() not in ("http", "https"):
+                    raise StorageError(f"{uri} redirects to {url}: only http(s) redirects are followed")
+                if policy is not None:
+                    policy.check_url(url)
+                continue
+            if response.status_code >= 400:
+                raise StorageError(f"HTTP {response.status_code} fetching {url}")
+            _store(target, response.iter_bytes(_CHUNK), source=uri, expected_sha256=expected)
+            return
+    raise StorageError(f"more than {MAX_REDIRECTS} redirects fetching {uri}")
+
+
+class _PolicyBackend(httpcore.SyncBackend):
+    """Connects only to addresses the policy allows, resolving the name itself: a name cannot
+    resolve to a public address for the check and to a private one for the connection (DNS
+    rebinding). TLS still verifies the name (httpcore sends the URL's host as SNI)."""
+
+    def __init__(self, policy: StoragePolicy, resolve: Resolver = resolve_host) -> None:
+        self._policy = policy
+        self._resolve = resolve
+
+    def connect_tcp(
+        self,
+        host: str,
+        port: int,
+        timeout: float | None = None,
+        local_address: str | None = None,
+        socket_options: Any = None,
+    ) -> httpcore.NetworkStream:
+        addresses: list[Address] = self._policy.addresses(host, port, self._resolve)
+        failure: Exception | None = None
+        for ip in addresses:
+            try:
+                return super().connect_tcp(str(ip), port, timeout, local_address, socket_options)
+            except httpcore.ConnectError as exc:
+                failure = exc
+        assert failure is not None  # addresses() never returns an empty list
+        raise failure
+
+
+class _PinnedTransport(httpx.HTTPTransport):
+    """httpx's own transport, its connections made through `_PolicyBackend`. (A proxy from the
+    environment, where one is set, connects instead; the per-hop URL checks still apply.)"""
+
+    def __init__(self, policy: StoragePolicy) -> None:
+        super().__init__()
+        # HTTPTransport keeps its httpcore pool in `_pool` and takes no network backend: swap it.
+        self._pool = httpcore.ConnectionPool(
+            ssl_context=httpx.create_ssl_context(), network_backend=_PolicyBackend(policy)
+        )
 
 
 # -- s3 ----------------------------------------------------------------------------------------------

@@ -39,8 +39,11 @@ __all__ = ["Transformer"]
 
 #: tells the gateway that this call is the transformer's, for the predictor behind it.
 COMPONENT_HEADER = "x-servegate-component"
-#: headers of the client's request carried on to the predictor.
-PROPAGATED = (*TRACE_HEADERS, "authorization")
+#: headers of the client's request carried on to the predictor. Not its authorization: what reaches
+#: a replica is the gateway's pool token, and the transformer calls back with its own token.
+PROPAGATED = TRACE_HEADERS
+#: the token the gateway gives a transformer to call its predictor with (serving.auth.internal).
+_GATEWAY_TOKEN_ENV = "SERVEGATE_GATEWAY_TOKEN"
 
 
 class Transformer(PythonModel):
@@ -58,7 +61,13 @@ class Transformer(PythonModel):
         )
         if not self.predictor_url:
             raise ModelFailure("a transformer needs its predictor's URL (SERVEGATE_PREDICTOR_URL)")
-        self._client = httpx.AsyncClient(base_url=self.predictor_url, timeout=self.timeout_s, trust_env=False)
+        token = os.environ.get(_GATEWAY_TOKEN_ENV)
+        self._client = httpx.AsyncClient(
+            base_url=self.predictor_url,
+            timeout=self.timeout_s,
+            trust_env=False,
+            headers={"authorization": f"Bearer {token}"} if token else None,
+        )
 
     async def predict(self, data: Any, context: Context) -> Any:
         headers = {k: v for k, v in context.headers.items() if k in PROPAGATED}

@@ -273,9 +273,11 @@ class Router:
 
         async def send(backend: Backend, deadline: float) -> HttpReply:
             path = f"{prefix}{backend.model}{suffix}"
+            credentials = backend.pool.auth_headers
+            headers = {**forward, **credentials} if credentials else forward
 
             async def attempt(http_url: str, _grpc: str | None, timeout: float) -> HttpReply:
-                return await self.http.request(method, http_url + path, body, forward, timeout)
+                return await self.http.request(method, http_url + path, body, headers, timeout)
 
             return await self.deliver(backend, deadline, attempt)
 

@@ -96,9 +96,8 @@ class Placer:
                 {"parameters": {"storage_uri": route.storage_uri, "model_format": route.format}}
             )
             load = f"{url}/v2/repository/models/{route.name}/load"
-            reply = await self._http.request(
-                "POST", load, body, {"content-type": "application/json"}, timeout
-            )
+            headers = {"content-type": "application/json", **self._credentials(host)}
+            reply = await self._http.request("POST", load, body, headers, timeout)
             if reply.status != 200:
                 message = reply.body.decode(errors="replace")
                 with contextlib.suppress(ValueError, AttributeError):
@@ -116,11 +115,15 @@ class Placer:
             return
         try:
             reply = await self._http.request(
-                "POST", f"{url}/v2/repository/models/{model}/unload", b"", {}, 30.0
+                "POST", f"{url}/v2/repository/models/{model}/unload", b"", self._credentials(host), 30.0
             )
             log.info("unloaded %s from %s (%s)", model, host, reply.status)
         except Exception as exc:  # the replica is gone or busy: it no longer counts as holding it
             log.warning("unloading %s from %s failed: %s", model, host, exc)
+
+    def _credentials(self, host: str) -> dict[str, str]:
+        pool = self._pool_of.get(host)
+        return pool.auth_headers if pool is not None else {}
 
     async def retire(self, model: str) -> None:
         """Unload a deleted TrainedModel from every replica holding it."""

@@ -8,20 +8,23 @@ Errors are `{"error": message}` like the data plane; a rejected apply adds
 from __future__ import annotations
 
 import asyncio
+import functools
 from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Mount, Route
+from starlette.routing import Mount
 
 from autoscaler.sources import MetricSourceError
 from autoscaler.sources.promql import render
+from serving.auth import Guard, Principal, Scope, Target, refusal
+from serving.auth.rest import ScopedRoute, principal_of
 from serving.controller.controller import Controller, NotFound
-from serving.errors import ServingError
+from serving.errors import PermissionDenied, ServingError
 from serving.registry.types import RegistryError
 from serving.registry.uris import is_registry_uri
 from serving.spec import InferenceService, ManifestError, Problem, TrainedModel, load_manifests
-from serving.spec.manifests import Resource
+from serving.spec.manifests import ManifestTooLarge, Resource
 
 __all__ = ["KINDS", "api_routes"]
 
@@ -62,6 +65,7 @@ class _Api:
             return _error("manifests must be UTF-8 text (YAML or JSON)", 400)
         try:
             resources = load_manifests(text, request.query_params.get("source", "<request>"))
+            _check_namespaces(principal_of(request), resources)
             problems = (
                 self._references(resources) + await self._queries(resources) + await self._models(resources)
             )
@@ -69,13 +73,15 @@ class _Api:
                 raise ManifestError(problems)
         except ManifestError as exc:
             count = len(exc.problems)
+            # past a size bound once parsed (aliases expanded): 413, like a body past MAX_MANIFEST_BYTES
+            status = 413 if isinstance(exc, ManifestTooLarge) else 400
             return _error(
-                f"{count} problem{'s' * (count != 1)} in the manifests; nothing applied", 400, exc.problems
+                f"{count} problem{'s' * (count != 1)} in the manifests; nothing applied", status, exc.problems
             )
         if not resources:
             return _error("no manifests in the request", 400)
         warnings = [f"{r.kind}/{r.metadata.name}: {w}" for r in resources for w in r.warnings()]
-        results = await self.controller.apply(resources)
+        results = await self.controller.apply(resources, actor=principal_of(request).name)
         return JSONResponse({"results": results, "warnings": warnings})
 
     def _references(self, resources: list[Resource]) -> list[Problem]:
@@ -188,14 +194,18 @@ class _Api:
         return problems
 
     async def list(self, request: Request) -> Response:
-        return JSONResponse({"items": self.controller.list(self._kind(request))})
+        items = self.controller.list(self._kind(request))
+        namespaces = principal_of(request).namespaces
+        if namespaces is not None:  # a namespaced token sees its namespaces only
+            items = [i for i in items if i.get("metadata", {}).get("namespace", "default") in namespaces]
+        return JSONResponse({"items": items})
 
     async def get(self, request: Request) -> Response:
         return JSONResponse(self.controller.get(self._kind(request), request.path_params["name"]))
 
     async def delete(self, request: Request) -> Response:
         kind, name = self._kind(request), request.path_params["name"]
-        await self.controller.delete(kind, name)
+        await self.controller.delete(kind, name, actor=principal_of(request).name)
         return JSONResponse({"kind": kind, "name": name, "action": "deleted"})
 
     async def events(self, request: Request) -> Response:
@@ -211,7 +221,7 @@ class _Api:
 
     async def _move(self, request: Request, how: Any) -> Response:
         try:
-            message = await how(request.path_params["name"])
+            message = await how(request.path_params["name"], actor=principal_of(request).name)
         except ValueError as exc:
             return _error(str(exc), 409)
         return JSONResponse({"name": request.path_params["name"], "message": message})
@@ -226,25 +236,56 @@ def _format(name: str) -> str:
         return name.lower()
 
 
+def _check_namespaces(principal: Principal, resources: list[Resource]) -> None:
+    """PermissionDenied unless `principal` may deploy every resource, in its namespace."""
+    for r in resources:
+        reason = refusal(principal, Scope.DEPLOY, Target(r.metadata.namespace, frozenset({r.metadata.name})))
+        if reason is not None:
+            raise PermissionDenied(f"{r.kind}/{r.metadata.name}: {reason}; nothing applied")
+
+
+async def _serving_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, ServingError)
+    return _error(exc.message, exc.http_status)
+
+
 async def _not_found(request: Request, exc: Exception) -> Response:
     return _error(str(exc.args[0]) if exc.args else "not found", 404)
 
 
-def api_routes(controller: Controller) -> list[Mount]:
+def api_routes(controller: Controller, guard: Guard) -> list[Mount]:
+    """The control API, every route behind `guard` with the scope it needs; a deployer's namespaces
+    are checked against the resource's (`_target`)."""
     a = _Api(controller)
     item = "/{plural}/{name}"
     from starlette.applications import Starlette
 
+    def route(path: str, endpoint: Any, required: Scope, method: str, target: Any = None) -> ScopedRoute:
+        return ScopedRoute(path, endpoint, required=required, guard=guard, target=target, methods=[method])
+
+    target = functools.partial(_target, controller)
     app = Starlette(
         routes=[
-            Route("/apply", a.apply, methods=["POST"]),
-            Route("/{plural}", a.list, methods=["GET"]),
-            Route(item, a.get, methods=["GET"]),
-            Route(item, a.delete, methods=["DELETE"]),
-            Route(item + "/events", a.events, methods=["GET"]),
-            Route("/inferenceservices/{name}/promote", a.promote, methods=["POST"]),
-            Route("/inferenceservices/{name}/rollback", a.rollback, methods=["POST"]),
+            # apply checks each manifest's namespace itself: the body names them.
+            route("/apply", a.apply, Scope.DEPLOY, "POST"),
+            route("/{plural}", a.list, Scope.READ, "GET"),
+            route(item, a.get, Scope.READ, "GET", target),
+            route(item, a.delete, Scope.DEPLOY, "DELETE", target),
+            route(item + "/events", a.events, Scope.READ, "GET", target),
+            route("/inferenceservices/{name}/promote", a.promote, Scope.DEPLOY, "POST", target),
+            route("/inferenceservices/{name}/rollback", a.rollback, Scope.DEPLOY, "POST", target),
         ],
-        exception_handlers={NotFound: _not_found},
+        exception_handlers={NotFound: _not_found, ServingError: _serving_error},
     )
     return [Mount("/api/v1", app=app)]
+
+
+def _target(controller: Controller, params: dict[str, Any]) -> Target | None:
+    """The stored resource a request names, as a permission target (None when it does not exist:
+    the endpoint then answers 404 to whoever may use the route at all)."""
+    kind = KINDS.get(params.get("plural", "inferenceservices"))
+    stored = controller.store.resource(kind, params["name"]) if kind else None
+    if stored is None:
+        return None
+    namespace = stored.manifest.get("metadata", {}).get("namespace", "default")
+    return Target(namespace, frozenset({params["name"]}))

@@ -18,6 +18,7 @@ import builtins
 import functools
 import json
 import os
+import ssl
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -27,6 +28,7 @@ from urllib.parse import quote, urlsplit
 
 import httpx
 
+from serving.auth.tls import CA_CERT_ENV, ca_cert_from_env, client_context
 from serving.spec.common import Problem
 
 if TYPE_CHECKING:
@@ -40,6 +42,7 @@ __all__ = [
     "GatewayUnreachable",
     "Problem",
     "ServegateError",
+    "bearer_headers",
     "condition_status",
     "default_url",
     "kind_of",
@@ -131,6 +134,11 @@ class Client:
 
     `url`: the gateway (default `SERVEGATE_URL`, else http://127.0.0.1:8080); `timeout`: seconds
     each HTTP request may take. `transport` replaces the network (tests pass `httpx.MockTransport`).
+    `ca_cert`: the CA bundle (PEM) an https gateway's certificate is checked against (default
+    `SERVEGATE_CA_CERT`, else the system's); gRPC uses TLS too when it is given or the URL is https.
+    `token`, `token_file`: the bearer token sent with every request (REST and gRPC); without
+    either, `SERVEGATE_TOKEN`, `SERVEGATE_TOKEN_FILE`, or for a gateway on this machine the admin
+    token of `servegate up`'s state dir (`serving._credentials.resolve_token`).
     """
 
     def __init__(
@@ -138,12 +146,27 @@ class Client:
         url: str | None = None,
         timeout: float = 30.0,
         *,
+        token: str | None = None,
+        token_file: str | Path | None = None,
         transport: httpx.BaseTransport | None = None,
+        ca_cert: str | Path | None = None,
     ) -> None:
         url = (url or default_url()).rstrip("/")
         self.url = url if "://" in url else f"http://{url}"
         self.timeout = timeout
-        self._http = httpx.Client(base_url=self.url, timeout=timeout, transport=transport)
+        self.ca_cert = ca_cert_from_env(ca_cert)
+        try:
+            verify = client_context(self.ca_cert)
+        except ValueError as exc:
+            raise ServegateError(str(exc)) from None
+        self._token, self._token_file = token, token_file
+        self._http = httpx.Client(
+            base_url=self.url,
+            timeout=timeout,
+            transport=transport,
+            verify=verify,
+            headers=bearer_headers(token, self.url, token_file=token_file),
+        )
 
     def close(self) -> None:
         self._http.close()
@@ -268,6 +291,38 @@ class Client:
                 )
             time.sleep(min(poll, max(deadline - time.monotonic(), 0.0)))
 
+    # -- tokens (admin) ---------------------------------------------------------------------------
+
+    def tokens(self) -> builtins.list[dict[str, Any]]:
+        """Every token, by name: name, role, namespaces, services, created, expires, createdBy (no
+        secrets)."""
+        return list(self._call("GET", "/api/v1/tokens").get("items", []))
+
+    def create_token(
+        self,
+        name: str,
+        role: str,
+        *,
+        namespaces: Iterable[str] = (),
+        services: Iterable[str] = (),
+        expires: str | None = None,
+    ) -> dict[str, Any]:
+        """Make a token; the answer's `token` is its secret, shown this once. `role`: viewer,
+        predictor, deployer or admin; `namespaces` / `services`: the only ones it may act on (none:
+        all); `expires`: a duration such as `30d` (None: never)."""
+        body = {
+            "name": name,
+            "role": role,
+            "namespaces": list(namespaces),
+            "services": list(services),
+            "expires": expires,
+        }
+        return self._call("POST", "/api/v1/tokens", json=body)
+
+    def revoke_token(self, name: str) -> dict[str, Any]:
+        """Revoke a token: it stops working at once. Returns what it was."""
+        return self._call("DELETE", f"/api/v1/tokens/{_segment(name)}")
+
     # -- data plane -------------------------------------------------------------------------------
 
     def predict(
@@ -317,12 +372,19 @@ class Client:
         import tritonclient.grpc as grpcclient
         from tritonclient.utils import InferenceServerException
 
-        target = grpc_url.split("://", 1)[-1]
+        scheme, _, target = grpc_url.rpartition("://")
+        # TLS when asked for by the address, by an https gateway, or by a CA to check it with.
+        tls = scheme in ("grpcs", "https") or self.url.startswith("https://") or self.ca_cert is not None
+        ca = str(self.ca_cert) if self.ca_cert is not None else None
         tensors, wanted = _v2_tensors(data) if isinstance(data, dict) else ([], [])
+        # Found again for the gRPC host: the admin token file is for this machine's gateway only.
+        headers = bearer_headers(self._token, f"grpc://{target}", token_file=self._token_file) or None
         try:
-            with grpcclient.InferenceServerClient(target) as triton:
+            with grpcclient.InferenceServerClient(target, ssl=tls, root_certificates=ca) as triton:
                 if not isinstance(data, dict):
-                    metadata = triton.get_model_metadata(name, as_json=True, client_timeout=self.timeout)
+                    metadata = triton.get_model_metadata(
+                        name, headers=headers, as_json=True, client_timeout=self.timeout
+                    )
                     spec = _only_input(name, metadata)
                     tensors = [(spec["name"], spec["datatype"], _as_array(data, spec))]
                 inputs = []
@@ -331,7 +393,9 @@ class Client:
                     tensor.set_data_from_numpy(array)
                     inputs.append(tensor)
                 outputs = [grpcclient.InferRequestedOutput(o) for o in wanted] or None
-                result = triton.infer(name, inputs, outputs=outputs, client_timeout=self.timeout)
+                result = triton.infer(
+                    name, inputs, outputs=outputs, headers=headers, client_timeout=self.timeout
+                )
                 names = wanted or [o["name"] for o in result.get_response(as_json=True).get("outputs", [])]
                 return {o: _output_list(result.as_numpy(o)) for o in names}
         except InferenceServerException as exc:
@@ -339,7 +403,7 @@ class Client:
             # Only gRPC's own connection errors: the gateway also answers UNAVAILABLE itself (a
             # service with no ready revision), and that must read as the gateway's message.
             if any(sign in message.lower() for sign in _GRPC_UNREACHABLE):
-                raise GatewayUnreachable(f"grpc://{target}", message) from None
+                raise GatewayUnreachable(f"{'grpcs' if tls else 'grpc'}://{target}", message) from None
             raise ServegateError(message) from None
 
     # -- plumbing ---------------------------------------------------------------------------------
@@ -471,6 +535,32 @@ def _text(item: Any) -> Any:
     return item.decode(errors="backslashreplace") if isinstance(item, bytes) else item
 
 
+def bearer_headers(
+    token: str | None, url: str, *, token_file: str | Path | None = None
+) -> dict[str, str]:
+    """`{"authorization": "Bearer <token>"}` for the token `resolve_token` finds for `url`, else {}.
+
+    A token file that cannot be used (readable by others, empty) is a ServegateError saying why.
+    """
+    from serving._credentials import CredentialsError, resolve_token
+
+    try:
+        found = resolve_token(token, url, token_file=token_file)
+    except CredentialsError as exc:
+        raise ServegateError(str(exc)) from None
+    return {"authorization": f"Bearer {found}"} if found else {}
+
+
+def _certificate_refused(exc: BaseException) -> ssl.SSLCertVerificationError | None:
+    """The certificate check that failed under a connection error, if that is what failed."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, ssl.SSLCertVerificationError):
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
 def send(
     http: httpx.Client, base_url: str, method: str, path: str, **kwargs: Any
 ) -> tuple[httpx.Response, Any]:
@@ -482,6 +572,11 @@ def send(
     try:
         response = http.request(method, path, **kwargs)
     except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
+        if (refused := _certificate_refused(exc)) is not None:
+            raise ServegateError(
+                f"the gateway at {base_url} has a certificate that cannot be verified "
+                f"({refused.verify_message}); give the CA that issued it with --ca-cert or {CA_CERT_ENV}"
+            ) from None
         raise GatewayUnreachable(base_url, str(exc) or type(exc).__name__) from None
     except httpx.TimeoutException:
         limit = http.timeout.read

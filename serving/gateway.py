@@ -21,12 +21,19 @@ from autoscaler.config import GlobalScalingDefaults
 from autoscaler.metrics import AutoscalerMetrics
 from autoscaler.runner import Autoscaler
 from autoscaler.sources.promql import PromQLSource
+from autoscaler.sources.scrape import ScrapeSource
 from predictors.server.replica import bind_socket, http_server
 from router.core import Router
 from router.front.grpc import build_gateway_grpc_server
 from router.front.rest import build_gateway_app
 from router.metrics import GatewayMetrics, PoolGauge
 from serving.api import api_routes
+from serving.auth import Guard
+from serving.auth.api import token_routes
+from serving.auth.internal import GatewayTokens, InternalCredentials
+from serving.auth.listen import exposure_warning, is_loopback_host
+from serving.auth.tls import TlsFiles, add_port
+from serving.auth.tokens import ADMIN_TOKEN_FILE, METRICS_TOKEN_FILE, TokenStore, write_secret
 from serving.controller.controller import Controller
 from serving.engines.process import ProcessEngine
 from serving.monitoring import ReplicaTarget, targets_path, write_targets
@@ -47,9 +54,17 @@ class GatewayOptions:
     drain_timeout_s: how long stopping waits for in-flight requests (gateway and each replica), seconds.
     """
 
-    host: str = "0.0.0.0"
+    host: str = "127.0.0.1"
     http_port: int = 8080
     grpc_port: int = 8081
+    #: serve HTTPS and gRPC over TLS with these files; None: plain.
+    tls: TlsFiles | None = None
+    #: token authentication (off only with --no-auth).
+    auth: bool = True
+    #: a non-loopback host with authentication off was allowed (--insecure): warn loudly at start.
+    insecure: bool = False
+    #: every service's data plane answers callers without a token (KServe's open behaviour).
+    anonymous_inference: bool = False
     state_dir: Path = Path(".servegate")
     manifests: tuple[str, ...] = ()
     max_body_bytes: int = 256 * 1024 * 1024
@@ -76,9 +91,15 @@ class Gateway:
         self.registry = CollectorRegistry()
         self.router = Router(GatewayMetrics(self.registry), options.max_body_bytes)
         self.store = Store(options.state_dir / "state.db")
+        #: the tokens of the gateway's own parts (replica pools, Prometheus, transformers' calls back).
+        self.credentials = InternalCredentials()
         self.engine = ProcessEngine(
-            options.state_dir, drain_timeout_s=options.drain_timeout_s, **options.engine_options
+            options.state_dir,
+            drain_timeout_s=options.drain_timeout_s,
+            credentials=self.credentials,
+            **options.engine_options,
         )
+        self.tokens: TokenStore | None = None
         self.http_port: int | None = None
         self.model_registry: Registry | None = None
         self.grpc_port: int | None = None
@@ -103,29 +124,51 @@ class Gateway:
         sock = bind_socket(opts.host, opts.http_port)
         self.http_port = sock.getsockname()[1]
         local = "127.0.0.1" if opts.host in ("0.0.0.0", "::") else opts.host
-        gateway_url = f"http://{local}:{self.http_port}"
+        scheme = "https" if opts.tls is not None else "http"
+        gateway_url = f"{scheme}://{local}:{self.http_port}"
         controller = self.controller = Controller(self.store, self.engine, self.router, gateway_url)
         controller.registry = model_registry = self.model_registry = Registry(
             opts.registry or RegistryConfig.from_env(opts.state_dir)
         )
         controller.registry_poll_s = opts.registry_poll_s
+        controller.credentials = self.credentials
+        # Replicas want it on /metrics whether or not users need tokens: Prometheus reads it here.
+        write_secret(opts.state_dir / METRICS_TOKEN_FILE, self.credentials.metrics_token)
+        guard = self._guard()
         controller.scaling_defaults = opts.scaling
         controller.activation_timeout_s = opts.activation_timeout_s
         autoscaler = controller.autoscaler = Autoscaler(
             controller.scale_targets,
             controller.resize,
             gateway_url,
+            # It scrapes this gateway's own /metrics, by an address the certificate need not name.
+            scrape=ScrapeSource(
+                verify=opts.tls.self_context() if opts.tls is not None else True,
+                token=self.credentials.metrics_token,
+            ),
             promql=PromQLSource(opts.prometheus_url) if opts.prometheus_url else None,
             metrics=AutoscalerMetrics(self.registry),
             tick_s=opts.autoscale_tick_s,
         )
         self.router.metrics.watch_pools(self._pool_gauges)
-        routes = api_routes(controller) + registry_routes(model_registry)
-        app = build_gateway_app(self.router, self.registry, opts.max_body_bytes, routes)
-        http = http_server(app, opts.access_log, opts.drain_timeout_s)
-        grpc_server = build_gateway_grpc_server(self.router, opts.max_body_bytes)
+        # The token routes first: the control API's /api/v1/{plural} would match /api/v1/tokens too.
+        token_api = token_routes(self.tokens, guard) if self.tokens is not None else []
+        routes = token_api + api_routes(controller, guard) + registry_routes(model_registry, guard)
+        app = build_gateway_app(
+            self.router,
+            self.registry,
+            opts.max_body_bytes,
+            routes,
+            guard=guard,
+            targets=lambda: controller.targets,
+            loopback_only=is_loopback_host(opts.host),
+        )
+        http = http_server(app, opts.access_log, opts.drain_timeout_s, opts.tls)
+        grpc_server = build_gateway_grpc_server(
+            self.router, opts.max_body_bytes, guard, targets=lambda: controller.targets
+        )
         try:
-            self.grpc_port = grpc_server.add_insecure_port(f"{opts.host}:{opts.grpc_port}")
+            self.grpc_port = add_port(grpc_server, f"{opts.host}:{opts.grpc_port}", opts.tls)
         except RuntimeError as exc:
             sock.close()
             raise OSError(f"cannot listen on {opts.host}:{opts.grpc_port} for gRPC: {exc}") from None
@@ -140,13 +183,17 @@ class Gateway:
         await grpc_server.start()
         http_task = asyncio.create_task(http.serve(sockets=[sock]), name="gateway-http")
         log.info(
-            "gateway listening: HTTP %s:%s (control API /api/v1, /metrics), gRPC %s:%s, state in %s",
+            "gateway listening: %s://%s:%s (control API /api/v1, /metrics), gRPC %s:%s%s, state in %s",
+            scheme,
             opts.host,
             self.http_port,
             opts.host,
             self.grpc_port,
+            " (TLS)" if opts.tls is not None else "",
             opts.state_dir,
         )
+        if opts.insecure and (warning := exposure_warning(opts.host, opts.auth)):
+            log.warning(warning)
         # Everything allocated so far lives as long as the process: keep it out of the collector's
         # full passes, which otherwise pause the event loop long enough to show in p99 latency.
         gc.freeze()
@@ -166,8 +213,25 @@ class Gateway:
         await self.router.close()
         self.store.close()
         model_registry.close()
+        if self.tokens is not None:
+            self.tokens.close()
         stop_task.cancel()
         log.info("gateway stopped")
+
+    def _guard(self) -> Guard:
+        """Token authentication (unless --no-auth): the users' tokens and the gateway's own, with an
+        admin token in the state dir for this machine's CLI."""
+        opts = self.options
+        if not opts.auth:
+            return Guard(None)
+        self.tokens = TokenStore.in_state_dir(opts.state_dir)
+        admin_file = (opts.state_dir / ADMIN_TOKEN_FILE).resolve()
+        if self.tokens.ensure_admin_file(admin_file):
+            log.info("made an admin token: %s (mode 0600)", admin_file)
+        else:
+            log.info("admin token: %s", admin_file)
+        authenticator = GatewayTokens(self.credentials, self.tokens)
+        return Guard(authenticator, anonymous_inference=opts.anonymous_inference)
 
     def _write_targets(self, gateway: str) -> None:
         controller = self.controller

@@ -3,7 +3,8 @@
 The gateway and every replica serve `/metrics`. Replicas come and go on free ports, so `servegate
 up` rewrites `<state-dir>/prometheus/targets.json` (Prometheus's file_sd format) whenever they
 change, and a Prometheus started with `scrape_config` (what `servegate prometheus-config` prints)
-follows without a restart. Every replica series carries `service`, `revision`, `replica` and
+follows without a restart. Both read `<state-dir>/metrics.token`,
+the token `/metrics` needs. Every replica series carries `service`, `revision`, `replica` and
 `namespace` labels, which the autoscaler's PromQL queries select on.
 """
 
@@ -17,6 +18,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import NamedTuple
 from urllib.parse import urlsplit
+
+from serving.auth.tokens import METRICS_TOKEN_FILE
 
 __all__ = [
     "GATEWAY_JOB",
@@ -94,6 +97,9 @@ def scrape_config(state_dir: Path, gateway: str, scrape_interval_s: float = 5.0)
     """
     interval = _duration(scrape_interval_s)
     targets = json.dumps(str(targets_path(state_dir.absolute())))
+    # /metrics needs the gateway's metrics token (read again at every scrape, so a restarted
+    # gateway's new token is picked up).
+    credentials = json.dumps(str(state_dir.absolute() / METRICS_TOKEN_FILE))
     # JSON strings are YAML strings, so every value a user gave is quoted safely.
     return f"""\
 # Prometheus configuration for servegate (from `servegate prometheus-config`).
@@ -104,12 +110,16 @@ global:
 
 scrape_configs:
   - job_name: {GATEWAY_JOB}
+    authorization:
+      credentials_file: {credentials}
     static_configs:
       - targets: [{json.dumps(_host_port(gateway))}]
 
   # The replicas, from the targets file `servegate up` rewrites whenever they change; Prometheus
   # sees each change at once (inotify), or after refresh_interval at the latest.
   - job_name: {REPLICA_JOB}
+    authorization:
+      credentials_file: {credentials}
     file_sd_configs:
       - files: [{targets}]
         refresh_interval: {interval}

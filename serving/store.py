@@ -16,7 +16,7 @@ from typing import Any
 
 __all__ = ["Event", "ResourceRow", "RevisionRow", "Rollout", "Store"]
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS resources (
     kind TEXT NOT NULL, name TEXT NOT NULL, manifest TEXT NOT NULL,
@@ -32,7 +32,8 @@ CREATE TABLE IF NOT EXISTS rollouts (
     PRIMARY KEY (service, component));
 CREATE TABLE IF NOT EXISTS events (
     id INTEGER PRIMARY KEY AUTOINCREMENT, kind TEXT NOT NULL, name TEXT NOT NULL,
-    time REAL NOT NULL, type TEXT NOT NULL, reason TEXT NOT NULL, message TEXT NOT NULL);
+    time REAL NOT NULL, type TEXT NOT NULL, reason TEXT NOT NULL, message TEXT NOT NULL,
+    actor TEXT NOT NULL DEFAULT '');
 CREATE INDEX IF NOT EXISTS events_by_object ON events (kind, name, id);
 """
 
@@ -76,6 +77,8 @@ class Event:
     type: str  # Normal | Warning
     reason: str
     message: str
+    #: who caused it: the caller's token name ("" for what the controller did on its own).
+    actor: str = ""
 
 
 class Store:
@@ -97,6 +100,9 @@ class Store:
             self._db.executescript(_SCHEMA)
             if row is None:
                 self._db.execute("INSERT INTO schema_version VALUES (?)", (SCHEMA_VERSION,))
+            elif row[0] < 2:  # 2: events name who caused them (the caller's token)
+                self._db.execute("ALTER TABLE events ADD COLUMN actor TEXT NOT NULL DEFAULT ''")
+                self._db.execute("UPDATE schema_version SET version = ?", (SCHEMA_VERSION,))
 
     def close(self) -> None:
         self._db.close()
@@ -196,16 +202,17 @@ class Store:
 
     # -- events -----------------------------------------------------------------------------------
 
-    def add_event(self, kind: str, name: str, type_: str, reason: str, message: str) -> None:
+    def add_event(self, kind: str, name: str, type_: str, reason: str, message: str, actor: str = "") -> None:
         with self._db:
             self._db.execute(
-                "INSERT INTO events (kind, name, time, type, reason, message) VALUES (?, ?, ?, ?, ?, ?)",
-                (kind, name, time.time(), type_, reason, message),
+                "INSERT INTO events (kind, name, time, type, reason, message, actor) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (kind, name, time.time(), type_, reason, message, actor),
             )
 
     def events(self, kind: str, name: str, limit: int = 50) -> list[Event]:
         rows = self._db.execute(
-            "SELECT time, type, reason, message FROM events "
+            "SELECT time, type, reason, message, actor FROM events "
             "WHERE kind = ? AND name = ? ORDER BY id DESC LIMIT ?",
             (kind, name, limit),
         ).fetchall()

@@ -135,8 +135,9 @@ def traffic(status: dict[str, Any]) -> dict[str, int]:
 class ControlApi:
     """The gateway's `/api/v1`, with waits on an InferenceService's status."""
 
-    def __init__(self, url: str) -> None:
-        self.http = httpx.Client(base_url=url + "/api/v1", timeout=60.0, trust_env=False)
+    def __init__(self, url: str, token: str | None = None) -> None:
+        headers = {"authorization": f"Bearer {token}"} if token else None
+        self.http = httpx.Client(base_url=url + "/api/v1", timeout=60.0, trust_env=False, headers=headers)
 
     def close(self) -> None:
         self.http.close()
@@ -218,8 +219,11 @@ class Load:
         body: dict[str, Any],
         concurrency: int = 8,
         timeout: float = 10.0,
+        *,
+        token: str | None = None,
     ) -> None:
         self.url = f"{url}/v2/models/{model}/infer"
+        self.token = token
         self.body = json.dumps(body).encode()
         self.concurrency = concurrency
         self.timeout = timeout
@@ -242,6 +246,8 @@ class Load:
 
     def _run(self) -> None:
         headers = {"content-type": "application/json"}
+        if self.token:
+            headers["authorization"] = f"Bearer {self.token}"
         with httpx.Client(timeout=self.timeout, trust_env=False) as client:
             while not self._stop.is_set():
                 try:

@@ -13,6 +13,7 @@ import pwd
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -33,8 +34,10 @@ __all__ = [
     "GatewayProcess",
     "ReplicaProcess",
     "ServerProcess",
+    "TlsCertificates",
     "free_port",
     "fresh_database",
+    "make_certificates",
     "moto_server",
     "postgres_server",
     "processes_using",
@@ -116,10 +119,89 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+@dataclass(frozen=True)
+class TlsCertificates:
+    """A throwaway CA and a server certificate it issued for localhost, 127.0.0.1 and ::1 (PEM files)."""
+
+    ca: Path
+    cert: Path
+    key: Path
+
+    def context(self) -> ssl.SSLContext:
+        """A client context that trusts the CA."""
+        return ssl.create_default_context(cafile=self.ca)
+
+    def server_args(self) -> list[str]:
+        return ["--tls-cert", str(self.cert), "--tls-key", str(self.key)]
+
+
+def make_certificates(folder: Path) -> TlsCertificates:
+    """Make a CA and a server certificate (made here, with `cryptography`) under `folder`."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    now = datetime.datetime.now(datetime.UTC)
+
+    def name(common_name: str) -> x509.Name:
+        return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+
+    def issue(subject: str, key: Any, issuer: str, signer: Any, ca: bool) -> x509.Certificate:
+        builder = (
+            x509.CertificateBuilder()
+            .subject_name(name(subject))
+            .issuer_name(name(issuer))
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+            .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+            .add_extension(
+                x509.AuthorityKeyIdentifier.from_issuer_public_key(signer.public_key()), critical=False
+            )
+        )
+        if ca:
+            usage = x509.KeyUsage(False, False, False, False, False, True, True, False, False)
+            builder = builder.add_extension(usage, critical=True)
+        else:
+            names = [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+            names.append(x509.IPAddress(ipaddress.ip_address("::1")))
+            builder = builder.add_extension(x509.SubjectAlternativeName(names), critical=False)
+            usage = x509.KeyUsage(True, False, False, False, False, False, False, False, False)
+            builder = builder.add_extension(usage, critical=True)
+            builder = builder.add_extension(
+                x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False
+            )
+        return builder.sign(signer, hashes.SHA256())
+
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_cert = issue("servegate test CA", ca_key, "servegate test CA", ca_key, ca=True)
+    server_key = ec.generate_private_key(ec.SECP256R1())
+    server_cert = issue("127.0.0.1", server_key, "servegate test CA", ca_key, ca=False)
+
+    folder.mkdir(parents=True, exist_ok=True)
+    files = TlsCertificates(folder / "ca.pem", folder / "cert.pem", folder / "key.pem")
+    files.ca.write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
+    files.cert.write_bytes(server_cert.public_bytes(serialization.Encoding.PEM))
+    files.key.write_bytes(
+        server_key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
+    return files
+
+
 class ServerProcess:
     """A `servegate` sub-command, its output kept in a file; always stopped by `stop()`."""
 
     url: str
+    #: the CA its https certificate is checked against while waiting for it (None: plain http).
+    ca_cert: Path | None = None
 
     def __init__(self, command: list[str], env: dict[str, str] | None = None) -> None:
         # A file, not a pipe: a pipe nobody reads fills up and blocks a chatty server.
@@ -147,7 +229,8 @@ class ServerProcess:
             if self.process.poll() is not None:
                 raise RuntimeError(f"server exited with {self.process.returncode}:\n{self.output()}")
             try:
-                if httpx.get(self.url + path, timeout=1.0).status_code == 200:
+                verify = ssl.create_default_context(cafile=self.ca_cert) if self.ca_cert else True
+                if httpx.get(self.url + path, timeout=1.0, verify=verify).status_code == 200:
                     return
             except httpx.TransportError:
                 pass
@@ -182,30 +265,59 @@ class ServerProcess:
 
 
 class ReplicaProcess(ServerProcess):
-    """`servegate model serve ARGS` on 127.0.0.1 and free ports."""
+    """`servegate model serve ARGS` on 127.0.0.1 and free ports; over TLS with `tls`."""
 
-    def __init__(self, *args: str, env: dict[str, str] | None = None, grpc: bool = True) -> None:
+    def __init__(
+        self,
+        *args: str,
+        env: dict[str, str] | None = None,
+        grpc: bool = True,
+        tls: TlsCertificates | None = None,
+    ) -> None:
         self.http_port = free_port()
         self.grpc_port = free_port() if grpc else None
-        self.url = f"http://127.0.0.1:{self.http_port}"
+        self.url = f"{'https' if tls else 'http'}://127.0.0.1:{self.http_port}"
         self.grpc_url = f"127.0.0.1:{self.grpc_port}"
+        self.ca_cert = tls.ca if tls else None
         ports = ["--grpc-port", str(self.grpc_port)] if grpc else ["--no-grpc"]
+        ports += tls.server_args() if tls else []
         command = ["model", "serve", "--host", "127.0.0.1", "--http-port", str(self.http_port), *ports, *args]
         super().__init__(command, env)
 
 
 class GatewayProcess(ServerProcess):
-    """`servegate up ARGS` on 127.0.0.1 and free ports, its state under `state_dir`."""
+    """`servegate up ARGS` on 127.0.0.1 and free ports, its state under `state_dir`; over TLS with `tls`.
 
-    def __init__(self, state_dir: Path, *args: str, env: dict[str, str] | None = None) -> None:
+    `token` is the admin token the gateway writes into its state dir (None with --no-auth), and
+    `headers` carry it, for tests that call the gateway as its operator.
+    """
+
+    def __init__(
+        self,
+        state_dir: Path,
+        *args: str,
+        env: dict[str, str] | None = None,
+        tls: TlsCertificates | None = None,
+    ) -> None:
         self.http_port = free_port()
         self.grpc_port = free_port()
-        self.url = f"http://127.0.0.1:{self.http_port}"
+        self.url = f"{'https' if tls else 'http'}://127.0.0.1:{self.http_port}"
         self.grpc_url = f"127.0.0.1:{self.grpc_port}"
+        self.ca_cert = tls.ca if tls else None
         self.state_dir = state_dir
         command = ["up", "--host", "127.0.0.1", "--http-port", str(self.http_port)]
         command += ["--grpc-port", str(self.grpc_port), "--state-dir", str(state_dir), *args]
+        command += tls.server_args() if tls else []
         super().__init__(command, env)
+
+    @property
+    def token(self) -> str | None:
+        path = self.state_dir / "admin.token"
+        return path.read_text().strip() if path.exists() else None
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"authorization": f"Bearer {self.token}"} if self.token else {}
 
 
 def processes_using(folder: Path) -> set[int]:

@@ -10,6 +10,7 @@ since it needs the previous scrape.
 
 from __future__ import annotations
 
+import ssl
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -89,8 +90,14 @@ def rate(previous: tuple[float, float] | None, current: tuple[float, float]) -> 
 
 
 class ScrapeSource:
-    def __init__(self, timeout_s: float = 2.0) -> None:
-        self._client = httpx.AsyncClient(timeout=timeout_s, trust_env=False)
+    """`verify`: how https targets' certificates are checked (httpx's `verify`). `token`: the bearer
+    token `/metrics` needs (the gateway's metrics token; None: the targets are open)."""
+
+    def __init__(
+        self, timeout_s: float = 2.0, verify: ssl.SSLContext | bool = True, token: str | None = None
+    ) -> None:
+        headers = {"authorization": f"Bearer {token}"} if token else None
+        self._client = httpx.AsyncClient(timeout=timeout_s, trust_env=False, verify=verify, headers=headers)
 
     async def _get(self, base_url: str) -> str:
         try:

@@ -20,7 +20,9 @@ from tritonclient.grpc import model_config_pb2, service_pb2_grpc
 from tritonclient.grpc import service_pb2 as pb
 
 from predictors.dataplane import DataPlane
-from serving.errors import ErrorKind, as_serving_error
+from serving.auth import Guard
+from serving.auth.grpc import guarded
+from serving.errors import ErrorKind, InvalidInput, as_serving_error
 from serving.protocol import grpc_codec
 
 __all__ = ["build_grpc_server"]
@@ -31,8 +33,15 @@ log = logging.getLogger(__name__)
 class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
     """The RPCs; a failure raises, and `_guarded` turns it into the status the error table gives."""
 
-    def __init__(self, dataplane: DataPlane) -> None:
+    def __init__(self, dataplane: DataPlane, model_control: bool = False) -> None:
         self.dataplane = dataplane
+        self.model_control = model_control
+
+    def _model_control(self) -> None:
+        if not self.model_control:
+            raise InvalidInput(
+                "loading and unloading models is off on this server: start it with --model-control explicit"
+            )
 
     async def ServerLive(self, request: pb.ServerLiveRequest, context: Any) -> pb.ServerLiveResponse:
         return pb.ServerLiveResponse(live=self.dataplane.live())
@@ -98,17 +107,27 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
     async def RepositoryModelLoad(
         self, request: pb.RepositoryModelLoadRequest, context: Any
     ) -> pb.RepositoryModelLoadResponse:
+        self._model_control()
         await self.dataplane.load(request.model_name)
         return pb.RepositoryModelLoadResponse()
 
     async def RepositoryModelUnload(
         self, request: pb.RepositoryModelUnloadRequest, context: Any
     ) -> pb.RepositoryModelUnloadResponse:
+        self._model_control()
         await self.dataplane.unload(request.model_name)
         return pb.RepositoryModelUnloadResponse()
 
 
-def build_grpc_server(dataplane: DataPlane, max_message_bytes: int, reuse_port: bool = False) -> aio.Server:
+def build_grpc_server(
+    dataplane: DataPlane,
+    max_message_bytes: int,
+    reuse_port: bool = False,
+    guard: Guard | None = None,
+    model_control: bool = False,
+) -> aio.Server:
+    """The replica's gRPC server: every method but health behind `guard` (None: open);
+    `model_control` turns on RepositoryModelLoad/Unload."""
     options = [
         ("grpc.max_receive_message_length", max_message_bytes),
         ("grpc.max_send_message_length", -1),
@@ -117,7 +136,8 @@ def build_grpc_server(dataplane: DataPlane, max_message_bytes: int, reuse_port: 
         ("grpc.so_reuseport", 1 if reuse_port else 0),
     ]
     server = aio.server(options=options)
-    server.add_generic_rpc_handlers((_handlers(InferenceServicer(dataplane)),))
+    servicer = InferenceServicer(dataplane, model_control)
+    server.add_generic_rpc_handlers((_handlers(servicer, guard or Guard(None)),))
     return server
 
 
@@ -155,7 +175,7 @@ def _guarded(method: Callable[[Any, Any], Awaitable[Any]], name: str) -> Callabl
     return handle
 
 
-def _handlers(servicer: InferenceServicer) -> grpc.GenericRpcHandler:
+def _handlers(servicer: InferenceServicer, guard: Guard) -> grpc.GenericRpcHandler:
     """Handlers for the RPCs servegate implements; any other RPC answers UNIMPLEMENTED."""
     service = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"]
     base = service_pb2_grpc.GRPCInferenceServiceServicer
@@ -165,7 +185,7 @@ def _handlers(servicer: InferenceServicer) -> grpc.GenericRpcHandler:
         if implementation is None or implementation is getattr(base, method.name, None):
             continue
         handlers[method.name] = grpc.unary_unary_rpc_method_handler(
-            _guarded(getattr(servicer, method.name), method.name),
+            guarded(_guarded(getattr(servicer, method.name), method.name), method.name, guard),
             request_deserializer=_parser(getattr(pb, method.input_type.name)),
             response_serializer=lambda message: message.SerializeToString(),
         )

@@ -30,6 +30,9 @@ from predictors.server.grpc_service import build_grpc_server
 from predictors.server.rest import build_app
 from predictors.spec import ModelSpec
 from predictors.storage import StorageConfig
+from serving.auth import Authenticator, Guard
+from serving.auth.listen import exposure_warning, is_loopback_host
+from serving.auth.tls import TlsFiles, add_port
 
 __all__ = ["HttpServer", "Replica", "ReplicaOptions", "bind_socket", "http_server"]
 
@@ -43,7 +46,7 @@ class ReplicaOptions:
     drain_timeout_s: how long shutdown waits for in-flight requests, in seconds.
     """
 
-    host: str = "0.0.0.0"
+    host: str = "127.0.0.1"
     http_port: int = 8080
     grpc_port: int | None = 8081
     max_body_bytes: int = 256 * 1024 * 1024
@@ -55,6 +58,17 @@ class ReplicaOptions:
     shared_ports: bool = False
     #: where to write `{"http": port, "grpc": port | null, "pid": pid}` once both servers listen.
     port_file: Path | None = None
+    #: serve HTTPS and gRPC over TLS with these files; None: plain.
+    tls: TlsFiles | None = None
+    #: a non-loopback host with authentication off was allowed (--insecure): warn loudly at start.
+    insecure: bool = False
+    #: who may call every route but health (the engine's pool token, --token-file); None: anyone.
+    auth: Authenticator | None = None
+    #: the repository load/unload API is on (--model-control explicit).
+    model_control: bool = False
+    #: the models given at start are checked against `storage.policy` too (a gateway sent them);
+    #: False: they are the operator's, and only URIs from load requests are checked.
+    check_start_models: bool = False
 
 
 def bind_socket(host: str, port: int) -> socket.socket:
@@ -79,8 +93,11 @@ def _write_port_file(path: Path, ports: dict[str, int | None]) -> None:
     os.replace(tmp, path)
 
 
-def http_server(app: Any, access_log: bool, drain_timeout_s: float) -> HttpServer:
-    """uvicorn for an app served on sockets we bound, on the running loop, signals left to us."""
+def http_server(
+    app: Any, access_log: bool, drain_timeout_s: float, tls: TlsFiles | None = None
+) -> HttpServer:
+    """uvicorn for an app served on sockets we bound, on the running loop, signals left to us;
+    HTTPS when `tls` is given."""
     config = uvicorn.Config(
         app,
         lifespan="off",
@@ -89,6 +106,7 @@ def http_server(app: Any, access_log: bool, drain_timeout_s: float) -> HttpServe
         access_log=access_log,
         log_config=None,
         timeout_graceful_shutdown=drain_timeout_s,  # type: ignore[arg-type] - uvicorn takes floats too
+        **(tls.uvicorn_options() if tls is not None else {}),
     )
     return HttpServer(config)
 
@@ -112,7 +130,13 @@ class Replica:
         self.specs = specs
         self.registry = registry or CollectorRegistry()
         self.metrics = ReplicaMetrics(self.registry)
-        self.repository = ModelRepository(self.metrics, options.storage, options.model_repository, template)
+        self.repository = ModelRepository(
+            self.metrics,
+            options.storage,
+            options.model_repository,
+            template,
+            check_start_models=options.check_start_models,
+        )
         self.dataplane = DataPlane(self.repository, self.metrics)
         self.exposition = self.metrics.exposition()
         #: set once the start-up models have loaded (or failed to).
@@ -139,26 +163,43 @@ class Replica:
         opts = self.options
         sock = http_socket or bind_socket(opts.host, opts.http_port)
         self.http_port = sock.getsockname()[1]
-        app = build_app(self.dataplane, self.exposition, opts.max_body_bytes)
-        http = http_server(app, opts.access_log, opts.drain_timeout_s)
+        app = build_app(
+            self.dataplane,
+            self.exposition,
+            opts.max_body_bytes,
+            guard=Guard(opts.auth),
+            model_control=opts.model_control,
+            loopback_only=is_loopback_host(opts.host),
+        )
+        http = http_server(app, opts.access_log, opts.drain_timeout_s, opts.tls)
 
         grpc_server = None
         if opts.grpc_port is not None:
-            grpc_server = build_grpc_server(self.dataplane, opts.max_body_bytes, reuse_port=opts.shared_ports)
+            grpc_server = build_grpc_server(
+                self.dataplane,
+                opts.max_body_bytes,
+                reuse_port=opts.shared_ports,
+                guard=Guard(opts.auth),
+                model_control=opts.model_control,
+            )
             try:
-                self.grpc_port = grpc_server.add_insecure_port(f"{opts.host}:{opts.grpc_port}")
+                self.grpc_port = add_port(grpc_server, f"{opts.host}:{opts.grpc_port}", opts.tls)
             except RuntimeError as exc:
                 raise OSError(f"cannot listen on {opts.host}:{opts.grpc_port} for gRPC: {exc}") from None
             await grpc_server.start()
 
         http_task = asyncio.create_task(http.serve(sockets=[sock]), name="http")
         load_task = asyncio.create_task(self._load_models(), name="load-models")
+        scheme = "https" if opts.tls is not None else "http"
         log.info(
-            "replica listening: HTTP %s:%s, gRPC %s",
+            "replica listening: %s://%s:%s, gRPC %s",
+            scheme,
             opts.host,
             self.http_port,
-            f"{opts.host}:{self.grpc_port}" if grpc_server else "off",
+            f"{opts.host}:{self.grpc_port}{' (TLS)' if opts.tls else ''}" if grpc_server else "off",
         )
+        if opts.insecure and (warning := exposure_warning(opts.host, auth_enabled=False)):
+            log.warning(warning)
         if opts.port_file is not None:
             ports = {"http": self.http_port, "grpc": self.grpc_port, "pid": os.getpid()}
             _write_port_file(opts.port_file, ports)

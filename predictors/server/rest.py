@@ -5,15 +5,19 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route
 
 from predictors.dataplane import DataPlane
 from predictors.server._body import compress, read_body
+from serving.auth import Guard, Scope
+from serving.auth.hosts import LoopbackHostMiddleware
+from serving.auth.rest import ScopedRoute, require_scopes
 from serving.errors import ErrorKind, InvalidInput, as_serving_error
 from serving.protocol import v1, v2
 from serving.protocol.rest import EXCEPTION_HANDLERS, error_response, json_response
@@ -31,6 +35,7 @@ class _Endpoints:
         self.dataplane = dataplane
         self.registry = registry
         self.max_body = max_body_bytes
+        self.model_control = False
 
     # -- inference: one path for every protocol, so metrics and errors cannot drift apart ---------
 
@@ -136,7 +141,14 @@ class _Endpoints:
         options = v2.loads_object(body, "index request") if body.strip() else {}
         return json_response(self.dataplane.repository_index(bool(options.get("ready", False))))
 
+    def _model_control(self) -> None:
+        if not self.model_control:
+            raise InvalidInput(
+                "loading and unloading models is off on this server: start it with --model-control explicit"
+            )
+
     async def load(self, request: Request) -> Response:
+        self._model_control()
         # Triton's load request, plus servegate's `storage_uri` / `model_format` parameters: load a
         # model the replica was not started with (a gateway placing TrainedModels does this).
         body = await read_body(request, self.max_body)
@@ -151,37 +163,56 @@ class _Endpoints:
         return json_response({"name": request.path_params["model_name"], "load": True})
 
     async def unload(self, request: Request) -> Response:
+        self._model_control()
         await read_body(request, self.max_body)
         await self.dataplane.unload(request.path_params["model_name"])
         return json_response({"name": request.path_params["model_name"], "unload": True})
 
 
-def build_app(dataplane: DataPlane, registry: CollectorRegistry, max_body_bytes: int) -> Starlette:
+def build_app(
+    dataplane: DataPlane,
+    registry: CollectorRegistry,
+    max_body_bytes: int,
+    guard: Guard | None = None,
+    model_control: bool = False,
+    loopback_only: bool = False,
+) -> Starlette:
+    """The replica's ASGI app. Every route but health goes through `guard` (None: open);
+    `model_control` turns on the repository load/unload API (Triton's `--model-control-mode explicit`);
+    `loopback_only` (a server bound to loopback) refuses requests addressed to other host names."""
     e = _Endpoints(dataplane, registry, max_body_bytes)
+    e.model_control = model_control
+    guard = guard or Guard(None)
     model = "/v2/models/{model_name}"
     versioned = model + "/versions/{version}"
+
+    def route(path: str, endpoint: Any, required: Scope, method: str = "GET") -> ScopedRoute:
+        return ScopedRoute(path, endpoint, required=required, guard=guard, methods=[method])
+
     routes = [
-        Route("/", e.root),
-        Route("/metrics", e.metrics),
-        Route("/v1/models", e.v1_models),
-        Route("/v1/models/{model_name}", e.v1_model),
-        Route("/v1/models/{model_name}:predict", e.v1_predict, methods=["POST"]),
-        Route("/v2", e.server_metadata),
-        Route("/v2/health/live", e.live),
-        Route("/v2/health/ready", e.ready),
-        Route(model, e.model_metadata),
-        Route(versioned, e.model_metadata),
-        Route(model + "/config", e.model_config),
-        Route(versioned + "/config", e.model_config),
-        Route(model + "/ready", e.model_ready),
-        Route(versioned + "/ready", e.model_ready),
-        Route(model + "/infer", e.v2_infer, methods=["POST"]),
-        Route(versioned + "/infer", e.v2_infer, methods=["POST"]),
-        Route("/v2/repository/index", e.repository_index, methods=["POST"]),
-        Route("/v2/repository/models/{model_name}/load", e.load, methods=["POST"]),
-        Route("/v2/repository/models/{model_name}/unload", e.unload, methods=["POST"]),
+        route("/", e.root, Scope.HEALTH),
+        route("/metrics", e.metrics, Scope.METRICS),
+        route("/v1/models", e.v1_models, Scope.INFER),
+        route("/v1/models/{model_name}", e.v1_model, Scope.INFER),
+        route("/v1/models/{model_name}:predict", e.v1_predict, Scope.INFER, "POST"),
+        route("/v2", e.server_metadata, Scope.INFER),
+        route("/v2/health/live", e.live, Scope.HEALTH),
+        route("/v2/health/ready", e.ready, Scope.HEALTH),
+        route(model, e.model_metadata, Scope.INFER),
+        route(versioned, e.model_metadata, Scope.INFER),
+        route(model + "/config", e.model_config, Scope.INFER),
+        route(versioned + "/config", e.model_config, Scope.INFER),
+        route(model + "/ready", e.model_ready, Scope.HEALTH),
+        route(versioned + "/ready", e.model_ready, Scope.HEALTH),
+        route(model + "/infer", e.v2_infer, Scope.INFER, "POST"),
+        route(versioned + "/infer", e.v2_infer, Scope.INFER, "POST"),
+        route("/v2/repository/index", e.repository_index, Scope.INFER, "POST"),
+        route("/v2/repository/models/{model_name}/load", e.load, Scope.ADMIN, "POST"),
+        route("/v2/repository/models/{model_name}/unload", e.unload, Scope.ADMIN, "POST"),
     ]
+    require_scopes(routes)
     return Starlette(
         routes=routes,
         exception_handlers=EXCEPTION_HANDLERS,
+        middleware=[Middleware(LoopbackHostMiddleware)] if loopback_only else None,
     )

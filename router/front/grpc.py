@@ -9,7 +9,7 @@ message parsed and re-written. Server-level RPCs are answered here.
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 import grpc
@@ -20,6 +20,8 @@ from router.core import Router
 from router.forward import HttpReply
 from router.routes import Backend
 from serving import __version__
+from serving.auth import Guard, Target
+from serving.auth.grpc import guarded
 from serving.errors import ERROR_TABLE, InvalidInput, ServingError, as_serving_error
 from serving.protocol.rest import TRACE_HEADERS
 
@@ -102,7 +104,8 @@ class _GrpcFront:
                         if target is None:
                             raise ServingError(f"revision {backend.revision} serves no gRPC")
                         try:
-                            reply, _ = await self.router.grpc.call(target, path, body, forward, timeout)
+                            metadata = forward + backend.pool.auth_metadata
+                            reply, _ = await self.router.grpc.call(target, path, body, metadata, timeout)
                         except aio.AioRpcError as exc:
                             status = _HTTP_BY_CODE.get(exc.code(), 500)
                             return HttpReply(
@@ -156,13 +159,31 @@ def _renamed(message_class: Any, request: bytes, model: str) -> bytes:
     return message.SerializeToString()
 
 
-def build_gateway_grpc_server(router: Router, max_message_bytes: int) -> aio.Server:
+def build_gateway_grpc_server(
+    router: Router,
+    max_message_bytes: int,
+    guard: Guard | None = None,
+    targets: Callable[[], Mapping[str, Target]] = dict,
+) -> aio.Server:
+    """The gateway's gRPC server; every method behind `guard` with the scope `METHOD_SCOPES` gives it."""
     front = _GrpcFront(router)
-    handlers = {name: grpc.unary_unary_rpc_method_handler(front.forwarder(name)) for name in FORWARDED} | {
-        "ServerLive": grpc.unary_unary_rpc_method_handler(front.server_live),
-        "ServerReady": grpc.unary_unary_rpc_method_handler(front.server_ready),
-        "ServerMetadata": grpc.unary_unary_rpc_method_handler(front.server_metadata),
-        "RepositoryIndex": grpc.unary_unary_rpc_method_handler(front.repository_index),
+    guard = guard or Guard(None)
+
+    def target(request: bytes) -> Target | None:
+        try:
+            return targets().get(model_name_of(request))
+        except (InvalidInput, UnicodeDecodeError):
+            return None  # the handler says what is wrong with the message
+
+    implemented: dict[str, Any] = {name: (front.forwarder(name), target) for name in FORWARDED} | {
+        "ServerLive": (front.server_live, None),
+        "ServerReady": (front.server_ready, None),
+        "ServerMetadata": (front.server_metadata, None),
+        "RepositoryIndex": (front.repository_index, None),
+    }
+    handlers = {
+        name: grpc.unary_unary_rpc_method_handler(guarded(handler, name, guard, of))
+        for name, (handler, of) in implemented.items()
     }
     server = aio.server(
         options=[

@@ -7,16 +7,21 @@ are answered here; model-level ones go to a replica of the model, like inference
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import BaseRoute, Route
+from starlette.routing import BaseRoute
 
 from router.core import Router
 from serving import __version__
+from serving.auth import Guard, Scope, Target
+from serving.auth.hosts import LoopbackHostMiddleware
+from serving.auth.rest import ScopedRoute, require_scopes
 from serving.errors import ModelNotFound
 from serving.protocol.rest import EXCEPTION_HANDLERS, read_raw
 
@@ -102,33 +107,55 @@ def build_gateway_app(
     registry: CollectorRegistry,
     max_body_bytes: int,
     extra_routes: Sequence[BaseRoute] = (),
+    guard: Guard | None = None,
+    targets: Callable[[], Mapping[str, Target]] = dict,
+    loopback_only: bool = False,
 ) -> Starlette:
-    """The gateway's ASGI app: the data plane, `/metrics`, and `extra_routes` (control API, dashboard)."""
+    """The gateway's ASGI app: the data plane, `/metrics`, and `extra_routes` (control API, dashboard).
+
+    Every route declares its scope and goes through `guard` (None: authentication off); `targets()`
+    maps a model or graph name to its namespace for namespace- and service-limited tokens. A route
+    without a scope, here or in `extra_routes`, stops the build. `loopback_only` (a gateway bound
+    to loopback) refuses requests addressed to other host names (DNS rebinding).
+    """
     f = _Front(router, registry, max_body_bytes)
+    guard = guard or Guard(None)
     model = "/v2/models/{model_name}"
     versioned = model + "/versions/{version}"
+
+    def target(params: dict[str, Any]) -> Target | None:
+        return targets().get(params.get("model_name") or params.get("graph_name") or "")
+
+    def route(path: str, endpoint: Any, required: Scope, method: str = "GET") -> ScopedRoute:
+        named = "{model_name}" in path or "{graph_name}" in path
+        return ScopedRoute(
+            path, endpoint, required=required, guard=guard, target=target if named else None, methods=[method]
+        )
+
     routes: list[BaseRoute] = [
-        Route(model + "/infer", f.v2_infer, methods=["POST"]),
-        Route(versioned + "/infer", f.v2_infer, methods=["POST"]),
-        Route("/v1/models/{model_name}:predict", f.v1_predict, methods=["POST"]),
-        Route("/v1/models/{model_name}:explain", f.v1_explain, methods=["POST"]),
-        Route("/v1/models", f.v1_models),
-        Route("/v1/models/{model_name}", f.v1_model),
-        Route("/v2", f.server_metadata),
-        Route("/v2/health/live", f.live),
-        Route("/v2/health/ready", f.ready),
-        Route(model, f.v2_model),
-        Route(versioned, f.v2_model),
-        Route(model + "/ready", f.v2_model),
-        Route(versioned + "/ready", f.v2_model),
-        Route(model + "/config", f.v2_model),
-        Route(versioned + "/config", f.v2_model),
-        Route("/v2/repository/index", f.repository_index, methods=["POST"]),
-        Route("/graphs/{graph_name}", f.graph, methods=["POST"]),
-        Route("/metrics", f.metrics),
+        route(model + "/infer", f.v2_infer, Scope.INFER, "POST"),
+        route(versioned + "/infer", f.v2_infer, Scope.INFER, "POST"),
+        route("/v1/models/{model_name}:predict", f.v1_predict, Scope.INFER, "POST"),
+        route("/v1/models/{model_name}:explain", f.v1_explain, Scope.INFER, "POST"),
+        route("/v1/models", f.v1_models, Scope.INFER),
+        route("/v1/models/{model_name}", f.v1_model, Scope.INFER),
+        route("/v2", f.server_metadata, Scope.INFER),
+        route("/v2/health/live", f.live, Scope.HEALTH),
+        route("/v2/health/ready", f.ready, Scope.HEALTH),
+        route(model, f.v2_model, Scope.INFER),
+        route(versioned, f.v2_model, Scope.INFER),
+        route(model + "/ready", f.v2_model, Scope.HEALTH),
+        route(versioned + "/ready", f.v2_model, Scope.HEALTH),
+        route(model + "/config", f.v2_model, Scope.INFER),
+        route(versioned + "/config", f.v2_model, Scope.INFER),
+        route("/v2/repository/index", f.repository_index, Scope.INFER, "POST"),
+        route("/graphs/{graph_name}", f.graph, Scope.INFER, "POST"),
+        route("/metrics", f.metrics, Scope.METRICS),
         *extra_routes,
     ]
+    require_scopes(routes)
     return Starlette(
         routes=routes,
         exception_handlers=EXCEPTION_HANDLERS,
+        middleware=[Middleware(LoopbackHostMiddleware)] if loopback_only else None,
     )

@@ -5,8 +5,8 @@ The storage-and-trust policy (what a request may make the server read, fetch or 
 it in `storage.py`; TLS settings in `tls.py`.
 """
 
-from serving.auth.scopes import ROLE_SCOPES, Principal, Role, Scope, Target, refusal
 from serving.auth.guard import Authenticator, Guard, StaticTokens, bearer
+from serving.auth.scopes import ROLE_SCOPES, Principal, Role, Scope, Target, refusal
 
 __all__ = [
     "ROLE_SCOPES",

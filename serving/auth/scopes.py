@@ -85,8 +85,8 @@ class Target:
 def refusal(principal: Principal, scope: Scope, target: Target | None = None) -> str | None:
     """Why `principal` may not use `scope` on `target`, or None when it may."""
     if scope not in principal.scopes:
-        role = principal.role.value if principal.role else "this"
-        return f"token '{principal.name}' ({role} role) may not {_VERBS[scope]}"
+        role = f" ({principal.role.value} role)" if principal.role else ""
+        return f"token '{principal.name}'{role} may not {_VERBS[scope]}"
     if target is None:
         return None
     if (

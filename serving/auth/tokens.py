@@ -31,14 +31,18 @@ from serving.errors import InvalidInput, ModelNotFound, Unauthenticated
 
 __all__ = [
     "ADMIN_TOKEN_FILE",
+    "METRICS_TOKEN_FILE",
     "TokenConflict",
     "TokenInfo",
     "TokenStore",
     "parse_duration",
     "read_token_file",
+    "write_secret",
 ]
 
 ADMIN_TOKEN_FILE = "admin.token"
+#: the token Prometheus scrapes /metrics with (`servegate prometheus-config` points at it).
+METRICS_TOKEN_FILE = "metrics.token"
 NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
 _PREFIX = "sgt_"
 _ID_HEX = 12
@@ -89,6 +93,16 @@ def read_token_file(path: Path) -> str:
     if not token or not token[0].strip():
         raise ValueError(f"{path} holds no token")
     return token[0].strip()
+
+
+def write_secret(path: Path, secret: str) -> None:
+    """Write `secret` to `path`, readable by its owner only (0600) from the first byte on."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(secret + "\n")
+    os.replace(tmp, path)
 
 
 @dataclass(frozen=True, slots=True)
@@ -257,10 +271,5 @@ class TokenStore:
                 conn.execute(_tokens.delete().where(_tokens.c.name == name))
             self._by_id = {k: v for k, v in self._by_id.items() if k not in ids}
         _, token = self.create(name, Role.ADMIN, actor="servegate up")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(token + "\n")
-        os.replace(tmp, path)
+        write_secret(path, token)
         return True

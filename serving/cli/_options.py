@@ -4,11 +4,22 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, TypeVar
 
 import click
 
-__all__ = ["ByteSize", "listen_options", "output_option", "server_options"]
+__all__ = [
+    "TOKEN_HINT",
+    "ByteSize",
+    "given_token",
+    "listen_options",
+    "output_option",
+    "security_options",
+    "server_options",
+    "token_options",
+    "with_token_hint",
+]
 
 _UNITS = {
     "": 1,
@@ -58,7 +69,12 @@ def _options(*decorators: Callable[[F], F]) -> Callable[[F], F]:
 
 #: where a server listens: `--host`, `--http-port`, `--grpc-port` (replica and gateway alike).
 listen_options = _options(
-    click.option("--host", default="0.0.0.0", show_default=True, help="Interface to listen on."),
+    click.option(
+        "--host",
+        default="127.0.0.1",
+        show_default=True,
+        help="Interface to listen on (another than loopback needs authentication, or --insecure).",
+    ),
     click.option(
         "--http-port",
         type=click.IntRange(0, 65535),
@@ -72,6 +88,19 @@ listen_options = _options(
         default=8081,
         show_default=True,
         help="gRPC port (0: any free port).",
+    ),
+)
+
+_PEM = click.Path(exists=True, dir_okay=False, readable=True, path_type=Path)
+
+#: how a server may be reached: `--tls-cert`, `--tls-key`, `--insecure` (replica and gateway alike).
+security_options = _options(
+    click.option("--tls-cert", type=_PEM, help="Serve HTTPS and gRPC over TLS with this certificate (PEM)."),
+    click.option("--tls-key", type=_PEM, help="The private key (PEM, unencrypted) of --tls-cert."),
+    click.option(
+        "--insecure",
+        is_flag=True,
+        help="Allow listening on a non-loopback --host with authentication off (a trusted network only).",
     ),
 )
 
@@ -111,3 +140,57 @@ def output_option(help: str = "Text for people, or the objects as JSON or YAML."
         show_default=True,
         help=help,
     )
+
+
+# -- who the gateway is talking to ----------------------------------------------------------------
+
+#: where `--token` / `--token-file` are kept in the click context (shared by a group and its
+#: commands), so that no command needs parameters of its own for them: read with `given_token`.
+_TOKEN = "servegate.token"
+_TOKEN_FILE = "servegate.token_file"
+#: what an answer of 401 adds, so that the user learns how to give a token.
+TOKEN_HINT = (
+    "give --token or --token-file, set SERVEGATE_TOKEN, "
+    "or run on the machine of `servegate up` so its admin token file is found"
+)
+
+
+def _remember(key: str) -> Callable[[click.Context, click.Parameter, Any], None]:
+    def callback(ctx: click.Context, param: click.Parameter, value: Any) -> None:
+        if value is not None:
+            ctx.meta[key] = value
+
+    return callback
+
+
+#: `--token` and `--token-file`, the bearer token of a command that talks to the gateway. Without
+#: either, `serving._credentials.resolve_token` looks in SERVEGATE_TOKEN, SERVEGATE_TOKEN_FILE and,
+#: for a gateway on this machine, `servegate up`'s admin token file.
+token_options = _options(
+    click.option(
+        "--token",
+        metavar="TOKEN",
+        expose_value=False,
+        callback=_remember(_TOKEN),
+        help="Bearer token for the gateway [default: SERVEGATE_TOKEN, else the admin token of a "
+        "local `servegate up`].",
+    ),
+    click.option(
+        "--token-file",
+        type=click.Path(dir_okay=False, path_type=Path),
+        expose_value=False,
+        callback=_remember(_TOKEN_FILE),
+        help="Read the token from this file (mode 600) [default: SERVEGATE_TOKEN_FILE].",
+    ),
+)
+
+
+def given_token(ctx: click.Context | None = None) -> tuple[str | None, Path | None]:
+    """The `--token` and `--token-file` given to the running command or its group (None: not given)."""
+    meta = (ctx or click.get_current_context()).meta
+    return meta.get(_TOKEN), meta.get(_TOKEN_FILE)
+
+
+def with_token_hint(message: str, status: int | None) -> str:
+    """The gateway's message, and for a 401 (no token, or a bad one) how to give one."""
+    return f"{message} ({TOKEN_HINT})" if status == 401 else message

@@ -15,6 +15,10 @@ from prometheus_client import disable_created_metrics
 from pydantic import BaseModel, ConfigDict, model_validator
 
 from predictors.spec import ModelSpec, TrustPolicy
+from serving.auth import Authenticator
+from serving.auth.listen import check_exposure
+from serving.auth.storage import STORAGE_ROOTS_ENV, StoragePolicy
+from serving.auth.tls import TlsFiles, tls_files
 
 __all__ = ["ServeArgs", "prepare_process", "run_serve"]
 
@@ -26,7 +30,7 @@ class ServeArgs(BaseModel):
     uris: tuple[str, ...] = ()
     formats: tuple[str, ...] = ()
     model_repository: Path | None = None
-    host: str = "0.0.0.0"
+    host: str = "127.0.0.1"
     http_port: int = 8080
     grpc_port: int = 8081
     no_grpc: bool = False
@@ -45,6 +49,26 @@ class ServeArgs(BaseModel):
     port_file: Path | None = None
     access_log: bool = False
     log_level: str = "info"
+    #: bearer tokens this replica accepts (authentication is on iff given).
+    token_file: Path | None = None
+    #: allow a non-loopback --host with authentication off.
+    insecure: bool = False
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    #: "explicit": the repository load/unload API is on (Triton's --model-control-mode).
+    model_control: str = "none"
+    #: where load requests may read from (empty: the working directory) and fetch from.
+    storage_roots: tuple[Path, ...] = ()
+    allowed_hosts: tuple[str, ...] = ()
+
+    @property
+    def auth_enabled(self) -> bool:
+        return self.token_file is not None
+
+    @property
+    def tls(self) -> TlsFiles | None:
+        """The checked --tls-cert/--tls-key pair (None: plain HTTP and gRPC)."""
+        return TlsFiles(self.tls_cert, self.tls_key) if self.tls_cert and self.tls_key else None
 
     @model_validator(mode="after")
     def _check(self) -> ServeArgs:
@@ -65,7 +89,29 @@ class ServeArgs(BaseModel):
             raise ValueError("--workers > 1 needs fixed ports (the workers share them)")
         if self.workers > 1 and self.port_file is not None:
             raise ValueError("--port-file needs --workers 1")
+        tls_files(self.tls_cert, self.tls_key)
+        refusal = check_exposure(self.host, self.auth_enabled, self.insecure, enable_auth="give --token-file")
+        if refusal is not None:
+            raise ValueError(refusal)
+        try:
+            StoragePolicy(allowed_hosts=self.allowed_hosts)
+        except ValueError as exc:
+            raise ValueError(f"--allow-host: {exc}") from None
         return self
+
+    def storage_policy(self) -> tuple[StoragePolicy, bool]:
+        """The storage policy, and whether it applies to the command line's models too: a gateway
+        hands its policy down in the environment and every model it sends is checked (its manifests'
+        `args` must not widen it, so the flags give way); else the flags' policy checks only the
+        URIs of load requests."""
+        handed = StoragePolicy.from_env()
+        if handed is not None:
+            if self.storage_roots or self.allowed_hosts:
+                logging.getLogger(__name__).warning(
+                    "--storage-root/--allow-host ignored: $%s sets the storage policy", STORAGE_ROOTS_ENV
+                )
+            return handed, True
+        return StoragePolicy(self.storage_roots or (Path.cwd(),), self.allowed_hosts), False
 
     def template(self) -> ModelSpec:
         """Settings every model gets unless its own configuration says otherwise."""
@@ -111,6 +157,8 @@ def run_serve(args: ServeArgs) -> None:
             s3_endpoint_url=args.s3_endpoint or storage.s3_endpoint_url,
             http_timeout_s=storage.http_timeout_s,
         )
+    policy, check_start_models = args.storage_policy()
+    storage = dataclasses.replace(storage, policy=policy)
     options = ReplicaOptions(
         host=args.host,
         http_port=args.http_port,
@@ -122,6 +170,11 @@ def run_serve(args: ServeArgs) -> None:
         access_log=args.access_log,
         shared_ports=args.workers > 1,
         port_file=args.port_file,
+        tls=args.tls,
+        insecure=args.insecure and not args.auth_enabled,
+        auth=_authenticator(args.token_file),
+        model_control=args.model_control == "explicit",
+        check_start_models=check_start_models,
     )
     if args.workers > 1:
         from predictors.server.workers import run_workers
@@ -133,6 +186,28 @@ def run_serve(args: ServeArgs) -> None:
             runner.run(replica.run())
     except OSError as exc:
         raise click.ClickException(str(exc)) from None
+
+
+def _authenticator(token_file: Path | None) -> Authenticator | None:
+    """What the replica accepts: the tokens of --token-file (one a line), and the pool and metrics
+    tokens an engine puts in its environment; None when there are none (authentication off)."""
+    from serving.auth import Principal, Scope, StaticTokens
+    from serving.auth.internal import GATEWAY, METRICS_ENV, PROMETHEUS, REPLICA_TOKEN_ENV
+    from serving.auth.tokens import read_token_file
+
+    tokens: dict[str, Principal] = {}
+    if token_file is not None:
+        try:
+            read_token_file(token_file)  # refuses a file others can read, or an empty one
+        except (OSError, ValueError) as exc:
+            raise click.UsageError(f"--token-file: {exc}") from None
+        client = Principal("client", frozenset(Scope))
+        tokens = {line.strip(): client for line in token_file.read_text().splitlines() if line.strip()}
+    if pool := os.environ.get(REPLICA_TOKEN_ENV):
+        tokens[pool] = GATEWAY
+    if metrics := os.environ.get(METRICS_ENV):
+        tokens[metrics] = PROMETHEUS
+    return StaticTokens(tokens) if tokens else None
 
 
 def prepare_process(log_level: str) -> None:

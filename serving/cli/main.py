@@ -12,6 +12,7 @@ from serving.cli.pipeline import pipeline_group
 from serving.cli.prometheus import prometheus_config
 from serving.cli.registry import registry
 from serving.cli.resources import RESOURCE_COMMANDS
+from serving.cli.token import token_group
 from serving.cli.up import up
 
 __all__ = ["cli", "main"]
@@ -28,6 +29,7 @@ cli.add_command(pipeline_group)
 cli.add_command(up)
 cli.add_command(prometheus_config)
 cli.add_command(registry)
+cli.add_command(token_group)
 for command in RESOURCE_COMMANDS:
     cli.add_command(command)
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 from pydantic import ValidationError
 
-from serving.cli._options import listen_options, server_options
+from serving.cli._options import listen_options, security_options, server_options
 
 __all__ = ["model"]
 
@@ -46,6 +46,34 @@ def model() -> None:
     help="Serve every model in this folder (KServe/Triton layout).",
 )
 @listen_options
+@security_options
+@click.option(
+    "--token-file",
+    type=click.Path(exists=True, dir_okay=False, readable=True, path_type=Path),
+    help="The bearer tokens this replica accepts; turns authentication on.",
+)
+@click.option(
+    "--model-control",
+    type=click.Choice(["none", "explicit"]),
+    default="none",
+    show_default=True,
+    help="explicit: turn on the repository API that loads and unloads models (as Triton's).",
+)
+@click.option(
+    "--storage-root",
+    "storage_roots",
+    multiple=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Folder that load requests may read models from (repeatable) [default: the working "
+    "directory]. Models given on this command line are not limited.",
+)
+@click.option(
+    "--allow-host",
+    "allowed_hosts",
+    multiple=True,
+    help="Host name, address or CIDR, optionally with :PORT, that load requests may fetch from "
+    "although it is loopback, private or link-local (repeatable).",
+)
 @click.option("--no-grpc", is_flag=True, help="Do not serve gRPC.")
 @click.option(
     "--max-batch-size",
@@ -117,6 +145,7 @@ def serve(**kw: object) -> None:
     servegate model serve --model-name mlp --model-uri ./mlp.onnx
     servegate model serve --model-name a --model-uri a.onnx --model-name b --model-uri s3://bucket/b/
     servegate model serve --model-repository ./models --max-batch-size 32 --max-latency-ms 2
+    servegate model serve --model-name mlp --model-uri ./mlp.onnx --tls-cert cert.pem --tls-key key.pem
     """
     from serving.cli._serve import ServeArgs, run_serve
 

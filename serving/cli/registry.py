@@ -1,10 +1,14 @@
 """`servegate registry ...`: register model versions, move aliases, set promotion gates, read the
 audit log.
 
-Which registry, like MLflow's tracking URI: `--registry` (or SERVEGATE_REGISTRY_URL) is either a
-running gateway (`http://...`, `https://...`, spoken to through `RegistryClient`) or a SQLAlchemy
-database URL used directly, with `--artifacts` as its artifact store. Without either, the database
-and artifacts live under `--state-dir` (`.servegate`), where `servegate up` keeps its state.
+Which registry, like MLflow's tracking URI, found by one rule (`_registry_url`): the first of
+`--registry`, `--url`, SERVEGATE_REGISTRY_URL and SERVEGATE_URL. `--url` and SERVEGATE_URL name a
+gateway, as they do for `servegate get` and `apply`; `--registry` and SERVEGATE_REGISTRY_URL either
+a gateway (`http://...`, `https://...`) or a SQLAlchemy database URL used directly, with
+`--artifacts` as its artifact store. A gateway is spoken to through `RegistryClient`, with the
+token of `--token` / `--token-file` (else SERVEGATE_TOKEN, else the admin token in `--state-dir`
+for a gateway on this machine). With none of the four, the database and artifacts live under
+`--state-dir` (`.servegate`), where `servegate up` keeps its state.
 
 A registry error prints `error: MESSAGE` on stderr and exits 1; bad arguments are usage errors
 (exit 2).
@@ -13,6 +17,7 @@ A registry error prints `error: MESSAGE` on stderr and exits 1; bad arguments ar
 from __future__ import annotations
 
 import contextlib
+import os
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -20,8 +25,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
+from click.core import ParameterSource
 
-from serving.cli._options import output_option
+from serving.cli._options import given_token, output_option, token_options, with_token_hint
 from serving.cli._output import dump, fail, print_table
 from serving.cli._registry_args import parse_gate, parse_pairs, parse_ref
 
@@ -79,6 +85,11 @@ class _Target:
     url: str | None
     artifacts: str | None
     state_dir: Path
+    #: the CA certificate an https gateway's certificate is checked against (None: SERVEGATE_CA_CERT).
+    ca_cert: Path | None = None
+    #: --token / --token-file (None: found by `serving._credentials.resolve_token`).
+    token: str | None = None
+    token_file: Path | None = None
 
     @property
     def is_gateway(self) -> bool:
@@ -86,10 +97,18 @@ class _Target:
 
     def open(self) -> Registry | RegistryClient:
         if self.is_gateway:
+            from serving._credentials import CredentialsError, resolve_token
+            from serving.client import ServegateError
             from serving.registry.client import RegistryClient
             from serving.registry.types import default_actor
 
-            return RegistryClient(self.url, actor=default_actor())
+            try:  # the admin token of a local gateway is in this --state-dir
+                token = resolve_token(
+                    self.token, self.url, token_file=self.token_file, state_dir=self.state_dir
+                )
+            except CredentialsError as exc:
+                raise ServegateError(str(exc)) from None
+            return RegistryClient(self.url, token=token, actor=default_actor(), ca_cert=self.ca_cert)
         from serving.registry import Registry, RegistryConfig
 
         defaults = RegistryConfig.from_env(self.state_dir)
@@ -108,7 +127,22 @@ def _backend(target: _Target) -> Iterator[Registry | RegistryClient]:
     except GatewayUnreachable as exc:
         fail(f"cannot reach the gateway at {exc.url} (is `servegate up` running?)")
     except (RegistryError, ServegateError) as exc:
-        fail(exc.message)
+        # A registry's own errors are never 401: that status is the gateway's, asking for a token.
+        fail(with_token_hint(exc.message, exc.status))
+
+
+def _registry_url(ctx: click.Context, registry_url: str | None, gateway_url: str | None) -> str | None:
+    """The one rule: `--registry`, else `--url`, else SERVEGATE_REGISTRY_URL, else SERVEGATE_URL;
+    None for the database in the state dir. A flag beats a variable, and of two flags or two
+    variables the registry's own wins. `--url` and SERVEGATE_URL are gateways (http:// implied)."""
+    given = ctx.get_parameter_source("url") is ParameterSource.COMMANDLINE
+    if registry_url and given:
+        return registry_url
+    gateway_url = gateway_url or (None if registry_url else os.environ.get("SERVEGATE_URL"))
+    if gateway_url:
+        gateway_url = gateway_url.rstrip("/")
+        return gateway_url if "://" in gateway_url else f"http://{gateway_url}"
+    return registry_url
 
 
 def _emit(value: Any, output: str, text: Callable[[], str]) -> None:
@@ -124,9 +158,17 @@ def _emit(value: Any, output: str, text: Callable[[], str]) -> None:
     "url",
     metavar="URL",
     envvar="SERVEGATE_REGISTRY_URL",
-    show_default="SERVEGATE_REGISTRY_URL, else sqlite:///STATE_DIR/registry.db",
+    show_default="SERVEGATE_REGISTRY_URL; see above",
     help="A gateway (http://HOST:PORT) or a SQLAlchemy database URL (sqlite:///PATH, postgresql+psycopg://...).",
 )
+@click.option(
+    "--url",
+    "gateway_url",
+    metavar="URL",
+    show_default="SERVEGATE_URL",
+    help="A gateway (`servegate up`), as for `servegate get`: the registry commands talk to it.",
+)
+@token_options
 @click.option(
     "--artifacts",
     metavar="PATH|s3://BUCKET/PREFIX",
@@ -142,16 +184,37 @@ def _emit(value: Any, output: str, text: Callable[[], str]) -> None:
     show_default=True,
     help="Where the default database and artifacts live (servegate up's state dir).",
 )
+@click.option(
+    "--ca-cert",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    envvar="SERVEGATE_CA_CERT",
+    help="CA certificate (PEM) to check an https gateway's certificate with [default: SERVEGATE_CA_CERT].",
+)
 @click.pass_context
-def registry(ctx: click.Context, url: str | None, artifacts: str | None, state_dir: Path) -> None:
+def registry(
+    ctx: click.Context,
+    url: str | None,
+    gateway_url: str | None,
+    artifacts: str | None,
+    state_dir: Path,
+    ca_cert: Path | None,
+) -> None:
     """Model versions, aliases and promotion gates.
+
+    Which registry: the first of --registry, --url, SERVEGATE_REGISTRY_URL and SERVEGATE_URL,
+    else the database in --state-dir. So with SERVEGATE_URL set (or --url given), these commands
+    talk to that gateway, like `servegate get` and `apply` do; --registry also takes a database
+    URL.
 
     \b
     servegate registry register mlp model.onnx --metric accuracy=0.97
     servegate registry alias mlp production 3
-    servegate registry --registry http://127.0.0.1:8080 list
+    servegate registry --url http://127.0.0.1:8080 list
     """
-    ctx.obj = _Target(url, artifacts, state_dir)
+    token, token_file = given_token(ctx)
+    ctx.obj = _Target(
+        _registry_url(ctx, url, gateway_url), artifacts, state_dir, ca_cert, token, token_file
+    )
 
 
 @registry.command()

@@ -1,9 +1,12 @@
 """`servegate apply / get / describe / delete / promote / rollback / predict`: a running gateway's
 resources and models from the shell, through `serving.Client` (kubectl's verbs and output).
 
-Every command takes `--url` (default `SERVEGATE_URL`, else http://127.0.0.1:8080). An error the
-gateway reports prints `error: MESSAGE` (and each manifest problem) on stderr and exits 1; bad
-arguments are usage errors (exit 2).
+Every command takes `--url` (default `SERVEGATE_URL`, else http://127.0.0.1:8080), `--token` /
+`--token-file` (default `SERVEGATE_TOKEN`, else the admin token of a `servegate up` on this
+machine) and `--ca-cert` (default `SERVEGATE_CA_CERT`, for an https gateway's certificate):
+`gateway_options`, which `servegate token` uses too. An error the gateway reports prints
+`error: MESSAGE` (and each manifest problem) on stderr and exits 1; bad arguments are usage
+errors (exit 2).
 """
 
 from __future__ import annotations
@@ -11,28 +14,52 @@ from __future__ import annotations
 import contextlib
 import json
 import time
-from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
-from serving.cli._options import output_option
+from serving.cli._options import given_token, output_option, token_options, with_token_hint
 from serving.cli._output import describe_resource, dump, fail, parse_time, print_table, rows_for
 
 if TYPE_CHECKING:
     from serving.client import Client
 
-__all__ = ["RESOURCE_COMMANDS"]
+__all__ = ["RESOURCE_COMMANDS", "gateway_client", "gateway_options"]
 
 _TYPES_HELP = "TYPE is isvc (inferenceservice), tm (trainedmodel) or ig (inferencegraph)."
 
-_url_option = click.option(
-    "--url",
-    metavar="URL",
-    default=None,
-    show_default="SERVEGATE_URL, else http://127.0.0.1:8080",
-    help="The gateway (`servegate up`).",
-)
+F = TypeVar("F", bound=Callable[..., Any])
+#: where `--ca-cert` is kept for `gateway_client`, so that no command needs a parameter of its own for it.
+_CA_CERT = "servegate.ca_cert"
+
+
+def _remember_ca_cert(ctx: click.Context, param: click.Parameter, value: Path | None) -> None:
+    if value is not None:
+        ctx.meta[_CA_CERT] = value
+
+
+def gateway_options(function: F) -> F:
+    """`--url` (a parameter of the command), `--token` / `--token-file` and `--ca-cert` (read by
+    `gateway_client`)."""
+    function = token_options(function)
+    function = click.option(
+        "--ca-cert",
+        type=click.Path(exists=True, dir_okay=False, path_type=Path),
+        envvar="SERVEGATE_CA_CERT",
+        expose_value=False,
+        callback=_remember_ca_cert,
+        help="CA certificate (PEM) to check an https gateway's certificate with "
+        "[default: SERVEGATE_CA_CERT].",
+    )(function)
+    return click.option(
+        "--url",
+        metavar="URL",
+        default=None,
+        show_default="SERVEGATE_URL, else http://127.0.0.1:8080",
+        help="The gateway (`servegate up`).",
+    )(function)
 
 
 class ResourceType(click.ParamType):
@@ -50,17 +77,20 @@ class ResourceType(click.ParamType):
 
 
 @contextlib.contextmanager
-def _gateway(url: str | None) -> Iterator[Client]:
-    """A client for the command; any error it raises becomes `error: ...` and exit status 1."""
+def gateway_client(url: str | None) -> Iterator[Client]:
+    """A client for the command (`gateway_options`); any error it raises becomes `error: ...` and
+    exit status 1, with how to give a token when the gateway asks for one."""
     from serving.client import Client, GatewayUnreachable, ServegateError
 
+    token, token_file = given_token()
+    ca_cert = click.get_current_context().meta.get(_CA_CERT)
     try:
-        with Client(url) as client:
+        with Client(url, token=token, token_file=token_file, ca_cert=ca_cert) as client:
             yield client
     except GatewayUnreachable as exc:
         fail(f"cannot reach the gateway at {exc.url} (is `servegate up` running?)")
     except ServegateError as exc:
-        fail(exc.message, exc.problems)
+        fail(with_token_hint(exc.message, exc.status), exc.problems)
 
 
 # -- apply ----------------------------------------------------------------------------------------
@@ -84,7 +114,7 @@ def _gateway(url: str | None) -> Iterator[Client]:
     show_default=True,
     help="Seconds --wait waits, for all services together.",
 )
-@_url_option
+@gateway_options
 def apply(paths: tuple[str, ...], wait: bool, timeout: float, url: str | None) -> None:
     """Create or update resources from manifests, all or nothing.
 
@@ -93,7 +123,7 @@ def apply(paths: tuple[str, ...], wait: bool, timeout: float, url: str | None) -
     servegate apply -f manifests/ --wait
     cat iris.yaml | servegate apply -f -
     """
-    with _gateway(url) as client:
+    with gateway_client(url) as client:
         result = client.apply_files(paths)
         for warning in result.warnings:
             click.echo(f"warning: {warning}", err=True)
@@ -135,7 +165,7 @@ def _wait_ready(client: Client, names: list[str], timeout: float) -> None:
 @click.argument("plural", metavar="TYPE", type=ResourceType())
 @click.argument("name", required=False)
 @output_option("Table, or the full objects with their status.")
-@_url_option
+@gateway_options
 def get(plural: str, name: str | None, output: str, url: str | None) -> None:
     """List resources of a type, or show one.
 
@@ -143,7 +173,7 @@ def get(plural: str, name: str | None, output: str, url: str | None) -> None:
     servegate get isvc
     servegate get isvc iris -o yaml
     """
-    with _gateway(url) as client:
+    with gateway_client(url) as client:
         items = [client.get(plural, name)] if name else client.list(plural)
         if output != "table":
             # Like kubectl: one object, or a List of them (either applies again as it is).
@@ -173,7 +203,7 @@ def _created(client: Client, plural: str, obj: dict[str, Any]) -> float | None:
 @click.command(epilog=_TYPES_HELP)
 @click.argument("plural", metavar="TYPE", type=ResourceType())
 @click.argument("name")
-@_url_option
+@gateway_options
 def describe(plural: str, name: str, url: str | None) -> None:
     """Show a resource in detail: spec, conditions, revisions and traffic, replicas, events.
 
@@ -182,7 +212,7 @@ def describe(plural: str, name: str, url: str | None) -> None:
     """
     from serving.client import kind_of
 
-    with _gateway(url) as client:
+    with gateway_client(url) as client:
         obj = client.get(plural, name)
         events = client.events(plural, name)
     click.echo(describe_resource(kind_of(plural), obj, events, time.time()))
@@ -191,12 +221,12 @@ def describe(plural: str, name: str, url: str | None) -> None:
 @click.command(epilog=_TYPES_HELP)
 @click.argument("plural", metavar="TYPE", type=ResourceType())
 @click.argument("name")
-@_url_option
+@gateway_options
 def delete(plural: str, name: str, url: str | None) -> None:
     """Delete a resource (an InferenceService's replicas are stopped)."""
     from serving.client import kind_of
 
-    with _gateway(url) as client:
+    with gateway_client(url) as client:
         client.delete(plural, name)
     click.echo(f"{kind_of(plural).lower()}/{name} deleted")
 
@@ -206,19 +236,19 @@ def delete(plural: str, name: str, url: str | None) -> None:
 
 @click.command()
 @click.argument("name")
-@_url_option
+@gateway_options
 def promote(name: str, url: str | None) -> None:
     """Give an InferenceService's canary revision all of its traffic."""
-    with _gateway(url) as client:
+    with gateway_client(url) as client:
         click.echo(client.promote(name))
 
 
 @click.command()
 @click.argument("name")
-@_url_option
+@gateway_options
 def rollback(name: str, url: str | None) -> None:
     """Send all of an InferenceService's traffic back to the previous rolled-out revision."""
-    with _gateway(url) as client:
+    with gateway_client(url) as client:
         click.echo(client.rollback(name))
 
 
@@ -248,7 +278,7 @@ def rollback(name: str, url: str | None) -> None:
     metavar="HOST:PORT",
     help="The gateway's gRPC address (default: SERVEGATE_GRPC_URL, else the --url host on port 8081).",
 )
-@_url_option
+@gateway_options
 def predict(
     name: str, data: str | None, file: Any, protocol: str, grpc_url: str | None, url: str | None
 ) -> None:
@@ -268,7 +298,7 @@ def predict(
         payload = json.loads(text)
     except json.JSONDecodeError as exc:
         raise click.BadParameter(f"not valid JSON: {exc}", param_hint=hint) from None
-    with _gateway(url) as client:
+    with gateway_client(url) as client:
         response = client.predict(name, payload, protocol=protocol, grpc_url=grpc_url)
     click.echo(dump(response, "json"))
 

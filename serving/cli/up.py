@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 import uvloop
 
-from serving.cli._options import listen_options, server_options
+from serving.cli._options import listen_options, security_options, server_options
 
 __all__ = ["up"]
 
@@ -33,6 +33,18 @@ _SCALING_FLAGS = {
     help="Manifest file or folder to apply at start (repeatable).",
 )
 @listen_options
+@security_options
+@click.option(
+    "--no-auth",
+    is_flag=True,
+    help="Turn token authentication off (only on loopback, or with --insecure).",
+)
+@click.option(
+    "--anonymous-inference",
+    is_flag=True,
+    help="Open every service's data plane to callers without a token, as KServe's is (the control "
+    "API still needs one). One service: the annotation serving.servegate.io/anonymous-inference: 'true'.",
+)
 @click.option(
     "--state-dir",
     type=click.Path(file_okay=False, path_type=Path),
@@ -124,6 +136,11 @@ def up(
     host: str,
     http_port: int,
     grpc_port: int,
+    tls_cert: Path | None,
+    tls_key: Path | None,
+    insecure: bool,
+    no_auth: bool,
+    anonymous_inference: bool,
     state_dir: Path,
     registry_url: str | None,
     artifacts: str | None,
@@ -147,8 +164,11 @@ def up(
     \b
     servegate up -f examples/iris.yaml
     servegate up --http-port 9000 --grpc-port 9001 --state-dir /var/lib/servegate
+    servegate up --host 0.0.0.0 --tls-cert cert.pem --tls-key key.pem
     """
     from autoscaler.config import ConfigError, GlobalScalingDefaults
+    from serving.auth.listen import check_exposure
+    from serving.auth.tls import tls_files
     from serving.cli._serve import prepare_process
     from serving.gateway import Gateway, GatewayOptions
     from serving.registry import RegistryConfig, RegistryError
@@ -168,6 +188,14 @@ def up(
         raise click.UsageError(
             "; ".join(f"{_SCALING_FLAGS.get(p.path, p.path)}: {p.message}" for p in exc.problems)
         ) from None
+    auth = not no_auth
+    refusal = check_exposure(host, auth, insecure, enable_auth="leave token authentication on (no --no-auth)")
+    if refusal is not None:
+        raise click.UsageError(refusal)
+    try:
+        tls = tls_files(tls_cert, tls_key)
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
     prepare_process(log_level)
     defaults = RegistryConfig.from_env(state_dir)
     registry = RegistryConfig(url=registry_url or defaults.url, artifacts=artifacts or defaults.artifacts)
@@ -175,6 +203,10 @@ def up(
         host=host,
         http_port=http_port,
         grpc_port=grpc_port,
+        tls=tls,
+        auth=auth,
+        anonymous_inference=anonymous_inference,
+        insecure=insecure,
         state_dir=state_dir,
         registry=registry,
         manifests=manifests,

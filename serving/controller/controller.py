@@ -24,6 +24,9 @@ from router.payload_logger import LoggerSpec
 from router.policies.placement import Budget
 from router.policies.traffic import effective_weights
 from router.routes import Backend, Experiment, ModelRoute, RoutingTable, ServiceRoute, Shadow, Split, Variant
+from serving.auth import Target
+from serving.auth.internal import CALLER_ENV, InternalCredentials
+from serving.auth.storage import StoragePolicy
 from serving.controller import rollout as policy
 from serving.controller.following import RegistryFollower, uses_registry
 from serving.controller.status import ConditionClock, service_status
@@ -44,6 +47,8 @@ RETIRE_QUIET_S = 1.0
 RETIRE_LIMIT_S = 120.0
 #: InferenceService annotation: how many TrainedModels one replica may hold (LRU beyond that).
 MAX_MODELS_ANNOTATION = "serving.servegate.io/max-models-per-replica"
+#: InferenceService annotation: "true" opens its data plane to callers without a token (KServe's way).
+ANONYMOUS_INFERENCE_ANNOTATION = "serving.servegate.io/anonymous-inference"
 
 
 class NotFound(KeyError):
@@ -96,6 +101,12 @@ class Controller:
         #: seconds between two looks at the registry for moved aliases.
         self.registry_poll_s = 1.0
         self._follower: RegistryFollower | None = None
+        #: set by the gateway: the tokens its replicas accept, and its own parts call it back with.
+        self.credentials: InternalCredentials | None = None
+        #: data-plane name -> permission target (namespace, names, anonymous inference), for the guard.
+        self.targets: dict[str, Target] = {}
+        #: set by the gateway: what manifests may make it and its replicas read or fetch (None: anything).
+        self.storage_policy: StoragePolicy | None = None
 
     # -- lifecycle --------------------------------------------------------------------------------
 
@@ -133,8 +144,9 @@ class Controller:
 
     # -- commands ---------------------------------------------------------------------------------
 
-    async def apply(self, resources: list[Resource]) -> list[dict[str, str]]:
-        """Store and reconcile already-validated resources; returns kubectl-style results."""
+    async def apply(self, resources: list[Resource], actor: str = "") -> list[dict[str, str]]:
+        """Store and reconcile already-validated resources; returns kubectl-style results. `actor`:
+        who asked (the caller's token name), kept in the events."""
         results = []
         for resource in resources:
             kind, name = resource.kind, resource.metadata.name
@@ -146,12 +158,13 @@ class Controller:
             action = self.store.put_resource(kind, name, manifest)
             self._remember(resource)
             if action != "unchanged":
-                self.store.add_event(kind, name, "Normal", action.capitalize(), f"{kind} {name} {action}")
+                message = f"{kind} {name} {action}"
+                self.store.add_event(kind, name, "Normal", action.capitalize(), message, actor)
             results.append({"kind": kind, "name": name, "action": action})
         self._mark(*self.services)
         return results
 
-    async def delete(self, kind: str, name: str) -> None:
+    async def delete(self, kind: str, name: str, actor: str = "") -> None:
         table = {
             "InferenceService": self.services,
             "TrainedModel": self.trained_models,
@@ -161,17 +174,18 @@ class Controller:
             raise NotFound(f"{kind} '{name}' not found")
         del table[kind][name]
         self.store.delete_resource(kind, name)
+        self.store.add_event(kind, name, "Normal", "Deleted", f"{kind} {name} deleted", actor)
         if kind == "TrainedModel":
             self._background(self.router.placer.retire(name))
         self._mark(name if kind == "InferenceService" else "")
 
-    async def promote(self, name: str) -> str:
-        return await self._move(name, "promote")
+    async def promote(self, name: str, actor: str = "") -> str:
+        return await self._move(name, "promote", actor)
 
-    async def rollback(self, name: str) -> str:
-        return await self._move(name, "rollback")
+    async def rollback(self, name: str, actor: str = "") -> str:
+        return await self._move(name, "rollback", actor)
 
-    async def _move(self, name: str, how: str) -> str:
+    async def _move(self, name: str, how: str, actor: str = "") -> str:
         if name not in self.services:
             raise NotFound(f"InferenceService '{name}' not found")
         await self.settled()
@@ -185,10 +199,12 @@ class Controller:
             moved = policy.rollback(current, canary=traffic[-1][0] if len(traffic) > 1 else None)
         serving = next((r for r in state.revisions if r.name == moved.latest), None) if state else None
         if serving is not None and self._follower is not None:
-            await self._follower.sync_aliases(name, self.services[name], serving.spec.get("storage_uri"), how)
+            await self._follower.sync_aliases(
+                name, self.services[name], serving.spec.get("storage_uri"), how, actor
+            )
         self.store.set_rollout(name, "predictor", moved)
         message = f"{how}: revision {moved.latest} takes 100% of traffic"
-        self.store.add_event("InferenceService", name, "Normal", how.capitalize(), message)
+        self.store.add_event("InferenceService", name, "Normal", how.capitalize(), message, actor)
         self._mark(name)
         await self.settled()
         return message
@@ -291,6 +307,7 @@ class Controller:
             if self.trained_models and self._follower is not None:
                 await self._follower.refresh(self.trained_models.values())
             self.router.set_table(self._table())
+            self.targets = self._targets()
             # Only now that no route names them may old revisions go (drain at the router first).
             for revision in self._to_retire:
                 self._retiring[revision] = asyncio.create_task(self._retire(revision))
@@ -453,6 +470,10 @@ class Controller:
             # The transformer calls its predictor through this gateway (predictors.transformer).
             protocol = self.services[service].components()["predictor"].protocol
             env += (("SERVEGATE_PREDICTOR_URL", self.gateway_url), ("SERVEGATE_PREDICTOR_PROTOCOL", protocol))
+            if self.credentials is not None:  # its calls may infer on this service only
+                env += ((CALLER_ENV, self.credentials.caller_token(service)),)
+        if self.storage_policy is not None:  # after the manifest's env: the later value wins
+            env += tuple(self.storage_policy.to_env().items())
         return ReplicaSpec(
             revision=row.name,
             models=models,
@@ -488,6 +509,7 @@ class Controller:
                 component.container_concurrency,
                 on_starved=self._starved,
                 activation_timeout_s=self.activation_timeout_s,
+                token=self.credentials.pool_token(revision) if self.credentials else None,
             ),
         )
         await self.engine.scale(self._replica_spec(service, row), count)
@@ -529,6 +551,24 @@ class Controller:
                 loggers={kind: spec for kind, state in states.items() if (spec := _logger(state.component))},
             )
         return RoutingTable(services=services, models=self._model_routes(), graphs=self._graph_runners())
+
+    def _targets(self) -> dict[str, Target]:
+        """Every name the data plane answers to, as a permission target: its namespace, the names
+        a `--service` token may use for it, and whether it is open to anonymous inference."""
+        targets = {}
+        for name, isvc in self.services.items():
+            anonymous = isvc.metadata.annotations.get(ANONYMOUS_INFERENCE_ANNOTATION, "") == "true"
+            targets[name] = Target(isvc.metadata.namespace, frozenset({name}), anonymous)
+        for name, tm in self.trained_models.items():
+            host = targets.get(tm.spec.inference_service)
+            targets[name] = Target(
+                tm.metadata.namespace,
+                frozenset({name, tm.spec.inference_service}),
+                host.anonymous_inference if host else False,
+            )
+        for name, graph in self.graphs.items():
+            targets[name] = Target(graph.metadata.namespace, frozenset({name}))
+        return targets
 
     def _model_routes(self) -> dict[str, ModelRoute]:
         routes = {}

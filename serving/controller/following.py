@@ -92,7 +92,7 @@ class RegistryFollower:
         return dataclasses.replace(component, storage_uri=f"registry://{followed.model}/{version}")
 
     async def sync_aliases(
-        self, name: str, isvc: InferenceService, serving_uri: str | None, how: str
+        self, name: str, isvc: InferenceService, serving_uri: str | None, how: str, actor: str = ""
     ) -> None:
         """After a promote or rollback (`how`) of a service that follows an alias: move the alias to
         the version now taking the traffic (`serving_uri`, its pinned URI; through the alias's gates
@@ -103,7 +103,12 @@ class RegistryFollower:
             return
         version = parse_uri(serving_uri).version  # type: ignore[arg-type]
         canary = _canary_alias(isvc)
-        actor = f"servegate {how} inferenceservice/{name}"
+        # The audit log names who asked (their token), and what moved the alias on their behalf.
+        actor = (
+            f"{actor} (servegate {how} inferenceservice/{name})"
+            if actor
+            else f"servegate {how} inferenceservice/{name}"
+        )
 
         def sync() -> None:
             aliases = self.registry.model(followed.model).aliases

@@ -48,6 +48,8 @@ def serve_command(
     """
     command = [python, "-m", "serving", "model", "serve", "--host", "127.0.0.1"]
     command += ["--http-port", "0", "--grpc-port", "0", "--port-file", str(port_file)]
+    # The gateway loads TrainedModels onto replicas; only it holds the pool token that may.
+    command += ["--model-control", "explicit"]
     with_formats = bool(spec.models) and all(m.format for m in spec.models)
     for m in spec.models:
         command += ["--model-name", m.name, "--model-uri", m.uri]

@@ -28,6 +28,7 @@ from typing import Any
 
 import httpx
 
+from serving.auth.internal import METRICS_ENV, REPLICA_TOKEN_ENV, InternalCredentials
 from serving.engines import _replica_proc as proc
 from serving.engines.base import Engine, PoolStatus, ReplicaInfo, ReplicaSpec, ReplicaState
 from serving.engines.gpus import allocate, detect_gpus
@@ -153,6 +154,8 @@ class ProcessEngine(Engine):
     before it is killed and restarted. backoff_initial_s / backoff_max_s: restart delay bounds, in
     seconds. drain_timeout_s: seconds a replica waits for in-flight requests when stopped (it gets 5 s
     more before SIGKILL). gpus: GPU ids replicas may be given (None: every GPU detected at start).
+    credentials: the gateway's internal tokens; each replica gets its pool's token and accepts only
+    it (and the metrics token for /metrics). None: replicas are open (tests, a trusted machine).
     """
 
     def __init__(
@@ -167,8 +170,10 @@ class ProcessEngine(Engine):
         backoff_max_s: float = 30.0,
         drain_timeout_s: float = 30.0,
         gpus: list[int] | None = None,
+        credentials: InternalCredentials | None = None,
     ) -> None:
         self.state_dir = Path(state_dir)
+        self.credentials = credentials
         self.python = python
         self.health_interval_s = health_interval_s
         self.failure_threshold = failure_threshold
@@ -190,6 +195,19 @@ class ProcessEngine(Engine):
     def gpus(self) -> tuple[int, ...]:
         """The GPU ids the engine places replicas on (known once started)."""
         return self._gpus or ()
+
+    def _credentials_env(self, revision: str) -> dict[str, str]:
+        if self.credentials is None:
+            return {}
+        return {
+            REPLICA_TOKEN_ENV: self.credentials.pool_token(revision),
+            METRICS_ENV: self.credentials.metrics_token,
+        }
+
+    def _auth_headers(self, revision: str) -> dict[str, str]:
+        if self.credentials is None:
+            return {}
+        return {"authorization": f"Bearer {self.credentials.pool_token(revision)}"}
 
     # -- Engine ------------------------------------------------------------------------------------
 
@@ -351,7 +369,8 @@ class ProcessEngine(Engine):
             (repository or r.dir).mkdir(parents=True, exist_ok=True)
             r.port_file.unlink(missing_ok=True)
             log_start = proc.log_size(r.log)
-            process = await proc.spawn(command, proc.replica_env(os.environ, spec, r.gpu_ids), r.log)
+            env = proc.replica_env(os.environ, spec, r.gpu_ids) | self._credentials_env(spec.revision)
+            process = await proc.spawn(command, env, r.log)
         except OSError as exc:
             if r.state is not ReplicaState.DRAINING:
                 self._fail(pool, r, f"cannot start: {exc}")
@@ -427,7 +446,7 @@ class ProcessEngine(Engine):
         if answered and r.http_url and now - r.index_at >= _INDEX_PERIOD_S:
             # It answers but is not ready: its model states say why (only a responsive server is asked).
             r.index_at = now
-            problems = await self._model_problems(r.http_url)
+            problems = await self._model_problems(r.http_url, r.revision)
             if r.process is not process or r.state is not state:
                 return
             r.model_problems = problems
@@ -454,11 +473,15 @@ class ProcessEngine(Engine):
             return True, None
         return True, f"/v2/health/ready answered {response.status_code}"
 
-    async def _model_problems(self, url: str) -> str:
+    async def _model_problems(self, url: str, revision: str) -> str:
         """The replica's models that are not ready, with their reasons ("" if none or unknown)."""
         assert self._client is not None
         try:
-            entries = (await self._client.post(f"{url}/v2/repository/index", json={})).json()
+            entries = (
+                await self._client.post(
+                    f"{url}/v2/repository/index", json={}, headers=self._auth_headers(revision)
+                )
+            ).json()
         except (httpx.HTTPError, ValueError):
             return ""
         problems = [

@@ -11,6 +11,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from serving.bounds import loads_json
 from serving.pipelines.dsl import (
     ArtifactHandle,
     Builder,
@@ -67,7 +68,7 @@ def _coerce(text: str, kind: type) -> Any:
             return False
         raise ValueError(f"'{text}' is not true or false")
     try:
-        value = json.loads(text)
+        value = loads_json(text)  # past a bound: BoundsError (a ValueError) names the limit
     except json.JSONDecodeError:
         if kind is object:
             return text

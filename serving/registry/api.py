@@ -17,12 +17,12 @@ copies), so every call runs in the thread pool.
     PUT    /models/{name}/gates                     model             ({"gates": [gate, ...]})
     GET    /models/{name}/history                   {"items": [entry, ...]}
 
-Who made a change (the audit log's actor) is the `x-servegate-user` header, else `api@HOST`.
+Who made a change (the audit log's actor) is the name of the caller's token (with authentication
+off, `anonymous@HOST`).
 """
 
 from __future__ import annotations
 
-import json
 from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -31,8 +31,12 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Mount, Route
+from starlette.routing import Mount
 
+from serving.auth import Guard, Scope
+from serving.auth.guard import ANONYMOUS
+from serving.auth.rest import ScopedRoute, principal_of
+from serving.bounds import BoundsError, loads_json
 from serving.registry.types import Gate, RegistryError
 
 if TYPE_CHECKING:
@@ -111,7 +115,8 @@ def _problems(exc: ValidationError) -> str:
 
 
 async def _body(request: Request, model: type[B]) -> B:
-    """The request's JSON body as `model`; HTTPException 413 past MAX_BODY_BYTES, else 400."""
+    """The request's JSON body as `model`; HTTPException 413 past MAX_BODY_BYTES, else 400 (bad JSON,
+    nesting or values past `serving.bounds`, an invalid body)."""
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > MAX_BODY_BYTES:
         raise HTTPException(413, f"request bodies larger than {MAX_BODY_BYTES} bytes are refused")
@@ -122,7 +127,9 @@ async def _body(request: Request, model: type[B]) -> B:
             raise HTTPException(413, f"request bodies larger than {MAX_BODY_BYTES} bytes are refused")
         chunks.append(chunk)
     try:
-        data = json.loads(b"".join(chunks))
+        data = loads_json(b"".join(chunks))
+    except BoundsError as exc:  # bytes are capped above: what is past a bound here is its shape
+        raise HTTPException(400, f"the request body {exc}") from None
     except ValueError as exc:  # UnicodeDecodeError is a ValueError too
         raise HTTPException(400, f"the request body is not valid JSON: {exc}") from None
     try:
@@ -135,7 +142,12 @@ async def _body(request: Request, model: type[B]) -> B:
 
 
 def _actor(request: Request) -> str:
-    return request.headers.get(ACTOR_HEADER) or f"api@{request.client.host if request.client else 'unknown'}"
+    """The audit log's actor: the caller's token name, never a header the caller chooses. With
+    authentication off there is no name to trust, so the caller's address stands in."""
+    principal = principal_of(request)
+    if principal is not ANONYMOUS:
+        return principal.name
+    return f"anonymous@{request.client.host if request.client else 'unknown'}"
 
 
 def _version(request: Request) -> int:
@@ -246,23 +258,28 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     return JSONResponse({"error": exc.detail}, exc.status_code, headers=exc.headers)
 
 
-def registry_routes(registry: Registry) -> list[Mount]:
-    """The control API of `registry`, to mount in the gateway beside `api_routes`."""
+def registry_routes(registry: Registry, guard: Guard) -> list[Mount]:
+    """The control API of `registry`, to mount in the gateway beside `api_routes`; every route
+    behind `guard` with the scope it needs."""
     a = _Api(registry)
     model = "/models/{name}"
     version = model + "/versions/{version}"
+
+    def route(path: str, endpoint: Any, required: Scope, method: str) -> ScopedRoute:
+        return ScopedRoute(path, endpoint, required=required, guard=guard, methods=[method])
+
     app = Starlette(
         routes=[
-            Route("/models", a.models, methods=["GET"]),
-            Route(model, a.model, methods=["GET"]),
-            Route(model + "/versions", a.register, methods=["POST"]),
-            Route(version, a.version, methods=["GET"]),
-            Route(version + "/archive", a.archive, methods=["POST"]),
-            Route("/resolve", a.resolve, methods=["GET"]),
-            Route(model + "/aliases/{alias}", a.set_alias, methods=["PUT"]),
-            Route(model + "/aliases/{alias}", a.delete_alias, methods=["DELETE"]),
-            Route(model + "/gates", a.set_gates, methods=["PUT"]),
-            Route(model + "/history", a.history, methods=["GET"]),
+            route("/models", a.models, Scope.READ, "GET"),
+            route(model, a.model, Scope.READ, "GET"),
+            route(model + "/versions", a.register, Scope.DEPLOY, "POST"),
+            route(version, a.version, Scope.READ, "GET"),
+            route(version + "/archive", a.archive, Scope.DEPLOY, "POST"),
+            route("/resolve", a.resolve, Scope.READ, "GET"),
+            route(model + "/aliases/{alias}", a.set_alias, Scope.DEPLOY, "PUT"),
+            route(model + "/aliases/{alias}", a.delete_alias, Scope.DEPLOY, "DELETE"),
+            route(model + "/gates", a.set_gates, Scope.DEPLOY, "PUT"),
+            route(model + "/history", a.history, Scope.READ, "GET"),
         ],
         exception_handlers={RegistryError: _registry_error, HTTPException: _http_error},
     )

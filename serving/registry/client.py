@@ -23,7 +23,8 @@ from urllib.parse import quote
 
 import httpx
 
-from serving.client import default_url, send
+from serving.auth.tls import ca_cert_from_env, client_context
+from serving.client import ServegateError, bearer_headers, default_url, send
 from serving.registry.api import ACTOR_HEADER, PREFIX
 from serving.registry.types import (
     AuditEntry,
@@ -66,12 +67,15 @@ class RegistryClient:
 
     `url`: the gateway (default `SERVEGATE_URL`, else http://127.0.0.1:8080); `timeout`: seconds
     each request may take (registering copies the artifact, so give it time; an `http` client
-    keeps its own). `actor`: who the
-    audit log names for changes made through this client (default: the gateway names the caller
-    `api@HOST`); each write method's `actor` overrides it. `transport` replaces the network (tests
+    keeps its own). `token`, `token_file`: the bearer token, found as `serving.Client` finds it
+    (`SERVEGATE_TOKEN`, or the admin token of a gateway on this machine, when neither is given);
+    an `http` client sends its own headers instead. `actor`: sent as `x-servegate-user`, which a
+    gateway with tokens ignores (the audit log names the token); each write method's `actor`
+    overrides it. `transport` replaces the network (tests
     pass `httpx.MockTransport`); `http` sends every request through an httpx client of the
     caller's, such as starlette's `TestClient` driving the API in process (its base URL is used
-    and closing this client leaves it open).
+    and closing this client leaves it open). `ca_cert`: the CA bundle (PEM) an https gateway's
+    certificate is checked against (default `SERVEGATE_CA_CERT`, else the system's).
     """
 
     def __init__(
@@ -79,9 +83,12 @@ class RegistryClient:
         url: str | None = None,
         timeout: float = 300.0,
         *,
+        token: str | None = None,
+        token_file: str | Path | None = None,
         transport: httpx.BaseTransport | None = None,
         actor: str | None = None,
         http: httpx.Client | None = None,
+        ca_cert: str | Path | None = None,
     ) -> None:
         self.actor = actor
         if http is not None:
@@ -90,7 +97,17 @@ class RegistryClient:
         else:
             url = (url or default_url()).rstrip("/")
             self.url = url if "://" in url else f"http://{url}"
-            self._http = httpx.Client(base_url=self.url, timeout=timeout, transport=transport)
+            try:
+                verify = client_context(ca_cert_from_env(ca_cert))
+            except ValueError as exc:
+                raise ServegateError(str(exc)) from None
+            self._http = httpx.Client(
+                base_url=self.url,
+                timeout=timeout,
+                transport=transport,
+                verify=verify,
+                headers=bearer_headers(token, self.url, token_file=token_file),
+            )
             self._owned = True
 
     def close(self) -> None:

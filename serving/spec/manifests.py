@@ -3,6 +3,11 @@
 `load_manifests` is all-or-nothing: if any document has a problem, it raises one `ManifestError`
 listing every problem of every document, each prefixed with the resource it belongs to
 (`InferenceService/iris: spec.predictor.canaryTrafficPercent: ...`), and nothing is applied.
+
+Documents are bounded once parsed, not only as bytes (`serving.bounds`): nesting, values with YAML
+aliases expanded, and bytes as JSON, per document and per resource (what the state database keeps).
+A document past a bound is refused at once, alone: looking for its other problems could cost what
+the bound is there to prevent.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
+from serving.bounds import MAX_DEPTH, MAX_KEPT_BYTES, MAX_NODES, Bounds, BoundsError, loads_json, measure
 from serving.spec.common import API_GROUP, ManifestError, Problem, problems_from
 from serving.spec.isvc import InferenceService
 from serving.spec.trained_model import TrainedModel
@@ -27,7 +33,16 @@ if TYPE_CHECKING:
 
     Resource: TypeAlias = InferenceService | TrainedModel | InferenceGraph
 
-__all__ = ["Resource", "load_manifests", "parse_documents", "parse_resource", "read_manifest_paths"]
+__all__ = [
+    "MAX_DOCUMENT_BYTES",
+    "MAX_RESOURCE_BYTES",
+    "ManifestTooLarge",
+    "Resource",
+    "load_manifests",
+    "parse_documents",
+    "parse_resource",
+    "read_manifest_paths",
+]
 
 #: the apiVersion each kind servegate applies is served at.
 KINDS = {
@@ -36,6 +51,21 @@ KINDS = {
     "InferenceGraph": f"{API_GROUP}/v1alpha1",
 }
 MANIFEST_SUFFIXES = (".yaml", ".yml", ".json")
+
+MAX_DOCUMENT_BYTES = 4 << 20
+"""Bytes one parsed document may take as JSON, YAML aliases expanded: as much as one apply request
+may carry (a `kind: List` holds several resources, each held to MAX_RESOURCE_BYTES)."""
+
+MAX_RESOURCE_BYTES = MAX_KEPT_BYTES
+"""Bytes one resource's manifest may take as JSON: what the state database keeps for it (the stored
+copy differs from what was written only by a few defaults)."""
+
+_DOCUMENT = Bounds(MAX_DEPTH, MAX_NODES, MAX_DOCUMENT_BYTES)
+_RESOURCE = Bounds(MAX_DEPTH, MAX_NODES, MAX_RESOURCE_BYTES)
+
+
+class ManifestTooLarge(ManifestError):
+    """A manifest past a size bound (MAX_RESOURCE_BYTES, MAX_DOCUMENT_BYTES): HTTP 413, not 400."""
 
 
 def __getattr__(name: str) -> Any:
@@ -59,10 +89,51 @@ def parse_documents(text: str, source: str = "<input>") -> list[dict[str, Any]]:
         if document is None:
             continue  # empty documents (`---` twice, comments only) are allowed
         where = f"{source}: document {number}" if len(documents) > 1 else source
+        _check(document, where, _DOCUMENT)
         _expand(document, where, found, problems)
     if problems:
         raise ManifestError(problems)
     return found
+
+
+def _check(document: Any, where: str, bounds: Bounds) -> None:
+    try:
+        measure(document, bounds)
+    except BoundsError as exc:
+        raise _refused(where, exc) from None
+
+
+def _refused(where: str, exc: BoundsError) -> ManifestError:
+    return (ManifestTooLarge if exc.too_large else ManifestError)([Problem(where, exc.message)])
+
+
+class _Loader(yaml.SafeLoader):
+    """SafeLoader refusing nesting past MAX_DEPTH while it composes: PyYAML's composer recurses per
+    level, so a deep enough document would end in RecursionError rather than a problem. Aliases
+    are bounded afterwards, by measuring what was built (`_check`)."""
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self._depth = 0
+
+    def compose_sequence_node(self, anchor: str | None) -> yaml.SequenceNode:
+        self._enter()
+        try:
+            return super().compose_sequence_node(anchor)
+        finally:
+            self._depth -= 1
+
+    def compose_mapping_node(self, anchor: str | None) -> yaml.MappingNode:
+        self._enter()
+        try:
+            return super().compose_mapping_node(anchor)
+        finally:
+            self._depth -= 1
+
+    def _enter(self) -> None:
+        self._depth += 1
+        if self._depth > MAX_DEPTH:
+            raise BoundsError.too_deep(MAX_DEPTH)
 
 
 def _load(text: str, source: str) -> list[Any]:
@@ -70,11 +141,15 @@ def _load(text: str, source: str) -> list[Any]:
     if text.lstrip().startswith(("{", "[")):
         # JSON first: PyYAML rejects some valid JSON (tabs for indentation).
         try:
-            return [json.loads(text)]
+            return [loads_json(text, _DOCUMENT)]
         except json.JSONDecodeError as exc:
             json_error = f"invalid JSON at line {exc.lineno}: {exc.msg}"
+        except BoundsError as exc:
+            raise _refused(source, exc) from None
     try:
-        return list(yaml.safe_load_all(text))
+        return list(yaml.load_all(text, Loader=_Loader))
+    except BoundsError as exc:
+        raise _refused(source, exc) from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         what = getattr(exc, "problem", None) or str(exc)
@@ -94,6 +169,7 @@ def _expand(document: Any, where: str, found: list[dict[str, Any]], problems: li
         for i, item in enumerate(items):
             _expand(item, f"{where}: items[{i}]", found, problems)
     else:
+        _check(document, where, _RESOURCE)
         found.append(document)
 
 

@@ -19,12 +19,12 @@ def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess
 
 @pytest.fixture(scope="module")
 def api(gateway: GatewayProcess) -> Iterator[ControlApi]:
-    client = ControlApi(gateway.url)
+    client = ControlApi(gateway.url, gateway.token)
     yield client
     client.close()
 
 
 @pytest.fixture(scope="module")
 def http(gateway: GatewayProcess) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=gateway.url, timeout=30.0, trust_env=False) as client:
+    with httpx.Client(base_url=gateway.url, timeout=30.0, trust_env=False, headers=gateway.headers) as client:
         yield client

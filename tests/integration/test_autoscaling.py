@@ -40,7 +40,7 @@ def test_a_load_step_scales_up_and_its_end_scales_down(gateway: GatewayProcess, 
         api.wait_ready("elastic")
         rev = revision("elastic", 1)
         assert replicas(api, "elastic", rev) == (1, 1)
-        with Load(gateway.url, "elastic", X_BODY, concurrency=8, timeout=30) as load:
+        with Load(gateway.url, "elastic", X_BODY, concurrency=8, timeout=30, token=gateway.token) as load:
             # 8 in flight against a target of 2 x 70% per replica: as many replicas as allowed.
             until(lambda: replicas(api, "elastic", rev) == (4, 4), 45, "4 ready replicas under load")
             load.wait_count(40)
@@ -69,7 +69,9 @@ def test_scale_to_zero_and_back_loses_no_request(gateway: GatewayProcess, api: C
         # Requests arriving at zero wait for the replica the first of them asked for.
         started = time.monotonic()
         with (
-            httpx.Client(base_url=gateway.url, timeout=60, trust_env=False) as client,
+            httpx.Client(
+                base_url=gateway.url, timeout=60, trust_env=False, headers=gateway.headers
+            ) as client,
             ThreadPoolExecutor(6) as pool,
         ):
             answers = list(pool.map(lambda _: client.post("/v2/models/sleepy/infer", json=X_BODY), range(6)))

@@ -75,7 +75,7 @@ def test_a_custom_metric_scales_up_under_load(gateway: GatewayProcess, api: Cont
         def pool() -> dict[str, Any]:
             return api.status("custom")["components"]["predictor"]["replicas"][rev]
 
-        with Load(gateway.url, "custom", X_BODY, concurrency=6, timeout=30) as load:
+        with Load(gateway.url, "custom", X_BODY, concurrency=6, timeout=30, token=gateway.token) as load:
             until(lambda: pool()["ready"] == 3, 60, "3 replicas from the PromQL metric")
         assert load.failures() == []
         assert pool()["autoscaler"]["metric"] == "custom"

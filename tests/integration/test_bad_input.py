@@ -565,20 +565,23 @@ def test_server_keeps_serving(
     assert http.get("/v2/health/live").status_code == 200
 
     np.testing.assert_allclose(
-        _mlp_output(http.post("/v2/models/mlp/infer", content=GOOD_JSON)), expected, rtol=1e-5
+        _mlp_output(http.post("/v2/models/mlp/infer", content=GOOD_JSON)), expected, rtol=1e-5, atol=1e-6
     )
 
     v1_response = http.post("/v1/models/mlp:predict", json={"instances": [ROW]})
     assert v1_response.status_code == 200, v1_response.text
-    np.testing.assert_allclose(v1_response.json()["predictions"], expected, rtol=1e-5)
+    np.testing.assert_allclose(v1_response.json()["predictions"], expected, rtol=1e-5, atol=1e-6)
 
     good_binary = binary({"inputs": [binary_input("input", "FP32", [1, 8], 32)]}, fp32(*ROW))
-    np.testing.assert_allclose(_mlp_output(send(http, good_binary)), expected, rtol=1e-5)
+    np.testing.assert_allclose(_mlp_output(send(http, good_binary)), expected, rtol=1e-5, atol=1e-6)
 
     for message in (grpc_infer(GOOD_GRPC_INPUT), grpc_infer(grpc_input(), raw=[fp32(*ROW)])):
         reply = stub.ModelInfer(message, timeout=30)
         assert [o.name for o in reply.outputs] == ["output"]
         np.testing.assert_allclose(
-            np.frombuffer(reply.raw_output_contents[0], dtype="<f4").reshape(1, 4), expected, rtol=1e-5
+            np.frombuffer(reply.raw_output_contents[0], dtype="<f4").reshape(1, 4),
+            expected,
+            rtol=1e-5,
+            atol=1e-6,
         )
     assert stub.ServerReady(pb.ServerReadyRequest(), timeout=30).ready

@@ -50,7 +50,7 @@ def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess
 
 @pytest.fixture(scope="module")
 def client(gateway: GatewayProcess) -> Iterator[Client]:
-    with Client(gateway.url) as c:
+    with Client(gateway.url, token=gateway.token) as c:
         yield c
 
 
@@ -69,7 +69,7 @@ def served(client: Client, mlp_dir: Path) -> str:
 
 
 def servegate(gateway: GatewayProcess, *args: str, input: str | None = None) -> Result:
-    return CliRunner().invoke(cli, [*args, "--url", gateway.url], input=input)
+    return CliRunner().invoke(cli, [*args, "--url", gateway.url, "--token", gateway.token], input=input)
 
 
 def ok(result: Result) -> str:

@@ -58,7 +58,7 @@ def test_the_digits_pipeline_registers_and_deploys_a_canary(gateway: GatewayProc
     assert first.returncode == 0, first.stdout + first.stderr
     assert "succeeded (6 succeeded)" in first.stdout
 
-    with Client(gateway.url) as client:
+    with Client(gateway.url, token=gateway.token) as client:
         model = client.registry.model("digits")
         assert model.aliases == {"production": 1}
         v1 = client.registry.version("digits", 1)
@@ -85,7 +85,7 @@ def test_the_digits_pipeline_registers_and_deploys_a_canary(gateway: GatewayProc
         "deploy": "SUCCEEDED",
     }
 
-    with Client(gateway.url) as client:
+    with Client(gateway.url, token=gateway.token) as client:
         assert client.registry.model("digits").aliases == {"production": 1, "canary": 2}
 
         def split() -> dict[str, int] | None:
@@ -102,7 +102,7 @@ def test_the_digits_pipeline_registers_and_deploys_a_canary(gateway: GatewayProc
     # Lineage: from the registry version back to the dataset it was trained on, and forward again.
     v2 = json.loads(_pipeline(state, "lineage", "registry://digits/2", "-o", "json").stdout)
     text = json.dumps(v2)
-    with Client(gateway.url) as client:
+    with Client(gateway.url, token=gateway.token) as client:
         dataset = client.registry.version("digits", 2).source["dataset"]
     assert dataset in text and "load_digits" in text and "train_mlp" in text
     forward = _pipeline(state, "lineage", dataset[:16], "--reverse")

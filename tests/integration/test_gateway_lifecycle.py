@@ -60,7 +60,7 @@ def test_restart_restores_every_service(state_dir: Path, model_repo: Path) -> No
 
     gateway = start_gateway(state_dir)
     try:
-        api = ControlApi(gateway.url)
+        api = ControlApi(gateway.url, gateway.token)
         api.apply(mlp_isvc(plain, model_repo), mlp_isvc(split, model_repo))
         api.wait_ready(plain)
         api.wait_ready(split)
@@ -77,12 +77,14 @@ def test_restart_restores_every_service(state_dir: Path, model_repo: Path) -> No
 
     gateway = start_gateway(state_dir)
     try:
-        api = ControlApi(gateway.url)
+        api = ControlApi(gateway.url, gateway.token)
         api.wait_ready(plain)
         api.wait_traffic(split, {s1: 70, s2: 30})
         after = {name: predictor_view(api.wait_ready(name)) for name in (plain, split)}
         assert after == before
-        with httpx.Client(base_url=gateway.url, timeout=30.0, trust_env=False) as http:
+        with httpx.Client(
+            base_url=gateway.url, timeout=30.0, trust_env=False, headers=gateway.headers
+        ) as http:
             response = http.post(f"/v2/models/{plain}/infer", json=mlp_body())
             assert response.status_code == 200, response.text
             assert response.headers[REVISION] == revision(plain, 1)
@@ -126,12 +128,12 @@ def test_killed_replica_is_replaced_without_failing_requests(state_dir: Path, mo
     rev = revision(name, 1)
     gateway = start_gateway(state_dir)
     try:
-        api = ControlApi(gateway.url)
+        api = ControlApi(gateway.url, gateway.token)
         api.apply(mlp_isvc(name, model_repo))
         api.wait_ready(name)
         ((replica_id, pid),) = replica_pids(state_dir, rev).items()
 
-        with Load(gateway.url, name, mlp_body(), concurrency=4) as load:
+        with Load(gateway.url, name, mlp_body(), concurrency=4, token=gateway.token) as load:
             load.wait_count(50)
             os.kill(pid, signal.SIGKILL)
             replacement = until(

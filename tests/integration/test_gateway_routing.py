@@ -115,18 +115,18 @@ def test_every_protocol_through_the_gateway_matches_onnxruntime(
     try:
         assert client.is_server_live() and client.is_server_ready()
         assert client.is_model_ready("protocols")
-        metadata = client.get_model_metadata("protocols")
+        metadata = client.get_model_metadata("protocols", headers=gateway.headers)
         assert metadata["name"] == "protocols"
         assert metadata["inputs"] == [{"name": "input", "datatype": "FP32", "shape": [-1, 8]}]
         assert metadata["outputs"] == [{"name": "output", "datatype": "FP32", "shape": [-1, 4]}]
         inp = httpclient.InferInput("input", list(MLP_X.shape), "FP32")
         inp.set_data_from_numpy(MLP_X, binary_data=True)
         out = httpclient.InferRequestedOutput("output", binary_data=True)
-        result = client.infer("protocols", [inp], outputs=[out])
+        result = client.infer("protocols", [inp], outputs=[out], headers=gateway.headers)
         np.testing.assert_allclose(result.as_numpy("output"), expected, rtol=1e-5, atol=1e-6)
         assert not client.is_model_ready("no-such-model")
         with pytest.raises(InferenceServerException) as info:
-            client.infer("no-such-model", [inp])
+            client.infer("no-such-model", [inp], headers=gateway.headers)
         assert info.value.status() == "404"
     finally:
         client.close()
@@ -136,20 +136,20 @@ def test_every_protocol_through_the_gateway_matches_onnxruntime(
     try:
         assert grpc.is_server_live() and grpc.is_server_ready()
         assert grpc.is_model_ready("protocols")
-        metadata = grpc.get_model_metadata("protocols", as_json=True)
+        metadata = grpc.get_model_metadata("protocols", headers=gateway.headers, as_json=True)
         assert metadata["name"] == "protocols"
         assert [(i["name"], i["datatype"], i["shape"]) for i in metadata["inputs"]] == [
             ("input", "FP32", ["-1", "8"])
         ]
         inp = grpcclient.InferInput("input", list(MLP_X.shape), "FP32")
         inp.set_data_from_numpy(MLP_X)
-        result = grpc.infer("protocols", [inp])
+        result = grpc.infer("protocols", [inp], headers=gateway.headers)
         np.testing.assert_allclose(result.as_numpy("output"), expected, rtol=1e-5, atol=1e-6)
         with pytest.raises(InferenceServerException) as info:
-            grpc.infer("no-such-model", [inp])
+            grpc.infer("no-such-model", [inp], headers=gateway.headers)
         assert info.value.status() == "StatusCode.NOT_FOUND"
         with pytest.raises(InferenceServerException) as info:
-            grpc.get_model_metadata("no-such-model")
+            grpc.get_model_metadata("no-such-model", headers=gateway.headers)
         assert info.value.status() == "StatusCode.NOT_FOUND"
     finally:
         grpc.close()
@@ -205,7 +205,7 @@ def test_promote_then_rollback_under_load_fails_no_request(
     api.apply(mlp_isvc("flip", model_repo, env={"MARK": "2"}, predictor={"canaryTrafficPercent": 20}))
     api.wait_traffic("flip", {r1: 80, r2: 20})
 
-    with Load(gateway.url, "flip", mlp_body(), concurrency=8) as load:
+    with Load(gateway.url, "flip", mlp_body(), concurrency=8, token=gateway.token) as load:
         load.wait_count(100)
         response = api.promote("flip")
         assert response.status_code == 200, response.text
@@ -238,7 +238,7 @@ def test_rollout_without_canary_moves_traffic_only_once_ready(
     deploy(python_isvc("roll", "SlowStart"))
     r1, r2 = revision("roll", 1), revision("roll", 2)
 
-    with Load(gateway.url, "roll", X_BODY, concurrency=8) as load:
+    with Load(gateway.url, "roll", X_BODY, concurrency=8, token=gateway.token) as load:
         load.wait_count(50)
         # The new revision takes 3 s to load: until it is ready, r1 keeps all the traffic.
         api.apply(python_isvc("roll", "SlowStart", env={"LOAD_SECONDS": "3"}))
@@ -307,7 +307,7 @@ def test_ab_experiment_sticks_by_header_and_by_cookie(
     tensor = grpcclient.InferInput("input", list(MLP_X.shape), "FP32")
     tensor.set_data_from_numpy(MLP_X)
     for user in users[:20]:
-        result = client.infer("ab", [tensor], headers={"x-user-id": user})
+        result = client.infer("ab", [tensor], headers={**gateway.headers, "x-user-id": user})
         expected_model = "b" if first[user] == "treatment" else "ab"
         assert result.get_response().model_name == expected_model
     client.close()
@@ -317,7 +317,9 @@ def test_ab_experiment_sticks_by_header_and_by_cookie(
     api.apply(mlp_isvc("ab", model_repo, experiment=experiment))
 
     def fresh_visit() -> httpx.Response:
-        with httpx.Client(base_url=gateway.url, timeout=30.0, trust_env=False) as client:
+        with httpx.Client(
+            base_url=gateway.url, timeout=30.0, trust_env=False, headers=gateway.headers
+        ) as client:
             return variant(client=client)
 
     response = until(lambda: (r := fresh_visit()).cookies.get("sg-user") and r, 30, "a sticky cookie")
@@ -571,7 +573,9 @@ def test_a_latest_revision_that_cannot_load_leaves_the_service_not_ready(
         assert "serving from broken-predictor-00001" in condition(status, "PredictorReady")["message"]
         assert status["modelStatus"]["transitionStatus"] == "BlockedByFailedLoad"
         # The old revision still answers.
-        reply = httpx.post(f"{gateway.url}/v2/models/broken/infer", json=mlp_body(), timeout=10)
+        reply = httpx.post(
+            f"{gateway.url}/v2/models/broken/infer", json=mlp_body(), timeout=10, headers=gateway.headers
+        )
         assert reply.status_code == 200
         assert reply.headers["x-servegate-revision"] == "broken-predictor-00001"
     finally:

@@ -96,13 +96,13 @@ def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess
 @pytest.fixture(scope="module")
 def models(gateway: GatewayProcess) -> Iterator[RegistryClient]:
     """The gateway's registry through the SDK (`serving.Client(...).registry`)."""
-    with Client(gateway.url) as client:
+    with Client(gateway.url, token=gateway.token) as client:
         yield client.registry
 
 
 @pytest.fixture(scope="module")
 def api(gateway: GatewayProcess) -> Iterator[ControlApi]:
-    client = ControlApi(gateway.url)
+    client = ControlApi(gateway.url, gateway.token)
     yield client
     client.close()
 
@@ -135,7 +135,7 @@ def test_an_alias_move_rolls_out_as_a_canary_and_promote_keeps_the_registry_in_s
     r1, r2, r3 = (revision("fraud", n) for n in (1, 2, 3))
     assert _uris(status) == {r1: "registry://fraud/1"}
 
-    with Load(gateway.url, "fraud", mlp_body(), concurrency=6) as load:
+    with Load(gateway.url, "fraud", mlp_body(), concurrency=6, token=gateway.token) as load:
         load.wait_count(50)
         # Moving the alias (here straight in the registry, as a training job would) is a canary.
         models.set_alias("fraud", "production", 2)
@@ -259,7 +259,9 @@ def test_a_trained_model_loads_its_alias_and_reloads_when_it_moves(
     api.wait_ready("tm-host")
 
     def answer() -> list[float]:
-        response = httpx.post(f"{gateway.url}/v2/models/tm-mlp/infer", json=mlp_body(), timeout=30)
+        response = httpx.post(
+            f"{gateway.url}/v2/models/tm-mlp/infer", json=mlp_body(), timeout=30, headers=gateway.headers
+        )
         assert response.status_code == 200, response.text
         return response.json()["outputs"][0]["data"]
 
@@ -281,12 +283,17 @@ def test_a_gateway_on_a_postgresql_registry_serves_from_it(
         )
         try:
             gateway.wait_live()
-            with Client(gateway.url) as client:
+            with Client(gateway.url, token=gateway.token) as client:
                 client.registry.register("pg-mlp", str(sources[2]))
                 client.registry.set_alias("pg-mlp", "production", 1)
                 client.apply(_following("pg-mlp", "registry://pg-mlp@production"))
                 client.wait_ready("pg-mlp", timeout=60)
-                response = httpx.post(f"{gateway.url}/v2/models/pg-mlp/infer", json=mlp_body(), timeout=30)
+                response = httpx.post(
+                    f"{gateway.url}/v2/models/pg-mlp/infer",
+                    json=mlp_body(),
+                    timeout=30,
+                    headers=gateway.headers,
+                )
                 assert response.status_code == 200, response.text
             # Another process on the same database sees the same registry.
             with Registry(RegistryConfig(url=url, artifacts=str(tmp_path / "shared-artifacts"))) as direct:

@@ -27,7 +27,9 @@ async def test_scrape_source_reads_a_real_gateway_and_its_replica(
         stop = threading.Event()
 
         def load() -> None:
-            with httpx.Client(base_url=gateway.url, timeout=30, trust_env=False) as client:
+            with httpx.Client(
+                base_url=gateway.url, timeout=30, trust_env=False, headers=gateway.headers
+            ) as client:
                 while not stop.is_set():
                     client.post("/v2/models/scraped/infer", json=X_BODY)
 

@@ -313,7 +313,10 @@ def test_triton_forwards_to_the_upstream(forwarder: ReplicaProcess, model: str) 
     outputs = v2_outputs(forwarder, model, tensor("input", x, "FP32"))
     assert_allclose(outputs["output"], mlp_forward(x, MLP_SIZES), rtol=1e-5, atol=1e-6)
     assert_allclose(
-        np.array(v1_predictions(forwarder, model, x.tolist())), mlp_forward(x, MLP_SIZES), rtol=1e-5
+        np.array(v1_predictions(forwarder, model, x.tolist())),
+        mlp_forward(x, MLP_SIZES),
+        rtol=1e-5,
+        atol=1e-6,
     )
 
 

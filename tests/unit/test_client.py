@@ -62,6 +62,14 @@ class FakeGateway:
         return Client("http://gateway.test:8080", transport=httpx.MockTransport(self))
 
 
+@pytest.fixture(autouse=True)
+def no_credentials(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No token from the machine that runs the tests: no token variables, an empty state dir."""
+    for name in ("SERVEGATE_TOKEN", "SERVEGATE_TOKEN_FILE", "SERVEGATE_GRPC_URL"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("SERVEGATE_STATE_DIR", str(tmp_path / "state"))
+
+
 @pytest.fixture
 def fake() -> FakeGateway:
     return FakeGateway()
@@ -423,6 +431,207 @@ def test_wait_ready_fails_at_once_for_an_unknown_service() -> None:
     with fake.client() as client, pytest.raises(ServegateError, match="InferenceService 'iris' not found"):
         client.wait_ready("iris", timeout=30)
     assert len(fake.requests) == 1
+
+
+# --- tokens ----------------------------------------------------------------------------------
+
+SECRET = "sgt_0123456789ab_secret"
+
+
+def _token_file(path: Path, token: str = SECRET, mode: int = 0o600) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(token + "\n")
+    path.chmod(mode)
+    return path
+
+
+def _authorization(fake: FakeGateway) -> list[str | None]:
+    return [r.headers.get("authorization") for r in fake.requests]
+
+
+def test_the_token_goes_with_every_request(fake: FakeGateway) -> None:
+    with Client("http://gateway.test:8080", token=SECRET, transport=httpx.MockTransport(fake)) as client:
+        client.list("isvc")
+        client.predict("mlp", {"inputs": []}, protocol="v1")
+        client.registry.models()  # the registry client shares the HTTP client, headers and all
+    assert [r.url.path for r in fake.requests] == [
+        "/api/v1/inferenceservices",
+        "/v1/models/mlp:predict",
+        "/api/registry/models",
+    ]
+    assert _authorization(fake) == [f"Bearer {SECRET}"] * 3
+
+
+def test_no_token_sends_no_authorization(fake: FakeGateway, client: Client) -> None:
+    client.list("isvc")
+    assert _authorization(fake) == [None]
+
+
+def test_the_token_comes_from_the_environment(fake: FakeGateway, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SERVEGATE_TOKEN", "sgt_from_env")
+    with fake.client() as client:
+        client.list("isvc")
+    with Client("http://gateway.test:8080", token="sgt_given", transport=httpx.MockTransport(fake)) as c:
+        c.list("isvc")
+    assert _authorization(fake) == ["Bearer sgt_from_env", "Bearer sgt_given"]
+
+
+def test_the_token_comes_from_a_token_file(
+    fake: FakeGateway, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    given = _token_file(tmp_path / "given.token", "sgt_given_file")
+    named = _token_file(tmp_path / "named.token", "sgt_named_file")
+    transport = httpx.MockTransport(fake)
+    monkeypatch.setenv("SERVEGATE_TOKEN_FILE", str(named))
+    with Client("http://gateway.test:8080", token_file=given, transport=transport) as client:
+        client.list("isvc")
+    with fake.client() as client:
+        client.list("isvc")
+    assert _authorization(fake) == ["Bearer sgt_given_file", "Bearer sgt_named_file"]
+
+
+@pytest.mark.parametrize("url", ["http://127.0.0.1:8080", "localhost:8080", "http://[::1]:8080"])
+def test_the_admin_token_of_a_local_gateway_is_found(fake: FakeGateway, tmp_path: Path, url: str) -> None:
+    _token_file(tmp_path / "state" / "admin.token")
+    with Client(url, transport=httpx.MockTransport(fake)) as client:
+        client.list("isvc")
+    assert _authorization(fake) == [f"Bearer {SECRET}"]
+
+
+def test_the_admin_token_is_found_in_the_working_directory_without_a_state_dir(
+    fake: FakeGateway, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("SERVEGATE_STATE_DIR")
+    monkeypatch.chdir(tmp_path)
+    _token_file(tmp_path / ".servegate" / "admin.token")
+    with Client("http://127.0.0.1:8080", transport=httpx.MockTransport(fake)) as client:
+        client.list("isvc")
+    assert _authorization(fake) == [f"Bearer {SECRET}"]
+
+
+@pytest.mark.parametrize("url", ["http://gateway.test:8080", "http://10.0.0.5:8080", "http://127.0.0.1.nip.io"])
+def test_the_admin_token_is_never_sent_to_another_host(fake: FakeGateway, tmp_path: Path, url: str) -> None:
+    _token_file(tmp_path / "state" / "admin.token")
+    with Client(url, transport=httpx.MockTransport(fake)) as client:
+        client.list("isvc")
+    assert _authorization(fake) == [None]
+
+
+def test_a_token_file_others_can_read_is_refused(fake: FakeGateway, tmp_path: Path) -> None:
+    path = _token_file(tmp_path / "state" / "admin.token", mode=0o644)
+    with pytest.raises(ServegateError) as caught:
+        Client("http://127.0.0.1:8080", transport=httpx.MockTransport(fake))
+    assert str(path) in caught.value.message and "chmod 600" in caught.value.message
+    with pytest.raises(ServegateError, match="chmod 600"):
+        Client("http://gateway.test:8080", token_file=path, transport=httpx.MockTransport(fake))
+    assert fake.requests == []
+
+
+def test_a_missing_or_empty_token_file_that_was_named_is_an_error(tmp_path: Path) -> None:
+    with pytest.raises(ServegateError, match="does not exist"):
+        Client("http://gateway.test:8080", token_file=tmp_path / "missing.token")
+    with pytest.raises(ServegateError, match="holds no token"):
+        Client("http://gateway.test:8080", token_file=_token_file(tmp_path / "empty.token", ""))
+
+
+@pytest.mark.parametrize(
+    ("url", "loopback"),
+    [
+        ("http://127.0.0.1:8080", True),
+        ("http://127.3.2.1", True),
+        ("https://localhost", True),
+        ("[::1]:8081", True),
+        ("grpc://127.0.0.1:8081", True),
+        ("http://0.0.0.0:8080", False),
+        ("http://192.168.1.2:8080", False),
+        ("http://localhost.evil.test", False),
+        ("http://gateway.test", False),
+    ],
+)
+def test_which_hosts_are_this_machine(url: str, loopback: bool) -> None:
+    from serving._credentials import is_loopback
+
+    assert is_loopback(url) is loopback
+
+
+def test_token_management_calls(fake: FakeGateway) -> None:
+    made = {"token": SECRET, "name": "ci", "role": "deployer"}
+    fake.routes[("POST", "/api/v1/tokens")] = lambda r: httpx.Response(201, json=made)
+    fake.routes[("GET", "/api/v1/tokens")] = {"items": [{"name": "ci"}]}
+    fake.routes[("DELETE", "/api/v1/tokens/ci")] = {"name": "ci"}
+    with fake.client() as client:
+        assert client.create_token("ci", "deployer", namespaces=["a"], expires="30d") == made
+        assert client.tokens() == [{"name": "ci"}]
+        assert client.revoke_token("ci") == {"name": "ci"}
+    assert json.loads(fake.requests[0].content) == {
+        "name": "ci",
+        "role": "deployer",
+        "namespaces": ["a"],
+        "services": [],
+        "expires": "30d",
+    }
+
+
+def test_an_unauthenticated_answer_is_a_401_error(fake: FakeGateway, client: Client) -> None:
+    body = {"error": "this endpoint needs a token: send 'Authorization: Bearer <token>'"}
+    fake.routes[("GET", "/api/v1/tokens")] = lambda r: httpx.Response(401, json=body)
+    with pytest.raises(ServegateError) as caught:
+        client.tokens()
+    assert (caught.value.status, caught.value.message) == (401, body["error"])
+
+
+class FakeTriton:
+    """tritonclient.grpc.InferenceServerClient, recording the headers of each call."""
+
+    calls: list[tuple[str, dict[str, str] | None]] = []
+
+    def __init__(self, target: str, **kwargs: Any) -> None:
+        self.target = target
+
+    def __enter__(self) -> FakeTriton:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        pass
+
+    def get_model_metadata(self, name: str, headers: dict[str, str] | None = None, **kwargs: Any) -> Any:
+        self.calls.append(("metadata", headers))
+        return METADATA
+
+    def infer(self, name: str, inputs: Any, headers: dict[str, str] | None = None, **kwargs: Any) -> Any:
+        self.calls.append(("infer", headers))
+        result = type("Result", (), {})()
+        result.get_response = lambda as_json: {"outputs": [{"name": "output"}]}
+        result.as_numpy = lambda name: np.zeros((1, 4), np.float32)
+        return result
+
+
+@pytest.fixture
+def triton(monkeypatch: pytest.MonkeyPatch) -> type[FakeTriton]:
+    import tritonclient.grpc
+
+    FakeTriton.calls = []
+    monkeypatch.setattr(tritonclient.grpc, "InferenceServerClient", FakeTriton)
+    return FakeTriton
+
+
+def test_grpc_predict_sends_the_token_as_metadata(triton: type[FakeTriton]) -> None:
+    with Client("http://gateway.test:8080", token=SECRET) as client:
+        assert client.predict("mlp", [[0.0] * 8], protocol="grpc") == {"output": [[0.0] * 4]}
+    assert triton.calls == [("metadata", {"authorization": f"Bearer {SECRET}"})] + [
+        ("infer", {"authorization": f"Bearer {SECRET}"})
+    ]
+
+
+def test_grpc_predict_sends_the_admin_token_only_to_this_machine(
+    triton: type[FakeTriton], tmp_path: Path
+) -> None:
+    _token_file(tmp_path / "state" / "admin.token")
+    with Client("http://127.0.0.1:8080") as client:
+        client.predict("mlp", [[0.0] * 8], protocol="grpc")
+        client.predict("mlp", [[0.0] * 8], protocol="grpc", grpc_url="gateway.test:8081")
+    sent = {"authorization": f"Bearer {SECRET}"}
+    assert [headers for _, headers in triton.calls] == [sent, sent, None, None]
 
 
 # --- the package -----------------------------------------------------------------------------

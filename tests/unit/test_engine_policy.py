@@ -147,6 +147,7 @@ def test_serve_command_for_a_model_pool() -> None:
     assert _flags(command, "--threads") == ["2"]
     assert _flags(command, "--drain-timeout") == ["10.0"]
     assert _flags(command, "--log-level") == ["warning"]
+    assert _flags(command, "--model-control") == ["explicit"]
     assert "--model-repository" not in command
     assert command[-2:] == ["--instances", "2"]
 

@@ -116,8 +116,15 @@ def test_scrape_config_has_the_gateway_job_and_the_targets_file(tmp_path: Path) 
 
     assert config["global"]["scrape_interval"] == "1s"
     gateway, replicas = config["scrape_configs"]
-    assert gateway == {"job_name": GATEWAY_JOB, "static_configs": [{"targets": ["127.0.0.1:8080"]}]}
+    # /metrics needs the metrics token `servegate up` keeps in the state dir.
+    credentials = {"credentials_file": str(state_dir / "metrics.token")}
+    assert gateway == {
+        "job_name": GATEWAY_JOB,
+        "authorization": credentials,
+        "static_configs": [{"targets": ["127.0.0.1:8080"]}],
+    }
     assert replicas["job_name"] == REPLICA_JOB
+    assert replicas["authorization"] == credentials
     assert replicas["file_sd_configs"] == [
         {"files": [str(targets_path(state_dir))], "refresh_interval": "1s"}
     ]

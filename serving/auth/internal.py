@@ -1,0 +1,88 @@
+"""Credentials the gateway makes for its own parts: one token per replica pool (the gateway sends
+it on every call to that pool's replicas, which accept nothing else but health checks), one for a
+service's own replicas to call back into the gateway (a transformer reaching its predictor), and
+one for Prometheus to scrape `/metrics` everywhere.
+
+Each is an HMAC of the gateway's secret, which is made at start and never leaves the process: a
+replica knows only its own pool's token, so a replica on another node is not a key to the others.
+Replicas are restarted with the gateway, so a new secret per start costs nothing.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import secrets
+
+from serving.auth.guard import Authenticator
+from serving.auth.scopes import Principal, Scope
+from serving.errors import Unauthenticated
+
+__all__ = [
+    "CALLER_ENV",
+    "GATEWAY",
+    "METRICS_ENV",
+    "PROMETHEUS",
+    "REPLICA_TOKEN_ENV",
+    "GatewayTokens",
+    "InternalCredentials",
+]
+
+#: environment variables a replica started by an engine reads its tokens from (never argv: `ps` shows it).
+REPLICA_TOKEN_ENV = "SERVEGATE_REPLICA_TOKEN"
+METRICS_ENV = "SERVEGATE_METRICS_TOKEN"
+#: the token a service's replicas send when they call the gateway (a transformer's predictor calls).
+CALLER_ENV = "SERVEGATE_GATEWAY_TOKEN"
+
+#: the gateway as its replicas see it: everything but health needs this.
+GATEWAY = Principal("gateway", frozenset(Scope))
+#: Prometheus: metrics only.
+PROMETHEUS = Principal("prometheus", frozenset({Scope.METRICS}))
+_CALLER_PREFIX = "sgi_"
+
+
+def _mac(secret: bytes, purpose: str) -> str:
+    digest = hmac.new(secret, purpose.encode(), hashlib.sha256).digest()
+    return base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
+
+
+class InternalCredentials:
+    """The gateway's internal tokens, derived from one secret (random unless given, for tests)."""
+
+    def __init__(self, secret: bytes | None = None) -> None:
+        self._secret = secret or secrets.token_bytes(32)
+        self.metrics_token = _mac(self._secret, "metrics")
+
+    def pool_token(self, revision: str) -> str:
+        """What the gateway sends to, and only the replicas of, `revision`."""
+        return _mac(self._secret, f"pool:{revision}")
+
+    def caller_token(self, service: str) -> str:
+        """What `service`'s replicas send to call the gateway back: inference on `service` only."""
+        return f"{_CALLER_PREFIX}{service}_{_mac(self._secret, f'caller:{service}')}"
+
+    def authenticate(self, token: str) -> Principal | None:
+        """The principal of one of these tokens as the gateway accepts them, or None when `token` is
+        not an internal one (it may still be a user's)."""
+        if token.startswith(_CALLER_PREFIX):
+            service, _, mac = token[len(_CALLER_PREFIX) :].rpartition("_")
+            if not service or not hmac.compare_digest(
+                mac.encode(), _mac(self._secret, f"caller:{service}").encode()
+            ):
+                raise Unauthenticated("invalid token")
+            return Principal(f"service:{service}", frozenset({Scope.INFER}), services=frozenset({service}))
+        if hmac.compare_digest(token.encode(), self.metrics_token.encode()):
+            return PROMETHEUS
+        return None
+
+
+class GatewayTokens:
+    """What the gateway accepts: its internal tokens, then the users' (`TokenStore`)."""
+
+    def __init__(self, internal: InternalCredentials, users: Authenticator) -> None:
+        self.internal = internal
+        self.users = users
+
+    def authenticate(self, token: str) -> Principal:
+        return self.internal.authenticate(token) or self.users.authenticate(token)
