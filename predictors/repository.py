@@ -6,8 +6,9 @@ only once the new one is ready; in-flight requests on the old copy finish before
 
 Where a URI came from decides whether the storage policy (`StorageConfig.policy`) applies: a URI
 from a load request is always checked, when it is registered and again when it is fetched; the
-repository folder's models and the models given to `start` are the operator's and are not, unless
-`check_start_models` says they came from a gateway (which checked them once, at apply).
+models given to `start` and the repository folder's are the operator's and are not, unless
+`check_start_models` says a gateway started this replica (everything it serves then came from
+manifests, checked once at apply; and a manifest's args could name the folder).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from predictors.metrics import ReplicaMetrics
 from predictors.model import ModelState, ServedModel
 from predictors.runtime import Runtime
 from predictors.runtimes import infer_format, is_import_path, normalize_format, runtime_class
-from predictors.spec import ModelSpec
+from predictors.spec import ModelSpec, RegistryOrigin
 from predictors.storage import StorageConfig, fetch
 from serving.errors import InvalidInput, ModelFailure, ModelNotFound, ModelNotReady, as_serving_error
 from serving.registry.types import RegistryError
@@ -159,7 +160,7 @@ class ModelRepository:
             # The folder may have changed since start-up (a new version, a new model): look again.
             spec = discover_one(self._root, name, self._template)
             if spec is not None:
-                return spec, False  # the operator's folder
+                return spec, self._check_start_models
         if name in self._specs:
             return self._specs[name], name in self._checked
         raise ModelNotFound(f"model '{name}' is not in the model repository")
@@ -201,6 +202,10 @@ class ModelRepository:
         if spec.format is not None and normalize_format(spec.format) != registered:
             raise InvalidInput(f"{spec.uri} is a {registered} model, not {normalize_format(spec.format)}")
         cls = runtime_class(registered)
+        # Whether it may run code as it loads is the version record's to say, not the trust policy's.
+        spec = dataclasses.replace(
+            spec, format=registered, origin=RegistryOrigin(got.version.uri, got.version.trusted)
+        )
         if not cls.needs_artifact:  # python: the class inside the verified copy
-            return cls(dataclasses.replace(spec, uri=got.import_path, format=registered), None)
-        return cls(dataclasses.replace(spec, format=registered), got.path)
+            return cls(dataclasses.replace(spec, uri=got.import_path), None)
+        return cls(spec, got.path)

@@ -5,25 +5,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["DEFAULT_MAX_LATENCY_MS", "ModelSpec", "TrustPolicy"]
+from predictors.trust import RegistryOrigin, TrustPolicy
+
+# TrustPolicy is defined beside the rest of code trust (predictors.trust) and kept importable here.
+__all__ = ["DEFAULT_MAX_LATENCY_MS", "ModelSpec", "RegistryOrigin", "TrustPolicy"]
 
 DEFAULT_MAX_LATENCY_MS = 5.0
-
-
-@dataclass(frozen=True, slots=True)
-class TrustPolicy:
-    """Which model sources may hold pickles (joblib, pickle): loading one runs code from its author.
-
-    A source is trusted when `trust_all` is set or its storage URI starts with one of `sources`
-    (for example `s3://ml-prod/` or `/srv/models/`). Formats that cannot run code (ONNX, TorchScript,
-    torch.export, skops) need no trust.
-    """
-
-    sources: tuple[str, ...] = ()
-    trust_all: bool = False
-
-    def trusts(self, uri: str) -> bool:
-        return self.trust_all or any(uri.startswith(prefix) for prefix in self.sources)
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,6 +24,9 @@ class ModelSpec:
     max_latency_ms: how long the first request of a batch waits for others, in milliseconds.
     threads: intra-op threads for ONNX Runtime / torch (None: the library's default).
     instances: model calls that may run at once on this replica (threads in its executor).
+    trust: the sources whose models may run code as they load (python files, pickles, torch.export).
+    origin: set for a model materialized from the registry: the version it came from, whose record
+    (not `trust`'s prefixes) says whether it may run code.
     """
 
     name: str
@@ -50,6 +40,7 @@ class ModelSpec:
     trust: TrustPolicy = field(default_factory=TrustPolicy)
     #: runtime-specific settings (e.g. an explicit input/output signature for TorchScript).
     options: dict[str, Any] = field(default_factory=dict)
+    origin: RegistryOrigin | None = None
 
     @property
     def batching(self) -> bool:

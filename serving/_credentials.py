@@ -88,7 +88,7 @@ def resolve_token(
 
 def _read(path: Path) -> str:
     # Imported here: only a client that reads a token file pays for serving.auth's imports.
-    from serving.auth.tokens import read_token_file
+    from serving.auth.files import read_token_file
 
     try:
         return read_token_file(path.expanduser())

@@ -17,8 +17,18 @@ from starlette.routing import Mount
 
 from autoscaler.sources import MetricSourceError
 from autoscaler.sources.promql import render
+from predictors.trust import (
+    TRUSTED_SOURCES_ENV,
+    TrustPolicy,
+    local_needs_trust,
+    needs_trust,
+    source_of,
+    trust_hint,
+    why_code_runs,
+)
 from serving.auth import Guard, Principal, Scope, Target, refusal
 from serving.auth.rest import ScopedRoute, principal_of
+from serving.auth.storage_fields import storage_problems
 from serving.controller.controller import Controller, NotFound
 from serving.errors import PermissionDenied, ServingError
 from serving.registry.types import RegistryError
@@ -26,7 +36,7 @@ from serving.registry.uris import is_registry_uri
 from serving.spec import InferenceService, ManifestError, Problem, TrainedModel, load_manifests
 from serving.spec.manifests import ManifestTooLarge, Resource
 
-__all__ = ["KINDS", "api_routes"]
+__all__ = ["KINDS", "api_routes", "trust_problems"]
 
 #: URL plural -> manifest kind.
 KINDS = {
@@ -35,6 +45,8 @@ KINDS = {
     "inferencegraphs": "InferenceGraph",
 }
 MAX_MANIFEST_BYTES = 4 * 1024 * 1024
+#: why a manifest may not name trusted sources itself.
+_OPERATORS = "is the operator's to give (servegate up --trust-source), not a manifest's"
 NO_PROMETHEUS = "a custom (PromQL) metric needs a Prometheus server: start servegate up with --prometheus-url"
 
 
@@ -67,7 +79,11 @@ class _Api:
             resources = load_manifests(text, request.query_params.get("source", "<request>"))
             _check_namespaces(principal_of(request), resources)
             problems = (
-                self._references(resources) + await self._queries(resources) + await self._models(resources)
+                self._references(resources)
+                + await self._queries(resources)
+                + await self._models(resources)
+                + await self._storage(resources)
+                + await self._trust(resources)
             )
             if problems:
                 raise ManifestError(problems)
@@ -166,6 +182,11 @@ class _Api:
                     problems.append(Problem(where, error))
         return problems
 
+    async def _storage(self, resources: list[Resource]) -> list[Problem]:
+        """Paths outside the storage roots, URLs into loopback, private or link-local addresses:
+        whatever the manifests would make this machine read or fetch that its policy refuses."""
+        return await asyncio.to_thread(storage_problems, resources, self.controller.storage_policy)
+
     async def _models(self, resources: list[Resource]) -> list[Problem]:
         """A `registry://` storageUri must name a version (or alias) the registry has, of the format
         the manifest says."""
@@ -192,6 +213,12 @@ class _Api:
                 if fmt and _format(fmt) != version.format:
                     problems.append(Problem(where, f"{version.uri} is a {version.format} model, not {fmt}"))
         return problems
+
+    async def _trust(self, resources: list[Resource]) -> list[Problem]:
+        """Models that run code as they load, from sources nobody trusted (see `trust_problems`)."""
+        return await asyncio.to_thread(
+            trust_problems, resources, self.controller.trust, self.controller.registry
+        )
 
     async def list(self, request: Request) -> Response:
         items = self.controller.list(self._kind(request))
@@ -225,6 +252,51 @@ class _Api:
         except ValueError as exc:
             return _error(str(exc), 409)
         return JSONResponse({"name": request.path_params["name"], "message": message})
+
+
+def trust_problems(resources: list[Resource], trust: TrustPolicy, registry: Any = None) -> list[Problem]:
+    """A model that runs code as it loads (a python file, a pickle, a torch.export archive) must come
+    from a source `trust` trusts (`servegate up --trust-source`) or be a version of `registry` an
+    admin trusted; and only the operator names trusted sources, not a manifest's args or env. The
+    replica's runtime checks again when it loads the artifact itself. `registry` None: registry
+    URIs are not checked here. Reads local file names and zip directories; call it in a thread."""
+    problems = []
+    for r in resources:
+        if isinstance(r, InferenceService):
+            models = [
+                (f"spec.{kind}", c.storage_uri, c.format, c.args, c.env) for kind, c in r.components().items()
+            ]
+        elif isinstance(r, TrainedModel):
+            models = [("spec.model", r.spec.model.storage_uri, r.spec.model.framework, (), ())]
+        else:
+            continue
+        for path, uri, fmt, args, env in models:
+            where = f"{r.kind}/{r.metadata.name}: {path}"
+            # What the replica would read as its trusted sources; only the operator names them.
+            if any(arg.partition("=")[0] == "--trust-source" for arg in args):
+                problems.append(Problem(f"{where}.args", f"--trust-source {_OPERATORS}"))
+            if any(name == TRUSTED_SOURCES_ENV for name, _ in env):
+                problems.append(Problem(f"{where}.env", f"{TRUSTED_SOURCES_ENV} {_OPERATORS}"))
+            if not uri or trust.trust_all:
+                continue
+            if is_registry_uri(uri):
+                if registry is None:
+                    continue  # registry URIs are not checked here (the API's _models says if none)
+                try:
+                    version = registry.resolve(uri)
+                except RegistryError:
+                    continue  # the API's _models says why
+                if version.trusted or not needs_trust(version.format, version.artifact_name):
+                    continue
+                why, source, whose = why_code_runs(version.format), version.uri, "no admin has trusted it"
+            else:
+                source = source_of(fmt, uri)
+                if trust.trusts(source) or not local_needs_trust(fmt, uri):
+                    continue
+                why, whose = why_code_runs(fmt, uri), "this gateway does not trust its source"
+            message = f"refusing {source}: {why}, and {whose}; {trust_hint(source)}"
+            problems.append(Problem(f"{where}.storageUri", message))
+    return problems
 
 
 def _format(name: str) -> str:

@@ -55,6 +55,8 @@ DEFAULT_URL = "http://127.0.0.1:8080"
 DEFAULT_GRPC_PORT = 8081
 #: how gRPC words a channel that cannot connect (its status, UNAVAILABLE, is not enough on its own).
 _GRPC_UNREACHABLE = ("failed to connect", "errors resolving", "dns resolution failed", "connection refused")
+#: gRPC refusals as the HTTP status REST would answer, so that callers (the CLI) treat both alike.
+_GRPC_STATUS = {"StatusCode.UNAUTHENTICATED": 401, "StatusCode.PERMISSION_DENIED": 403}
 
 #: URL plural -> manifest kind (the control API's resource types).
 _KINDS = {
@@ -404,7 +406,7 @@ class Client:
             # service with no ready revision), and that must read as the gateway's message.
             if any(sign in message.lower() for sign in _GRPC_UNREACHABLE):
                 raise GatewayUnreachable(f"{'grpcs' if tls else 'grpc'}://{target}", message) from None
-            raise ServegateError(message) from None
+            raise ServegateError(message, _GRPC_STATUS.get(str(exc.status()))) from None
 
     # -- plumbing ---------------------------------------------------------------------------------
 
@@ -535,9 +537,7 @@ def _text(item: Any) -> Any:
     return item.decode(errors="backslashreplace") if isinstance(item, bytes) else item
 
 
-def bearer_headers(
-    token: str | None, url: str, *, token_file: str | Path | None = None
-) -> dict[str, str]:
+def bearer_headers(token: str | None, url: str, *, token_file: str | Path | None = None) -> dict[str, str]:
     """`{"authorization": "Bearer <token>"}` for the token `resolve_token` finds for `url`, else {}.
 
     A token file that cannot be used (readable by others, empty) is a ServegateError saying why.

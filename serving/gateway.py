@@ -23,23 +23,27 @@ from autoscaler.runner import Autoscaler
 from autoscaler.sources.promql import PromQLSource
 from autoscaler.sources.scrape import ScrapeSource
 from predictors.server.replica import bind_socket, http_server
+from predictors.trust import TrustPolicy
 from router.core import Router
 from router.front.grpc import build_gateway_grpc_server
 from router.front.rest import build_gateway_app
 from router.metrics import GatewayMetrics, PoolGauge
-from serving.api import api_routes
+from serving.api import api_routes, trust_problems
 from serving.auth import Guard
 from serving.auth.api import token_routes
+from serving.auth.files import ADMIN_TOKEN_FILE, METRICS_TOKEN_FILE, write_secret
 from serving.auth.internal import GatewayTokens, InternalCredentials
 from serving.auth.listen import exposure_warning, is_loopback_host
+from serving.auth.storage import StoragePolicy
+from serving.auth.storage_fields import storage_problems
 from serving.auth.tls import TlsFiles, add_port
-from serving.auth.tokens import ADMIN_TOKEN_FILE, METRICS_TOKEN_FILE, TokenStore, write_secret
+from serving.auth.tokens import TokenStore
 from serving.controller.controller import Controller
 from serving.engines.process import ProcessEngine
 from serving.monitoring import ReplicaTarget, targets_path, write_targets
 from serving.registry.api import registry_routes
 from serving.registry.registry import Registry, RegistryConfig
-from serving.spec import load_manifests, read_manifest_paths
+from serving.spec import ManifestError, load_manifests, read_manifest_paths
 from serving.store import Store
 
 __all__ = ["Gateway", "GatewayOptions"]
@@ -83,6 +87,12 @@ class GatewayOptions:
     registry: RegistryConfig | None = None
     #: seconds between two looks at the registry for moved aliases.
     registry_poll_s: float = 1.0
+    #: what manifests, registrations and load requests may make it read or fetch; None: the default,
+    #: the working directory and `state_dir` as roots and no allowed hosts (`Gateway.storage_policy`).
+    storage_policy: StoragePolicy | None = None
+    #: sources whose models may run code as they load (python files, pickles, torch.export), given
+    #: to the controller (apply-time checks) and to every replica (SERVEGATE_TRUSTED_SOURCES).
+    trust: TrustPolicy = field(default_factory=TrustPolicy)
 
 
 class Gateway:
@@ -100,6 +110,7 @@ class Gateway:
             **options.engine_options,
         )
         self.tokens: TokenStore | None = None
+        self.storage_policy = options.storage_policy or StoragePolicy((Path.cwd(), options.state_dir))
         self.http_port: int | None = None
         self.model_registry: Registry | None = None
         self.grpc_port: int | None = None
@@ -115,6 +126,12 @@ class Gateway:
         # Manifests given with -f are checked before anything starts: a bad file stops here.
         texts = read_manifest_paths(list(opts.manifests)) if opts.manifests else []
         resources = [r for source, text in texts for r in load_manifests(text, source)]
+        # Their replicas check the storage policy when they fetch: say now what they would refuse.
+        if problems := await asyncio.to_thread(storage_problems, resources, self.storage_policy):
+            raise ManifestError(problems)
+        # ... and what runs code as it loads from a source nobody trusted (registry URIs: at apply).
+        if problems := await asyncio.to_thread(trust_problems, resources, opts.trust):
+            raise ManifestError(problems)
 
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -128,10 +145,12 @@ class Gateway:
         gateway_url = f"{scheme}://{local}:{self.http_port}"
         controller = self.controller = Controller(self.store, self.engine, self.router, gateway_url)
         controller.registry = model_registry = self.model_registry = Registry(
-            opts.registry or RegistryConfig.from_env(opts.state_dir)
+            opts.registry or RegistryConfig.from_env(opts.state_dir), storage_policy=self.storage_policy
         )
         controller.registry_poll_s = opts.registry_poll_s
         controller.credentials = self.credentials
+        controller.storage_policy = self.storage_policy
+        controller.trust = opts.trust
         # Replicas want it on /metrics whether or not users need tokens: Prometheus reads it here.
         write_secret(opts.state_dir / METRICS_TOKEN_FILE, self.credentials.metrics_token)
         guard = self._guard()
@@ -153,7 +172,8 @@ class Gateway:
         self.router.metrics.watch_pools(self._pool_gauges)
         # The token routes first: the control API's /api/v1/{plural} would match /api/v1/tokens too.
         token_api = token_routes(self.tokens, guard) if self.tokens is not None else []
-        routes = token_api + api_routes(controller, guard) + registry_routes(model_registry, guard)
+        registry_api = registry_routes(model_registry, guard, policy=self.storage_policy)
+        routes = token_api + api_routes(controller, guard) + registry_api
         app = build_gateway_app(
             self.router,
             self.registry,

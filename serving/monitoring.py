@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import NamedTuple
 from urllib.parse import urlsplit
 
-from serving.auth.tokens import METRICS_TOKEN_FILE
+from serving.auth.files import METRICS_TOKEN_FILE
 
 __all__ = [
     "GATEWAY_JOB",

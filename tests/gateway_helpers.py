@@ -38,6 +38,7 @@ __all__ = [
     "mlp_isvc",
     "python_isvc",
     "revision",
+    "storage_roots",
     "traffic",
 ]
 
@@ -316,12 +317,25 @@ def metric_total(text: str, name: str, **labels: str) -> float:
 # -- fixtures --------------------------------------------------------------------------------------
 
 
-def gateway_process(state_dir: Path) -> Iterator[GatewayProcess]:
-    """A started `servegate up` on `state_dir`, stopped afterwards (body of a module fixture).
+def storage_roots(state_dir: Path, *folders: Path) -> list[str]:
+    """`servegate up` flags letting a gateway on `state_dir` read models from `folders` too: the
+    working directory and the state dir it reads from by default stay allowed (a `--storage-root`
+    replaces the defaults)."""
+    roots = [*folders, Path.cwd(), state_dir]
+    return [arg for root in roots for arg in ("--storage-root", str(root))]
 
-    A failed start shows the gateway's output in the error.
+
+def gateway_process(
+    state_dir: Path, *args: str, storage_root: Path | None = None
+) -> Iterator[GatewayProcess]:
+    """A started `servegate up ARGS` on `state_dir`, stopped afterwards (body of a module fixture).
+
+    `storage_root`: a folder the tests' manifests may read models from (their pytest temporary root,
+    where `model_repo` lies), besides the working directory and the state dir a gateway reads from
+    by default. A failed start shows the gateway's output in the error.
     """
-    gateway = GatewayProcess(state_dir, "--drain-timeout", "5")
+    roots = [] if storage_root is None else storage_roots(state_dir, storage_root)
+    gateway = GatewayProcess(state_dir, "--drain-timeout", "5", *roots, *args)
     try:
         gateway.wait_live()
         yield gateway
@@ -332,7 +346,7 @@ def gateway_process(state_dir: Path) -> Iterator[GatewayProcess]:
 
 # -- replicas and HTTP sinks -----------------------------------------------------------------------
 
-__all__ += ["HttpSink", "Received", "replica_urls"]
+__all__ += ["HttpSink", "Received", "metrics_token", "replica_metrics", "replica_models", "replica_urls"]
 
 
 def replica_urls(api: ControlApi, state_dir: Path, service: str, component: str = "predictor") -> list[str]:
@@ -345,6 +359,38 @@ def replica_urls(api: ControlApi, state_dir: Path, service: str, component: str 
                 ports = json.loads((state_dir / "replicas" / replica["id"] / "ports.json").read_text())
                 urls.append(f"http://127.0.0.1:{ports['http']}")
     return urls
+
+
+def metrics_token(state_dir: Path) -> str:
+    """The token for `/metrics` (Prometheus' own) that the gateway on `state_dir` wrote there; the
+    gateway and every replica it started accept it, for `/metrics` only."""
+    return (state_dir / "metrics.token").read_text().strip()
+
+
+def replica_metrics(state_dir: Path, replica: str) -> str:
+    """A replica's `/metrics`, read with the metrics token of its gateway (on `state_dir`).
+
+    Replicas started by a gateway answer nothing but health without the pool's internal token, which
+    never leaves the gateway; the metrics token is the one way in for a test.
+    """
+    headers = {"authorization": f"Bearer {metrics_token(state_dir)}"}
+    response = httpx.get(f"{replica}/metrics", headers=headers, timeout=10.0, trust_env=False)
+    assert response.status_code == 200, response.text
+    return response.text
+
+
+def replica_models(state_dir: Path, replica: str, state: str = "READY") -> set[str]:
+    """The models a replica's repository reports in `state`, from its `servegate_model_state` gauge
+    (the repository's own view, read at scrape time)."""
+    found = set()
+    for line in replica_metrics(state_dir, replica).splitlines():
+        match = _SAMPLE.match(line)
+        if match is None or match["name"] != "servegate_model_state":
+            continue
+        labels = dict(_LABEL.findall(match["labels"] or ""))
+        if labels.get("state") == state and float(match["value"]) == 1.0:
+            found.add(labels["model"])
+    return found
 
 
 @dataclass(frozen=True, slots=True)

@@ -2,8 +2,11 @@
 
 The URI is `package.module:ClassName` (imported with importlib) or `path/to/file.py:ClassName`
 (loaded from the file under a module name of its own; relative paths are relative to the working
-directory). Each hook of the model is wrapped once, at load: coroutine functions are awaited on the
-event loop, plain functions run in this runtime's thread pool of `spec.instances` threads.
+directory). Importing a file runs its code, so a file loads only from a trusted source (see
+predictors.trust); a module is code already installed where the server runs, by its operator.
+
+Each hook of the model is wrapped once, at load: coroutine functions are awaited on the event
+loop, plain functions run in this runtime's thread pool of `spec.instances` threads.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import numpy as np
 from predictors.python_model import Context, PythonModel
 from predictors.runtime import Runtime, RuntimeRequest, Signature
 from predictors.spec import ModelSpec
+from predictors.trust import is_python_file, require_trust, why_code_runs
 from serving.errors import InvalidInput, ModelFailure, ServingError
 from serving.modules import exec_file
 from serving.protocol.datatypes import DATATYPES, datatype_of
@@ -117,7 +121,7 @@ class PythonRuntime(Runtime):
                 f"python model URI '{uri}' must be 'package.module:ClassName' or 'path/to/file.py:ClassName'"
             )
         try:
-            if _is_file_path(target):
+            if is_python_file(target):
                 module = self._import_file(Path(target))
             else:
                 module = importlib.import_module(target)
@@ -128,7 +132,9 @@ class PythonRuntime(Runtime):
             raise ModelFailure(f"could not import '{uri}': {type(exc).__name__}: {exc}") from exc
 
     def _import_file(self, path: Path) -> Any:
+        # Resolved once: the file checked for trust is the file imported.
         path = path.resolve()
+        require_trust(self.spec, f"import {path}", why_code_runs("python"), source=str(path))
         if not path.is_file():
             raise ModelFailure(f"python model file {path} does not exist")
         # A name of its own, so two models loaded from files called model.py never share a module.
@@ -208,10 +214,6 @@ class PythonRuntime(Runtime):
 
 async def _passthrough(value: Any, context: Context) -> Any:
     return value
-
-
-def _is_file_path(target: str) -> bool:
-    return target.endswith(".py") or "/" in target or "\\" in target
 
 
 def _declared(specs: Any, what: str, uri: str) -> tuple[TensorSpec, ...]:

@@ -39,6 +39,7 @@ import torch.utils._pytree as pytree
 
 from predictors.runtime import BlockingRuntime, RuntimeRequest, Signature
 from predictors.runtimes import model_file
+from predictors.trust import require_trust, torch_archive_kind, why_code_runs
 from serving.errors import InvalidInput, ModelFailure
 from serving.protocol.datatypes import DATATYPES
 from serving.protocol.types import TensorSpec
@@ -91,6 +92,12 @@ class TorchRuntime(BlockingRuntime):
         return signature
 
     def _load_export(self, artifact: Path) -> Signature:
+        require_trust(
+            self.spec,
+            f"load {artifact.name}",
+            why_code_runs("pytorch"),
+            instead="save the model with torch.jit.save (TorchScript) or export it to ONNX instead",
+        )
         try:
             # A file object, because torch.export.load insists on a .pt2 suffix for paths.
             with artifact.open("rb") as f:
@@ -182,22 +189,16 @@ def _device(option: Any) -> torch.device:
 def _archive_kind(artifact: Path) -> str:
     """Which loader an archive needs ("export" or "torchscript"): its zip layout, then its suffix."""
     try:
-        with zipfile.ZipFile(artifact) as archive:
-            # Records live under one top-level folder whose name is arbitrary.
-            records = {name.partition("/")[2] for name in archive.namelist()}
+        kind = torch_archive_kind(artifact)
     except (OSError, zipfile.BadZipFile) as exc:
         raise ModelFailure(f"{artifact.name} is not a TorchScript or torch.export archive: {exc}") from None
-    if "archive_format" in records:
-        return "export"
-    if "constants.pkl" in records or any(name.startswith("code/") for name in records):
-        return "torchscript"
-    if "data.pkl" in records:
+    if kind == "pickle":
         raise ModelFailure(
             f"{artifact.name} is a torch.save() pickle (a state_dict or a pickled module), which cannot be "
             "served: loading it runs code and it holds no graph; save the model with torch.export.save "
             "(a .pt2 file) or torch.jit.save instead"
         )
-    return "export" if artifact.suffix.lower() == ".pt2" else "torchscript"
+    return kind
 
 
 def _datatype(dtype: torch.dtype, what: str) -> str:

@@ -24,6 +24,7 @@ import skops.io
 
 from predictors.runtime import BlockingRuntime, RuntimeRequest, Signature
 from predictors.runtimes import model_file
+from predictors.trust import require_trust, why_code_runs
 from serving.errors import InvalidInput, ModelFailure
 from serving.protocol.datatypes import DATATYPES
 from serving.protocol.types import TensorSpec
@@ -60,17 +61,14 @@ class SklearnRuntime(BlockingRuntime):
         self._dtypes = {spec.name: DATATYPES[spec.datatype] for spec in outputs}
         return Signature(inputs=inputs, outputs=tuple(outputs))
 
-    def _trusted(self) -> bool:
-        return self.spec.trust.trusts(self.spec.uri)
-
     def _load_skops(self, artifact: Path) -> Any:
         try:
             untrusted = skops.io.get_untrusted_types(file=artifact)
-            if untrusted and not self._trusted():
-                raise ModelFailure(
-                    f"{artifact.name} holds types skops does not trust by default: {', '.join(untrusted)}; "
-                    f"if you trust its author, trust this source with --trust-source {self.spec.uri} "
-                    "(or any prefix of it, or SERVEGATE_TRUSTED_SOURCES)"
+            if untrusted:
+                require_trust(
+                    self.spec,
+                    f"load {artifact.name}",
+                    f"it holds types skops does not trust by default: {', '.join(untrusted)}",
                 )
             return skops.io.load(artifact, trusted=untrusted or None)
         except ModelFailure:
@@ -79,12 +77,12 @@ class SklearnRuntime(BlockingRuntime):
             raise ModelFailure(f"skops could not load {artifact.name}: {type(exc).__name__}: {exc}") from None
 
     def _load_pickle(self, artifact: Path) -> Any:
-        if not self._trusted():
-            raise ModelFailure(
-                f"refusing to unpickle {artifact.name}: pickles run code from their author; serve a .skops "
-                f"file instead, or trust this source with --trust-source {self.spec.uri} (or any prefix of "
-                "it, or SERVEGATE_TRUSTED_SOURCES)"
-            )
+        require_trust(
+            self.spec,
+            f"unpickle {artifact.name}",
+            why_code_runs("sklearn"),
+            instead="serve a .skops file instead",
+        )
         try:
             return joblib.load(artifact)  # reads plain pickles too
         except (pickle.UnpicklingError, EOFError, ValueError, KeyError, zipfile.BadZipFile) as exc:

@@ -66,7 +66,8 @@ class InternalCredentials:
         """The principal of one of these tokens as the gateway accepts them, or None when `token` is
         not an internal one (it may still be a user's)."""
         if token.startswith(_CALLER_PREFIX):
-            service, _, mac = token[len(_CALLER_PREFIX) :].rpartition("_")
+            # The MAC is urlsafe base64, which has "_" in it; a service name (DNS-1123) has none.
+            service, _, mac = token[len(_CALLER_PREFIX) :].partition("_")
             if not service or not hmac.compare_digest(
                 mac.encode(), _mac(self._secret, f"caller:{service}").encode()
             ):

@@ -59,7 +59,7 @@ _NAT64 = ipaddress.ip_network("64:ff9b::/96")
 # "package.module:Class" or "path/to/file.py:Class": the python format's storageUri.
 _IMPORT_PATH = re.compile(r"^([\w./-]+):[A-Za-z_]\w*$")
 _HOST_NAME = re.compile(r"^[a-z0-9_]([a-z0-9_-]*[a-z0-9_])?(\.[a-z0-9_]([a-z0-9_-]*[a-z0-9_])?)*$")
-_ALLOW_HOW = "allow it with --allow-host"
+_ALLOW_HOW = "the operator can allow it with --allow-host"
 
 
 class StorageRefused(InvalidInput):
@@ -70,7 +70,7 @@ class StorageRefused(InvalidInput):
 
 
 def forbidden_reason(ip: Address) -> str | None:
-    """Why the server must not fetch from `ip` ("loopback", "link-local", ...); None when it is a
+    """Why the server must not fetch from `ip` ("a loopback address", ...); None when it is a
     public address. IPv6 forms that carry an IPv4 address (IPv4-mapped, 6to4, Teredo, NAT64) are
     judged by the IPv4 address they reach."""
     embedded = _embedded_ipv4(ip)
@@ -78,12 +78,12 @@ def forbidden_reason(ip: Address) -> str | None:
         inner = forbidden_reason(embedded)
         return f"{inner} ({embedded} inside {ip})" if inner else None
     for reason, hit in (
-        ("unspecified", ip.is_unspecified),
-        ("loopback", ip.is_loopback),
-        ("link-local", ip.is_link_local),
-        ("multicast", ip.is_multicast),
-        ("private", ip.is_private),
-        ("reserved", ip.is_reserved),
+        ("the unspecified address", ip.is_unspecified),
+        ("a loopback address", ip.is_loopback),
+        ("a link-local address", ip.is_link_local),
+        ("a multicast address", ip.is_multicast),
+        ("a private address", ip.is_private),
+        ("a reserved address", ip.is_reserved),
         # Shared (100.64/10), documentation, benchmarking ...: not reachable from the internet.
         ("not a public address", not ip.is_global),
     ):
@@ -240,7 +240,10 @@ class StoragePolicy:
     def check_path(self, path: str | Path) -> Path:
         """`path` resolved (`~`, relative to the working directory, `..` and symlinks), if it lies
         under one of the roots; else StorageRefused."""
-        resolved = Path(path).expanduser().resolve(strict=False)
+        try:
+            resolved = Path(path).expanduser().resolve(strict=False)
+        except (RuntimeError, OSError, ValueError) as exc:  # ~nobody/, a NUL byte, a symlink loop
+            raise StorageRefused(f"path '{path}' cannot be resolved: {exc}") from None
         if any(resolved.is_relative_to(root) for root in self.roots):
             return resolved
         roots = ", ".join(str(r) for r in self.roots) or "none"
@@ -279,10 +282,8 @@ class StoragePolicy:
         for ip in found:
             reason = forbidden_reason(ip)
             if reason is not None and not any(rule.allows_address(ip, port) for rule in self._rules):
-                where = f"'{host}' resolves to {ip}" if str(ip) != host else f"{ip} is"
-                raise StorageRefused(
-                    f"refusing to fetch {what}: {where}, {reason}; {_ALLOW_HOW} {_suggest(host, port)}"
-                )
+                why = f"'{host}' resolves to {ip}, {reason}" if str(ip) != host else f"{ip} is {reason}"
+                raise StorageRefused(f"refusing to fetch {what}: {why}; {_ALLOW_HOW} {_suggest(host, port)}")
         return found
 
 
@@ -321,4 +322,3 @@ def _import_target(uri: str) -> str | None:
 def _is_module_name(target: str) -> bool:
     # The python runtime imports FILE.py:Class (or anything with a slash) from a file, else a module.
     return not (target.endswith(".py") or "/" in target)
-

@@ -12,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-import os
 import re
 import secrets
 import threading
@@ -26,6 +25,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from serving import sqldb
+from serving.auth.files import ADMIN_TOKEN_FILE, METRICS_TOKEN_FILE, read_token_file, write_secret
 from serving.auth.scopes import Principal, Role
 from serving.errors import InvalidInput, ModelNotFound, Unauthenticated
 
@@ -40,12 +40,11 @@ __all__ = [
     "write_secret",
 ]
 
-ADMIN_TOKEN_FILE = "admin.token"
-#: the token Prometheus scrapes /metrics with (`servegate prometheus-config` points at it).
-METRICS_TOKEN_FILE = "metrics.token"
 NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
 _PREFIX = "sgt_"
 _ID_HEX = 12
+#: tokens remembered as verified (forgotten all at once past this).
+_VERIFIED_KEPT = 4096
 _DURATION = re.compile(r"^\s*(\d+)\s*([smhdw])\s*$")
 _UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 
@@ -82,27 +81,6 @@ def parse_duration(text: str) -> float:
     if match is None or int(match.group(1)) <= 0:
         raise ValueError(f"'{text}' is not a duration: use a positive number with s, m, h, d or w (30d)")
     return int(match.group(1)) * _UNIT_S[match.group(2)]
-
-
-def read_token_file(path: Path) -> str:
-    """The token kept in a file (its first line), refused when others may read it."""
-    mode = path.stat().st_mode
-    if mode & 0o077:
-        raise PermissionError(f"{path} is readable by others (mode {mode & 0o777:o}): chmod 600 {path}")
-    token = path.read_text().strip().splitlines()
-    if not token or not token[0].strip():
-        raise ValueError(f"{path} holds no token")
-    return token[0].strip()
-
-
-def write_secret(path: Path, secret: str) -> None:
-    """Write `secret` to `path`, readable by its owner only (0600) from the first byte on."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(secret + "\n")
-    os.replace(tmp, path)
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,6 +135,8 @@ class TokenStore:
         self._clock = clock
         self._lock = threading.Lock()
         self._by_id: dict[str, _Entry] = {}
+        #: token -> (the mirror it was verified against, its entry): the per-request fast path.
+        self._verified: dict[str, tuple[dict[str, _Entry], _Entry]] = {}
         self._load()
 
     @classmethod
@@ -187,16 +167,26 @@ class TokenStore:
     # -- the per-request check --------------------------------------------------------------------
 
     def authenticate(self, token: str) -> Principal:
-        if not token.startswith(_PREFIX) or len(token) < len(_PREFIX) + _ID_HEX + 2:
-            raise Unauthenticated("invalid token")
-        token_id = token[len(_PREFIX) : len(_PREFIX) + _ID_HEX]
-        entry = self._by_id.get(token_id)
-        presented = _sha256(token[len(_PREFIX) + _ID_HEX + 1 :]).encode()
-        if entry is None or not hmac.compare_digest(entry.secret_sha256, presented):
-            raise Unauthenticated("invalid or revoked token")
+        # A token seen before skips the hash: the mirror it came from is checked by identity, so a
+        # revoke (a new mirror) drops it at once; expiry is checked every time.
+        by_id = self._by_id
+        seen = self._verified.get(token)
+        entry = seen[1] if seen is not None and seen[0] is by_id else self._verify(token, by_id)
         if entry.info.expires is not None and self._clock() >= entry.info.expires:
             raise Unauthenticated(f"token '{entry.info.name}' has expired")
         return entry.principal
+
+    def _verify(self, token: str, by_id: dict[str, _Entry]) -> _Entry:
+        if not token.startswith(_PREFIX) or len(token) < len(_PREFIX) + _ID_HEX + 2:
+            raise Unauthenticated("invalid token")
+        entry = by_id.get(token[len(_PREFIX) : len(_PREFIX) + _ID_HEX])
+        presented = _sha256(token[len(_PREFIX) + _ID_HEX + 1 :]).encode()
+        if entry is None or not hmac.compare_digest(entry.secret_sha256, presented):
+            raise Unauthenticated("invalid or revoked token")
+        if len(self._verified) >= _VERIFIED_KEPT:
+            self._verified.clear()
+        self._verified[token] = (by_id, entry)
+        return entry
 
     # -- management -------------------------------------------------------------------------------
 

@@ -73,7 +73,7 @@ listen_options = _options(
         "--host",
         default="127.0.0.1",
         show_default=True,
-        help="Interface to listen on (another than loopback needs authentication, or --insecure).",
+        help="Interface to listen on; any but loopback needs authentication (or --insecure).",
     ),
     click.option(
         "--http-port",

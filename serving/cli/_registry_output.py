@@ -31,7 +31,17 @@ __all__ = [
 ]
 
 MODEL_COLUMNS = ("NAME", "LATEST", "ALIASES", "UPDATED")
-VERSION_COLUMNS = ("VERSION", "FORMAT", "STATUS", "ALIASES", "SHA256", "SIZE", "METRICS", "CREATED")
+VERSION_COLUMNS = (
+    "VERSION",
+    "FORMAT",
+    "STATUS",
+    "TRUSTED",
+    "ALIASES",
+    "SHA256",
+    "SIZE",
+    "METRICS",
+    "CREATED",
+)
 HISTORY_COLUMNS = ("TIME", "ACTOR", "ACTION", "DETAILS")
 _SHORT_SHA = 12
 
@@ -55,6 +65,10 @@ def format_time(epoch: float) -> str:
 
 def _pairs(values: Mapping[str, Any], separator: str = ", ") -> str:
     return separator.join(f"{k}={_value(v)}" for k, v in values.items())
+
+
+def _yes(flag: bool) -> str:
+    return "yes" if flag else "no"
 
 
 def _value(value: Any) -> str:
@@ -84,6 +98,7 @@ def version_rows(versions: Iterable[ModelVersion], now: float) -> list[list[str]
             str(v.version),
             v.format,
             v.status,
+            _yes(v.trusted),
             ",".join(v.aliases),
             v.sha256[:_SHORT_SHA],
             format_size(v.size),
@@ -153,6 +168,7 @@ def describe_version(v: ModelVersion, now: float) -> str:
             ("Version", v.version),
             ("URI", v.uri),
             ("Status", v.status),
+            ("Trusted", _yes(v.trusted)),
             ("Aliases", ", ".join(v.aliases) or "<none>"),
             ("Format", v.format),
             ("Entry", v.entry),

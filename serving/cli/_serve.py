@@ -192,8 +192,8 @@ def _authenticator(token_file: Path | None) -> Authenticator | None:
     """What the replica accepts: the tokens of --token-file (one a line), and the pool and metrics
     tokens an engine puts in its environment; None when there are none (authentication off)."""
     from serving.auth import Principal, Scope, StaticTokens
+    from serving.auth.files import read_token_file
     from serving.auth.internal import GATEWAY, METRICS_ENV, PROMETHEUS, REPLICA_TOKEN_ENV
-    from serving.auth.tokens import read_token_file
 
     tokens: dict[str, Principal] = {}
     if token_file is not None:

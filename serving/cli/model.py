@@ -113,8 +113,9 @@ def model() -> None:
     "--trust-source",
     "trusted",
     multiple=True,
-    help="URI prefix whose pickled models (joblib/pickle) may be loaded; repeatable. "
-    "Also SERVEGATE_TRUSTED_SOURCES (comma-separated).",
+    help="Folder or URI prefix whose models may run code as they load: python files, pickles "
+    "(joblib, .pkl), torch.export archives (.pt2); repeatable. Also SERVEGATE_TRUSTED_SOURCES "
+    "(comma-separated).",
 )
 @click.option("--s3-endpoint", help="S3-compatible endpoint URL (default: AWS_ENDPOINT_URL or S3_ENDPOINT).")
 @click.option(

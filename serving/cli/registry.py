@@ -212,9 +212,7 @@ def registry(
     servegate registry --url http://127.0.0.1:8080 list
     """
     token, token_file = given_token(ctx)
-    ctx.obj = _Target(
-        _registry_url(ctx, url, gateway_url), artifacts, state_dir, ca_cert, token, token_file
-    )
+    ctx.obj = _Target(_registry_url(ctx, url, gateway_url), artifacts, state_dir, ca_cert, token, token_file)
 
 
 @registry.command()
@@ -346,6 +344,29 @@ def archive(target: _Target, ref: RegistryUri, output: str) -> None:
     with _backend(target) as backend:
         version = backend.archive(ref.model, ref.version)  # type: ignore[arg-type]
     _emit(version.as_dict(), output, lambda: f"archived {version.model} version {version.version}")
+
+
+@registry.command()
+@click.argument("ref", metavar="NAME/VERSION", type=_Ref(versioned=True))
+@click.option("--revoke", is_flag=True, help="Stop trusting it instead.")
+@_output_option
+@click.pass_obj
+def trust(target: _Target, ref: RegistryUri, revoke: bool, output: str) -> None:
+    """Trust a version to run code as it loads, or stop with --revoke (a gateway wants an admin token).
+
+    A python model, a pickled scikit-learn model or a torch.export archive runs code from its
+    author when it loads, so it is served only once trusted. Trust only what you would run
+    yourself. ONNX, TorchScript and skops versions need no trust.
+
+    \b
+    servegate registry trust fraud/3
+    servegate registry trust fraud/3 --revoke
+    """
+    with _backend(target) as backend:
+        version = backend.trust(ref.model, ref.version, not revoke)  # type: ignore[arg-type]
+    where = f"{version.model} version {version.version}"
+    message = f"no longer trusting {where}" if revoke else f"trusted {where}: it may run code as it loads"
+    _emit(version.as_dict(), output, lambda: message)
 
 
 @registry.command()

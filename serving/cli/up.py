@@ -53,6 +53,30 @@ _SCALING_FLAGS = {
     help="Where state (SQLite), replica logs and scratch files live.",
 )
 @click.option(
+    "--storage-root",
+    "storage_roots",
+    multiple=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Folder that manifests, registrations and load requests may read models from (repeatable) "
+    "[default: the working directory and the state dir].",
+)
+@click.option(
+    "--allow-host",
+    "allowed_hosts",
+    multiple=True,
+    help="Host name, address or CIDR, optionally with :PORT, that may be fetched from although it "
+    "is loopback, private or link-local, e.g. an internal model store (repeatable).",
+)
+@click.option(
+    "--trust-source",
+    "trusted_sources",
+    multiple=True,
+    metavar="PREFIX",
+    help="Folder or URI prefix (s3://bucket/models/) whose models may run code as they load: python "
+    "files, pickles (joblib, .pkl), torch.export archives (.pt2) (repeatable; also "
+    "SERVEGATE_TRUSTED_SOURCES, comma-separated). Registry versions: `servegate registry trust`.",
+)
+@click.option(
     "--registry-url",
     envvar="SERVEGATE_REGISTRY_URL",
     help="Model registry database (SQLAlchemy URL, e.g. postgresql+psycopg://...) "
@@ -142,6 +166,9 @@ def up(
     no_auth: bool,
     anonymous_inference: bool,
     state_dir: Path,
+    storage_roots: tuple[Path, ...],
+    allowed_hosts: tuple[str, ...],
+    trusted_sources: tuple[str, ...],
     registry_url: str | None,
     artifacts: str | None,
     max_body_size: int,
@@ -167,7 +194,9 @@ def up(
     servegate up --host 0.0.0.0 --tls-cert cert.pem --tls-key key.pem
     """
     from autoscaler.config import ConfigError, GlobalScalingDefaults
+    from predictors.trust import TrustPolicy
     from serving.auth.listen import check_exposure
+    from serving.auth.storage import StoragePolicy
     from serving.auth.tls import tls_files
     from serving.cli._serve import prepare_process
     from serving.gateway import Gateway, GatewayOptions
@@ -196,6 +225,10 @@ def up(
         tls = tls_files(tls_cert, tls_key)
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
+    try:
+        storage_policy = StoragePolicy(storage_roots or (Path.cwd(), state_dir), allowed_hosts)
+    except ValueError as exc:
+        raise click.UsageError(f"--allow-host: {exc}") from None
     prepare_process(log_level)
     defaults = RegistryConfig.from_env(state_dir)
     registry = RegistryConfig(url=registry_url or defaults.url, artifacts=artifacts or defaults.artifacts)
@@ -208,6 +241,8 @@ def up(
         anonymous_inference=anonymous_inference,
         insecure=insecure,
         state_dir=state_dir,
+        storage_policy=storage_policy,
+        trust=TrustPolicy.from_env(trusted_sources),
         registry=registry,
         manifests=manifests,
         max_body_bytes=max_body_size,

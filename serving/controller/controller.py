@@ -18,6 +18,7 @@ from typing import Any
 
 from autoscaler.config import ConfigError, GlobalScalingDefaults, ScalingConfig
 from autoscaler.runner import ScaleTarget
+from predictors.trust import TrustPolicy
 from router.balancer import Pool
 from router.core import Router
 from router.payload_logger import LoggerSpec
@@ -107,6 +108,8 @@ class Controller:
         self.targets: dict[str, Target] = {}
         #: set by the gateway: what manifests may make it and its replicas read or fetch (None: anything).
         self.storage_policy: StoragePolicy | None = None
+        #: set by the gateway: the sources whose models may run code as they load (its --trust-source).
+        self.trust = TrustPolicy()
 
     # -- lifecycle --------------------------------------------------------------------------------
 
@@ -474,6 +477,8 @@ class Controller:
                 env += ((CALLER_ENV, self.credentials.caller_token(service)),)
         if self.storage_policy is not None:  # after the manifest's env: the later value wins
             env += tuple(self.storage_policy.to_env().items())
+        # Always, and after the manifest's env: the operator names trusted sources, not a manifest.
+        env += tuple(self.trust.env().items())
         return ReplicaSpec(
             revision=row.name,
             models=models,

@@ -16,6 +16,7 @@ copies), so every call runs in the thread pool.
     DELETE /models/{name}/aliases/{alias}           model
     PUT    /models/{name}/gates                     model             ({"gates": [gate, ...]})
     GET    /models/{name}/history                   {"items": [entry, ...]}
+    POST   /models/{name}/versions/{version}/trust  version           ({"trusted": true|false}; admin)
 
 Who made a change (the audit log's actor) is the name of the caller's token (with authentication
 off, `anonymous@HOST`).
@@ -36,6 +37,7 @@ from starlette.routing import Mount
 from serving.auth import Guard, Scope
 from serving.auth.guard import ANONYMOUS
 from serving.auth.rest import ScopedRoute, principal_of
+from serving.auth.storage import StoragePolicy, StorageRefused
 from serving.bounds import BoundsError, loads_json
 from serving.registry.types import Gate, RegistryError
 
@@ -49,6 +51,7 @@ __all__ = [
     "GatesBody",
     "RegisterBody",
     "SetAliasBody",
+    "TrustBody",
     "registry_routes",
 ]
 
@@ -99,6 +102,12 @@ class GatesBody(_Body):
     """PUT /models/{name}/gates: every gate of the model (the ones left out are removed)."""
 
     gates: list[GateBody]
+
+
+class TrustBody(_Body):
+    """POST /models/{name}/versions/{version}/trust: trust the version to run code as it loads, or not."""
+
+    trusted: bool
 
 
 B = TypeVar("B", bound=_Body)
@@ -166,9 +175,17 @@ def _source(source: str) -> str:
     )
 
 
+def _allowed(policy: StoragePolicy, source: str) -> None:
+    try:
+        policy.check_uri(source)
+    except StorageRefused as exc:
+        raise RegistryError(f"source: {exc.message}") from None
+
+
 class _Api:
-    def __init__(self, registry: Registry) -> None:
+    def __init__(self, registry: Registry, policy: StoragePolicy | None) -> None:
         self.registry = registry
+        self.policy = policy
 
     async def models(self, request: Request) -> Response:
         models = await run_in_threadpool(self.registry.models)
@@ -186,10 +203,13 @@ class _Api:
 
     async def register(self, request: Request) -> Response:
         body = await _body(request, RegisterBody)
+        source = _source(body.source)
+        if self.policy is not None:
+            await run_in_threadpool(_allowed, self.policy, source)
         version = await run_in_threadpool(
             self.registry.register,
             request.path_params["name"],
-            _source(body.source),
+            source,
             format=body.format,
             metrics=dict(body.metrics),
             params=dict(body.params),
@@ -246,6 +266,17 @@ class _Api:
         entries = await run_in_threadpool(self.registry.history, request.path_params["name"])
         return JSONResponse({"items": [e.as_dict() for e in entries]})
 
+    async def trust(self, request: Request) -> Response:
+        body = await _body(request, TrustBody)
+        found = await run_in_threadpool(
+            self.registry.trust,
+            request.path_params["name"],
+            _version(request),
+            body.trusted,
+            actor=_actor(request),
+        )
+        return JSONResponse(found.as_dict())
+
 
 async def _registry_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, RegistryError)
@@ -258,10 +289,12 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     return JSONResponse({"error": exc.detail}, exc.status_code, headers=exc.headers)
 
 
-def registry_routes(registry: Registry, guard: Guard) -> list[Mount]:
+def registry_routes(registry: Registry, guard: Guard, *, policy: StoragePolicy | None = None) -> list[Mount]:
     """The control API of `registry`, to mount in the gateway beside `api_routes`; every route
-    behind `guard` with the scope it needs."""
-    a = _Api(registry)
+    behind `guard` with the scope it needs. `policy`: what a registration's `source` may be (None:
+    anything the gateway can read); a registry made with the same `storage_policy` checks it again
+    as it fetches (redirects, DNS)."""
+    a = _Api(registry, policy)
     model = "/models/{name}"
     version = model + "/versions/{version}"
 
@@ -280,6 +313,8 @@ def registry_routes(registry: Registry, guard: Guard) -> list[Mount]:
             route(model + "/aliases/{alias}", a.delete_alias, Scope.DEPLOY, "DELETE"),
             route(model + "/gates", a.set_gates, Scope.DEPLOY, "PUT"),
             route(model + "/history", a.history, Scope.READ, "GET"),
+            # Trusting a version lets its code run on the serving machines: an admin's decision.
+            route(version + "/trust", a.trust, Scope.ADMIN, "POST"),
         ],
         exception_handlers={RegistryError: _registry_error, HTTPException: _http_error},
     )

@@ -69,13 +69,14 @@ class RegistryClient:
     each request may take (registering copies the artifact, so give it time; an `http` client
     keeps its own). `token`, `token_file`: the bearer token, found as `serving.Client` finds it
     (`SERVEGATE_TOKEN`, or the admin token of a gateway on this machine, when neither is given);
-    an `http` client sends its own headers instead. `actor`: sent as `x-servegate-user`, which a
-    gateway with tokens ignores (the audit log names the token); each write method's `actor`
-    overrides it. `transport` replaces the network (tests
-    pass `httpx.MockTransport`); `http` sends every request through an httpx client of the
-    caller's, such as starlette's `TestClient` driving the API in process (its base URL is used
-    and closing this client leaves it open). `ca_cert`: the CA bundle (PEM) an https gateway's
-    certificate is checked against (default `SERVEGATE_CA_CERT`, else the system's).
+    an `http` client sends its own headers instead. `actor` (and each write method's, which
+    overrides it), kept so that code written for `Registry` runs unchanged: sent as
+    `x-servegate-user`, but the gateway's audit log names the caller's token, not this.
+    `transport` replaces the network (tests pass `httpx.MockTransport`); `http` sends every
+    request through an httpx client of the caller's, such as starlette's `TestClient` driving the
+    API in process (its base URL is used and closing this client leaves it open). `ca_cert`: the
+    CA bundle (PEM) an https gateway's certificate is checked against (default
+    `SERVEGATE_CA_CERT`, else the system's).
     """
 
     def __init__(
@@ -162,6 +163,13 @@ class RegistryClient:
     def archive(self, name: str, version: int, *, actor: str | None = None) -> ModelVersion:
         path = f"/models/{_seg(name)}/versions/{version}/archive"
         return ModelVersion.from_dict(self._call("POST", path, actor))
+
+    def trust(
+        self, name: str, version: int, trusted: bool = True, *, actor: str | None = None
+    ) -> ModelVersion:
+        """`Registry.trust` on the gateway; its token must be an admin's."""
+        path = f"/models/{_seg(name)}/versions/{version}/trust"
+        return ModelVersion.from_dict(self._call("POST", path, actor, json={"trusted": trusted}))
 
     def set_gates(self, name: str, gates: list[Gate], *, actor: str | None = None) -> RegisteredModel:
         body = {

@@ -55,7 +55,12 @@ versions = sa.Table(
     sa.Column("source", sa.JSON, nullable=False),
     sa.Column("created", sa.Float, nullable=False),
     sa.Column("created_by", sa.Text, nullable=False),
+    #: an admin trusted it to run code as it loads (schema 3).
+    sa.Column("trusted", sa.Boolean, nullable=False, server_default=sa.false()),
 )
+
+#: registry_versions columns later migrations add; _v1 creates the table without them.
+_ADDED_LATER = ("trusted",)
 
 aliases = sa.Table(
     "registry_aliases",
@@ -90,8 +95,21 @@ audit = sa.Table(
 
 def _v1(conn: Connection) -> None:
     """Models, versions, aliases and the audit log."""
-    for table in (models, versions, aliases, audit):
+    for table in (models, aliases, audit):
         table.create(conn)
+    # The versions table as the first release made it, so that later steps add their columns to
+    # fresh databases and old ones alike.
+    first = sa.MetaData()
+    models.to_metadata(first)  # what the versions table's foreign key names
+    sa.Table(
+        versions.name,
+        first,
+        *(c._copy() for c in versions.columns if c.name not in _ADDED_LATER),
+        *(
+            sa.ForeignKeyConstraint(fk.column_keys, [e.target_fullname for e in fk.elements])
+            for fk in versions.foreign_key_constraints
+        ),
+    ).create(conn)
 
 
 def _v2(conn: Connection) -> None:
@@ -99,7 +117,19 @@ def _v2(conn: Connection) -> None:
     gates.create(conn)
 
 
-MIGRATIONS = Migrations("registry", [_v1, _v2])
+def _v3(conn: Connection) -> None:
+    """Versions an admin trusted to run code as they load; none is, to begin with."""
+    column = versions.c.trusted
+    default = sa.false().compile(dialect=conn.dialect)
+    conn.execute(
+        sa.text(
+            f"ALTER TABLE {versions.name} ADD COLUMN {column.name} "
+            f"{column.type.compile(dialect=conn.dialect)} NOT NULL DEFAULT {default}"
+        )
+    )
+
+
+MIGRATIONS = Migrations("registry", [_v1, _v2, _v3])
 SCHEMA_VERSION = MIGRATIONS.version
 
 

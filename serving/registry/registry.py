@@ -25,6 +25,7 @@ from sqlalchemy.engine import Connection
 from predictors.runtimes import is_import_path
 from predictors.storage import StorageConfig, StorageError, fetch
 from serving import sqldb
+from serving.auth.storage import StoragePolicy, StorageRefused
 from serving.registry import db
 from serving.registry.artifacts import StoredArtifact, open_store
 from serving.registry.inspect import inspect_artifact
@@ -88,10 +89,19 @@ class Registry:
     (409), InvalidArtifact and plain RegistryError (400).
     """
 
-    def __init__(self, config: RegistryConfig, cache_dir: Path | None = None) -> None:
+    def __init__(
+        self,
+        config: RegistryConfig,
+        cache_dir: Path | None = None,
+        *,
+        storage_policy: StoragePolicy | None = None,
+    ) -> None:
         """Open (and create or migrate) the database and the artifact store. `cache_dir` is where
-        `fetch` materializes artifacts (default: the storage cache, $SERVEGATE_CACHE_DIR)."""
+        `fetch` materializes artifacts (default: the storage cache, $SERVEGATE_CACHE_DIR).
+        `storage_policy`: what a registration's source may be (a gateway's registry, which requests
+        reach); None: anything (this machine's own CLI)."""
         self.config = config
+        self.storage_policy = storage_policy
         self.cache_dir = cache_dir or StorageConfig.from_env().cache_dir
         self.store = open_store(config.artifacts, config.s3_endpoint_url)
         self._engine = db.connect(config.url)
@@ -136,7 +146,8 @@ class Registry:
         `source` is a local path (file or folder), a file://, http(s):// or s3:// URI, or for the
         python format `FILE.py:Class`. The artifact is copied into the artifact store under its
         sha256; its format is checked (and inferred when `format` is None) and its signature read.
-        A failed register leaves no version and no artifact behind.
+        A failed register leaves no version and no artifact behind. With a `storage_policy`, `source`
+        must be something it allows (StorageRefused is reported as InvalidArtifact).
         """
         _check_name(name)
         metrics = _metrics(metrics or {})
@@ -189,8 +200,10 @@ class Registry:
                     f"a python model is registered as FILE.py:Class, not '{source}{sep}{entry}'"
                 )
         try:
-            return fetch(source, StorageConfig(cache_dir=self.cache_dir / "sources")), entry
-        except StorageError as exc:
+            return fetch(
+                source, StorageConfig(cache_dir=self.cache_dir / "sources", policy=self.storage_policy)
+            ), entry
+        except (StorageError, StorageRefused) as exc:
             raise InvalidArtifact(f"cannot read the artifact: {exc.message}") from None
 
     def _forget(self, stored: StoredArtifact) -> None:
@@ -274,6 +287,27 @@ class Registry:
             )
             _touch(conn, name, time.time())
             _audit(conn, name, actor or default_actor(), "archived", version=version)
+        return self.version(name, version)
+
+    def trust(
+        self, name: str, version: int, trusted: bool = True, *, actor: str | None = None
+    ) -> ModelVersion:
+        """Mark a version trusted (or no longer, with `trusted=False`): whether a version that runs
+        code as it loads (a python model, a pickle, a torch.export archive) may be served. Every
+        version starts untrusted; only an admin should vouch for its author. Refused when the
+        version already is as asked."""
+        with self._writing() as conn:
+            row = _version_row(conn, name, version)
+            if bool(row.trusted) == trusted:
+                raise RegistryConflict(f"{name}/{version} is already {'' if trusted else 'un'}trusted")
+            conn.execute(
+                db.versions.update()
+                .where(db.versions.c.model == name, db.versions.c.version == version)
+                .values(trusted=trusted)
+            )
+            _touch(conn, name, time.time())
+            action = "trusted" if trusted else "untrusted"
+            _audit(conn, name, actor or default_actor(), action, version=version, sha256=row.sha256)
         return self.version(name, version)
 
     def set_gates(self, name: str, gates: list[Gate], *, actor: str | None = None) -> RegisteredModel:
@@ -485,6 +519,7 @@ def _version(row: Any, aliases: tuple[str, ...]) -> ModelVersion:
         source=dict(row.source),
         aliases=aliases,
         entry=row.entry,
+        trusted=bool(row.trusted),
     )
 
 

@@ -140,6 +140,9 @@ class ModelVersion:
     aliases: tuple[str, ...] = ()
     #: python format: the class inside the artifact ("Class" of "model.py:Class").
     entry: str | None = None
+    #: an admin vouched for its author (`Registry.trust`): a version that runs code as it loads (a
+    #: python model, a pickle, a torch.export archive) is served only when set.
+    trusted: bool = False
 
     @property
     def uri(self) -> str:
@@ -191,7 +194,7 @@ class AuditEntry:
     model: str
     time: float
     actor: str
-    #: registered | alias-set | alias-deleted | archived | gates-set
+    #: registered | alias-set | alias-deleted | archived | gates-set | trusted | untrusted
     action: str
     details: dict[str, Any] = field(default_factory=dict)
 

@@ -13,8 +13,10 @@ from tests.servers import GatewayProcess
 
 @pytest.fixture(scope="module")
 def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
-    """`servegate up` with its own state dir, shared by the tests of one module."""
-    yield from gateway_process(tmp_path_factory.mktemp("gateway") / "state")
+    """`servegate up` with its own state dir, shared by the tests of one module; it may read models
+    from the session's temporary folders (`model_repo` among them)."""
+    root = tmp_path_factory.getbasetemp()
+    yield from gateway_process(tmp_path_factory.mktemp("gateway") / "state", storage_root=root)
 
 
 @pytest.fixture(scope="module")

@@ -23,6 +23,7 @@ from predictors.examples import mlp_forward
 from serving import Client, ServegateError
 from serving.cli.main import cli
 from tests.conftest import MLP_SIZES
+from tests.gateway_helpers import storage_roots
 from tests.servers import GatewayProcess, free_port, until
 
 pytestmark = pytest.mark.integration
@@ -43,7 +44,9 @@ def isvc(name: str, storage: Path, **predictor: Any) -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
-    with GatewayProcess(tmp_path_factory.mktemp("cli-gateway") / "state") as gw:
+    """The module's gateway; it may read models from the session's temporary folders."""
+    state = tmp_path_factory.mktemp("cli-gateway") / "state"
+    with GatewayProcess(state, *storage_roots(state, tmp_path_factory.getbasetemp())) as gw:
         gw.wait_live()
         yield gw
 

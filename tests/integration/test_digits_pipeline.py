@@ -5,6 +5,7 @@ unchanged steps cached; lineage leads from the registry version back to the data
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -28,25 +29,30 @@ QUICK = ["--param", "trials=4", "--param", "tune_epochs=5", "--param", "parallel
 
 @pytest.fixture(scope="module")
 def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
-    yield from gateway_process(tmp_path_factory.mktemp("digits-gateway") / "state")
+    """The module's gateway; it may register what the pipelines make in the session's temporary folders."""
+    state = tmp_path_factory.mktemp("digits-gateway") / "state"
+    yield from gateway_process(state, storage_root=tmp_path_factory.getbasetemp())
 
 
-def _pipeline(state: Path, *args: str) -> subprocess.CompletedProcess[str]:
+def _pipeline(state: Path, *args: str, token: str | None = None) -> subprocess.CompletedProcess[str]:
+    """`servegate pipeline ARGS`; its steps call the gateway with `token` (SERVEGATE_TOKEN)."""
+    env = {**os.environ, "SERVEGATE_TOKEN": token} if token else None
     return subprocess.run(
         [sys.executable, "-m", "serving", "pipeline", *args, "--state-dir", str(state)],
         cwd=ROOT,
         capture_output=True,
         text=True,
         timeout=300,
+        env=env,
     )
 
 
-def _accuracy(url: str) -> float:
+def _accuracy(url: str, headers: dict[str, str]) -> float:
     x, y = load_digits(return_X_y=True)
     body = {
         "inputs": [{"name": "input", "datatype": "FP32", "shape": [len(x), 64], "data": x.ravel().tolist()}]
     }
-    response = httpx.post(f"{url}/v2/models/digits/infer", json=body, timeout=60)
+    response = httpx.post(f"{url}/v2/models/digits/infer", json=body, timeout=60, headers=headers)
     assert response.status_code == 200, response.text
     logits = np.array(response.json()["outputs"][0]["data"]).reshape(len(x), 10)
     return float((logits.argmax(axis=1) == y).mean())
@@ -54,7 +60,9 @@ def _accuracy(url: str) -> float:
 
 def test_the_digits_pipeline_registers_and_deploys_a_canary(gateway: GatewayProcess, tmp_path: Path) -> None:
     state = tmp_path / "pipelines"
-    first = _pipeline(state, "run", str(EXAMPLE), "--param", f"gateway={gateway.url}", *QUICK)
+    first = _pipeline(
+        state, "run", str(EXAMPLE), "--param", f"gateway={gateway.url}", *QUICK, token=gateway.token
+    )
     assert first.returncode == 0, first.stdout + first.stderr
     assert "succeeded (6 succeeded)" in first.stdout
 
@@ -66,10 +74,18 @@ def test_the_digits_pipeline_registers_and_deploys_a_canary(gateway: GatewayProc
         assert v1.signature["inputs"] == [{"name": "input", "datatype": "FP32", "shape": [-1, 64]}]
         client.wait_ready("digits", timeout=120)
     # Raw pixels in: the standardizer fitted in training is part of the served model.
-    assert _accuracy(gateway.url) > 0.9
+    assert _accuracy(gateway.url, gateway.headers) > 0.9
 
     second = _pipeline(
-        state, "run", str(EXAMPLE), "--param", f"gateway={gateway.url}", "--param", "epochs=21", *QUICK
+        state,
+        "run",
+        str(EXAMPLE),
+        "--param",
+        f"gateway={gateway.url}",
+        "--param",
+        "epochs=21",
+        *QUICK,
+        token=gateway.token,
     )
     assert second.returncode == 0, second.stdout + second.stderr
     run_id = re.search(r"run (\S+) succeeded", second.stdout)[1]  # type: ignore[index]

@@ -21,6 +21,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
+from router.core import COMPONENT_HEADER
 from tests.gateway_helpers import (
     MLP_X,
     REVISION,
@@ -28,10 +29,12 @@ from tests.gateway_helpers import (
     ControlApi,
     HttpSink,
     Received,
+    gateway_process,
     metric_total,
     mlp_body,
     mlp_isvc,
     python_isvc,
+    replica_models,
     replica_urls,
     revision,
 )
@@ -42,9 +45,23 @@ pytestmark = pytest.mark.integration
 #: chi-square critical value for 1 degree of freedom at p = 0.001.
 CHI2_1DOF_P001 = 10.83
 MAX_MODELS = "serving.servegate.io/max-models-per-replica"
+ANONYMOUS = "serving.servegate.io/anonymous-inference"
 V1_BODY = {"instances": [1.0, 2.0, 3.0]}
 
 Deploy = Callable[..., None]
+
+
+@pytest.fixture(scope="module")
+def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
+    """The module's `servegate up`. Graph steps and payload loggers here send to loopback: to HTTP
+    sinks on ports picked during the tests, and to the gateway itself; the storage policy refuses
+    loopback URLs unless allowed."""
+    yield from gateway_process(
+        tmp_path_factory.mktemp("gateway") / "state",
+        "--allow-host",
+        "127.0.0.1",
+        storage_root=tmp_path_factory.getbasetemp(),
+    )
 
 
 @pytest.fixture
@@ -113,11 +130,6 @@ def trained_model(name: str, host: str, storage_uri: Path) -> dict[str, Any]:
     }
 
 
-def ready_models(replica: str) -> set[str]:
-    """The models a replica's repository index shows READY."""
-    response = httpx.post(f"{replica}/v2/repository/index", json={}, timeout=10.0, trust_env=False)
-    assert response.status_code == 200, response.text
-    return {e["name"] for e in response.json() if e.get("state") == "READY"}
 
 
 def infer_mlp(http: httpx.Client, model: str, expected: np.ndarray, host: str) -> None:
@@ -147,7 +159,7 @@ def test_trained_models_load_on_demand_and_the_least_recently_used_is_unloaded(
     models = ("m1", "m2", "m3", "m-missing")
 
     def held() -> set[str]:
-        ready = ready_models(replica)
+        ready = replica_models(gateway.state_dir, replica)
         assert ready <= set(models), ready
         assert len(ready) <= 2, f"the replica holds {sorted(ready)}, over its limit of 2"
         return ready
@@ -204,7 +216,7 @@ def test_concurrent_first_requests_keep_the_replica_within_its_model_limit(
             # Each round asks for all three at once: two at most may be loaded, and all answer.
             for future in [pool.submit(infer_mlp, http, m, expected, "busy") for m in ("c1", "c2", "c3") * 2]:
                 future.result()
-            ready = ready_models(replica)
+            ready = replica_models(gateway.state_dir, replica)
             assert len(ready) <= 2, f"the replica holds {sorted(ready)}, over its limit of 2"
 
 
@@ -239,12 +251,12 @@ def test_deleted_trained_model_is_unloaded_from_its_replica(
     deploy(trained_model("drop", "drop-host", model_repo / "mlp" / "1"))
     (replica,) = replica_urls(api, gateway.state_dir, "drop-host")
     infer_mlp(http, "drop", expected, "drop-host")
-    assert ready_models(replica) == {"drop"}
+    assert replica_models(gateway.state_dir, replica) == {"drop"}
 
     assert api.http.delete("/trainedmodels/drop").status_code == 200
     until(lambda: http.post("/v2/models/drop/infer", json=mlp_body()).status_code == 404, 10, "no route")
     # KServe unloads a deleted TrainedModel; left loaded, it keeps its memory and a slot.
-    until(lambda: ready_models(replica) == set(), 10, "the deleted model to be unloaded")
+    until(lambda: replica_models(gateway.state_dir, replica) == set(), 10, "the deleted model to be unloaded")
 
 
 def test_trained_model_naming_a_missing_service_is_refused(api: ControlApi, model_repo: Path) -> None:
@@ -295,15 +307,23 @@ def v2_request_of(reply: dict[str, Any]) -> dict[str, Any]:
     return {"inputs": [{**o, "name": "x"} for o in reply.get("outputs", [])]}
 
 
+def anonymous(manifest: dict[str, Any]) -> dict[str, Any]:
+    """`manifest` with its data plane open to callers without a token: a graph's serviceUrl step
+    reaches it with no credentials (the gateway never passes a client's token to a URL)."""
+    manifest["metadata"].setdefault("annotations", {})[ANONYMOUS] = "true"
+    return manifest
+
+
 @pytest.fixture(scope="module")
 def graph_services(api: ControlApi) -> Iterator[None]:
-    """V2: add-one, times-ten, fails (500 always); V1: add-one-v1, times-ten-v1."""
+    """V2: add-one, times-ten, fails (500 always); V1: add-one-v1 (open to anonymous inference, for
+    serviceUrl steps), times-ten-v1."""
     v1 = {"protocolVersion": "v1"}
     services = [
         python_isvc("add-one", "AddOne"),
         python_isvc("times-ten", "TimesTen"),
         python_isvc("fails", "AlwaysFails"),
-        python_isvc("add-one-v1", "AddOne", model=v1),
+        anonymous(python_isvc("add-one-v1", "AddOne", model=v1)),
         python_isvc("times-ten-v1", "TimesTen", model=v1),
     ]
     api.apply(*services)
@@ -542,11 +562,13 @@ def test_transformer_scales_inputs_labels_outputs_and_passes_predictor_errors_on
     np.testing.assert_array_equal(output_of(response, "label"), expected.argmax(axis=1))
     assert response.headers[REVISION] == "scaled-transformer-00001"
 
-    # A wrong shape gets past the transformer; the predictor's 400 and message come back.
+    # A wrong shape gets past the transformer; the predictor's 400 and message come back. What the
+    # predictor says on its own: asked through the gateway as the transformer asks it (the replica
+    # itself takes only the gateway's internal token).
     wrong = mlp_body(np.ones((2, 5), dtype=np.float32))
-    (predictor,) = replica_urls(api, gateway.state_dir, "scaled")
-    direct = httpx.post(f"{predictor}/v2/models/scaled/infer", json=wrong, timeout=10.0, trust_env=False)
+    direct = http.post("/v2/models/scaled/infer", json=wrong, headers={COMPONENT_HEADER: "predictor"})
     assert direct.status_code == 400, direct.text
+    assert direct.headers[REVISION] == "scaled-predictor-00001"
     response = http.post("/v2/models/scaled/infer", json=wrong)
     assert response.status_code == 400, response.text
     assert direct.json()["error"] in response.json()["error"]

@@ -25,6 +25,7 @@ from tests.gateway_helpers import (
     mlp_body,
     mlp_isvc,
     revision,
+    storage_roots,
     traffic,
 )
 from tests.servers import GatewayProcess, processes_using, until
@@ -43,8 +44,10 @@ def state_dir(tmp_path: Path) -> Iterator[Path]:
     assert leftovers == set(), "processes of the test's state folder were left running"
 
 
-def start_gateway(state_dir: Path) -> GatewayProcess:
-    return GatewayProcess(state_dir, "--drain-timeout", "5").wait_live()
+def start_gateway(state_dir: Path, model_repo: Path) -> GatewayProcess:
+    """A gateway on `state_dir` that may serve models from `model_repo`."""
+    roots = storage_roots(state_dir, model_repo)
+    return GatewayProcess(state_dir, "--drain-timeout", "5", *roots).wait_live()
 
 
 def predictor_view(status: dict[str, Any]) -> dict[str, Any]:
@@ -58,7 +61,7 @@ def test_restart_restores_every_service(state_dir: Path, model_repo: Path) -> No
     plain, split = "plain", "split"
     s1, s2 = revision(split, 1), revision(split, 2)
 
-    gateway = start_gateway(state_dir)
+    gateway = start_gateway(state_dir, model_repo)
     try:
         api = ControlApi(gateway.url, gateway.token)
         api.apply(mlp_isvc(plain, model_repo), mlp_isvc(split, model_repo))
@@ -75,7 +78,7 @@ def test_restart_restores_every_service(state_dir: Path, model_repo: Path) -> No
     assert code == 0, gateway.output()[-5000:]
     assert processes_using(state_dir) == set(), "replicas outlived the gateway"
 
-    gateway = start_gateway(state_dir)
+    gateway = start_gateway(state_dir, model_repo)
     try:
         api = ControlApi(gateway.url, gateway.token)
         api.wait_ready(plain)
@@ -126,7 +129,7 @@ def restart_counts(value: Any) -> list[int]:
 def test_killed_replica_is_replaced_without_failing_requests(state_dir: Path, model_repo: Path) -> None:
     name = "victim"
     rev = revision(name, 1)
-    gateway = start_gateway(state_dir)
+    gateway = start_gateway(state_dir, model_repo)
     try:
         api = ControlApi(gateway.url, gateway.token)
         api.apply(mlp_isvc(name, model_repo))

@@ -299,7 +299,7 @@ def test_s3_object_and_prefix_models(tmp_path: Path, s3: S3) -> None:
 def test_reload_swaps_models_and_keeps_the_old_copy_on_failure(tmp_path: Path) -> None:
     repo = tmp_path / "models"
     artifact = make_mlp_onnx(repo / "mlp" / "1" / "model.onnx", MLP_SIZES, seed=0)
-    with ReplicaProcess("--model-repository", str(repo)) as server:
+    with ReplicaProcess("--model-repository", str(repo), "--model-control", "explicit") as server:
         server.wait_ready()
 
         def load() -> httpx.Response:

@@ -81,7 +81,7 @@ def test_readiness_and_model_state_follow_the_load_state(tmp_path: Path) -> None
     with ReplicaProcess(
         "--model-name", "broken", "--model-uri", str(tmp_path / "missing.onnx"),
         "--model-name", "doubler", "--model-uri", "tests.python_models:Doubler",
-        grpc=False,
+        "--model-control", "explicit", grpc=False,
     ) as server:  # fmt: skip
         server.wait_live()
         until(lambda: value(scrape(server.url), "servegate_model_state", model="doubler", version="1",

@@ -16,6 +16,8 @@ import pytest
 
 from autoscaler.sources import MetricSourceError
 from autoscaler.sources.promql import PromQLSource, render
+from serving.auth.files import METRICS_TOKEN_FILE, write_secret
+from serving.auth.internal import METRICS_ENV, REPLICA_TOKEN_ENV
 from serving.monitoring import ReplicaTarget, scrape_config, targets_path, write_targets
 from tests.conftest import MLP_SIZES
 from tests.servers import ReplicaProcess, free_port, prometheus_server
@@ -24,17 +26,23 @@ pytestmark = pytest.mark.integration
 
 REQUESTS = 'sum(servegate_requests_total{model="mlp"})'
 SERVICE, REVISION, REPLICA = "mlp", "mlp-predictor-00001", "mlp-predictor-00001-x7k2p"
+#: what an engine gives a replica it starts: the pool's token (everything but health needs it; here
+#: the test's requests send it) and the metrics token, which Prometheus reads from the state dir.
+POOL_TOKEN, METRICS_TOKEN = "test-pool-token", "test-metrics-token"
 
 
 @pytest.fixture(scope="module")
 def mlp_replica(model_repo: Path) -> Iterator[ReplicaProcess]:
     with ReplicaProcess(
-        "--model-name", "mlp", "--model-uri", str(model_repo / "mlp" / "1"), grpc=False
+        "--model-name", "mlp", "--model-uri", str(model_repo / "mlp" / "1"), grpc=False,
+        env={REPLICA_TOKEN_ENV: POOL_TOKEN, METRICS_ENV: METRICS_TOKEN},
     ) as server:  # fmt: skip
         server.wait_ready()
         body = {"instances": [[0.5] * MLP_SIZES[0]]}
+        headers = {"authorization": f"Bearer {POOL_TOKEN}"}
         for _ in range(5):
-            assert httpx.post(f"{server.url}/v1/models/mlp:predict", json=body).status_code == 200
+            response = httpx.post(f"{server.url}/v1/models/mlp:predict", json=body, headers=headers)
+            assert response.status_code == 200, response.text
         yield server
 
 
@@ -43,6 +51,7 @@ def prometheus(mlp_replica: ReplicaProcess, tmp_path_factory: pytest.TempPathFac
     """Prometheus scraping the replica every second, as `servegate prometheus-config` configures it;
     the gateway's address answers nothing (no gateway runs here)."""
     state_dir = tmp_path_factory.mktemp("state")
+    write_secret(state_dir / METRICS_TOKEN_FILE, METRICS_TOKEN)  # as a gateway writes it
     gateway = f"127.0.0.1:{free_port()}"
     write_targets(
         targets_path(state_dir), gateway, [ReplicaTarget(SERVICE, REVISION, REPLICA, mlp_replica.url)]

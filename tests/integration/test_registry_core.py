@@ -315,7 +315,7 @@ def test_an_older_database_is_migrated_in_place(tmp_path: Path, onnx_file: Path)
     with sqlite3.connect(tmp_path / "r.db") as conn:
         assert [
             v for (v,) in conn.execute("SELECT version FROM registry_schema_version ORDER BY version")
-        ] == [1, 2]
+        ] == [1, 2, 3]
 
 
 def test_a_bad_database_url_is_a_clear_error(tmp_path: Path) -> None:

@@ -18,7 +18,15 @@ from serving.client import Client
 from serving.registry import Gate, Registry, RegistryConfig
 from serving.registry.client import RegistryClient
 from tests.conftest import MLP_SIZES
-from tests.gateway_helpers import ControlApi, Load, gateway_process, mlp_body, revision, traffic
+from tests.gateway_helpers import (
+    ControlApi,
+    Load,
+    gateway_process,
+    mlp_body,
+    revision,
+    storage_roots,
+    traffic,
+)
 from tests.servers import ROOT, GatewayProcess, ReplicaProcess, fresh_database, until
 
 pytestmark = pytest.mark.integration
@@ -90,7 +98,9 @@ def test_a_corrupted_artifact_fails_the_load_loudly(tmp_path: Path, sources: lis
 
 @pytest.fixture(scope="module")
 def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
-    yield from gateway_process(tmp_path_factory.mktemp("registry-gateway") / "state")
+    """The module's gateway; it may register models from the session's temporary folders (`sources`)."""
+    state = tmp_path_factory.mktemp("registry-gateway") / "state"
+    yield from gateway_process(state, storage_root=tmp_path_factory.getbasetemp())
 
 
 @pytest.fixture(scope="module")
@@ -159,7 +169,8 @@ def test_an_alias_move_rolls_out_as_a_canary_and_promote_keeps_the_registry_in_s
     assert len(load.snapshot()) > 300
 
     history = [(e.actor, e.action, e.details.get("alias")) for e in models.history("fraud")]
-    assert ("servegate rollback inferenceservice/fraud", "alias-deleted", "canary") in history
+    # The actor: the token that asked (the admin's), and what it asked.
+    assert ("admin (servegate rollback inferenceservice/fraud)", "alias-deleted", "canary") in history
     # Withdrawing the canary went back to a running revision: no new one was made.
     assert api.status("fraud")["components"]["predictor"]["latestCreatedRevision"] == r3
 
@@ -210,9 +221,12 @@ def test_registry_uris_are_checked_when_applied(
 def test_the_cli_manages_the_registry_through_the_gateway(
     gateway: GatewayProcess, api: ControlApi, sources: list[Path]
 ) -> None:
+    token = gateway.token
+    assert token is not None
+
     def cli(*args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            [sys.executable, "-m", "serving", "registry", "--registry", gateway.url, *args],
+            [sys.executable, "-m", "serving", "registry", "--registry", gateway.url, "--token", token, *args],
             cwd=ROOT,
             capture_output=True,
             text=True,
@@ -278,8 +292,14 @@ def test_a_gateway_on_a_postgresql_registry_serves_from_it(
 ) -> None:
     """The shared-registry set-up: registry rows in PostgreSQL; the replicas resolve there too."""
     with fresh_database(postgres_url) as url:
+        state = tmp_path / "state"
         gateway = GatewayProcess(
-            tmp_path / "state", "--registry-url", url, "--artifacts", str(tmp_path / "shared-artifacts")
+            state,
+            "--registry-url",
+            url,
+            "--artifacts",
+            str(tmp_path / "shared-artifacts"),
+            *storage_roots(state, sources[2].parent),
         )
         try:
             gateway.wait_live()

@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 
 from autoscaler.sources.scrape import ScrapeSource, rate
-from tests.gateway_helpers import X_BODY, ControlApi, python_isvc, revision
+from tests.gateway_helpers import X_BODY, ControlApi, metrics_token, python_isvc, revision
 from tests.servers import GatewayProcess
 
 
@@ -36,7 +36,8 @@ async def test_scrape_source_reads_a_real_gateway_and_its_replica(
         threads = [threading.Thread(target=load) for _ in range(4)]
         for thread in threads:
             thread.start()
-        source = ScrapeSource()
+        # /metrics takes the gateway's metrics token, as the autoscaler's own scrapes send it.
+        source = ScrapeSource(token=metrics_token(gateway.state_dir))
         try:
             busiest = 0.0
             first = None

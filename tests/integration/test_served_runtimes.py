@@ -137,8 +137,10 @@ def served(root: Path) -> Iterator[ReplicaProcess]:
         "odd": root / "odd" / "model.xyz",
     }
     args = [arg for name, uri in models.items() for arg in ("--model-name", name, "--model-uri", str(uri))]
+    # Trusted: the joblib folder, and the two that run code as they load (torch.export, a python file).
+    trusted = (root / "trusted", root / "torch" / "model.pt2", root / "tripler.py")
     with ReplicaProcess(
-        *args, "--model-repository", str(root / "repo"), "--trust-source", str(root / "trusted")
+        *args, "--model-repository", str(root / "repo"), *(f"--trust-source={path}" for path in trusted)
     ) as server:
         index = wait_settled(server)
         assert index["mlp"]["state"] == "READY", server.output()  # the forwarder's upstream

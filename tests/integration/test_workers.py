@@ -154,8 +154,9 @@ def repo(tmp_path: Path) -> Path:
 @pytest.fixture
 def server(repo: Path) -> Iterator[ReplicaProcess]:
     with ReplicaProcess(
-        "--model-repository", str(repo), "--workers", str(WORKERS), "--access-log", "--drain-timeout", "5"
-    ) as server:
+        "--model-repository", str(repo), "--workers", str(WORKERS), "--access-log", "--drain-timeout", "5",
+        "--model-control", "explicit",
+    ) as server:  # fmt: skip
         server.wait_ready()
         wait_every_worker_ready(server, all_workers(server))
         yield server

@@ -509,7 +509,9 @@ def test_the_admin_token_is_found_in_the_working_directory_without_a_state_dir(
     assert _authorization(fake) == [f"Bearer {SECRET}"]
 
 
-@pytest.mark.parametrize("url", ["http://gateway.test:8080", "http://10.0.0.5:8080", "http://127.0.0.1.nip.io"])
+@pytest.mark.parametrize(
+    "url", ["http://gateway.test:8080", "http://10.0.0.5:8080", "http://127.0.0.1.nip.io"]
+)
 def test_the_admin_token_is_never_sent_to_another_host(fake: FakeGateway, tmp_path: Path, url: str) -> None:
     _token_file(tmp_path / "state" / "admin.token")
     with Client(url, transport=httpx.MockTransport(fake)) as client:
@@ -618,9 +620,8 @@ def triton(monkeypatch: pytest.MonkeyPatch) -> type[FakeTriton]:
 def test_grpc_predict_sends_the_token_as_metadata(triton: type[FakeTriton]) -> None:
     with Client("http://gateway.test:8080", token=SECRET) as client:
         assert client.predict("mlp", [[0.0] * 8], protocol="grpc") == {"output": [[0.0] * 4]}
-    assert triton.calls == [("metadata", {"authorization": f"Bearer {SECRET}"})] + [
-        ("infer", {"authorization": f"Bearer {SECRET}"})
-    ]
+    sent = {"authorization": f"Bearer {SECRET}"}
+    assert triton.calls == [("metadata", sent), ("infer", sent)]
 
 
 def test_grpc_predict_sends_the_admin_token_only_to_this_machine(
@@ -632,6 +633,28 @@ def test_grpc_predict_sends_the_admin_token_only_to_this_machine(
         client.predict("mlp", [[0.0] * 8], protocol="grpc", grpc_url="gateway.test:8081")
     sent = {"authorization": f"Bearer {SECRET}"}
     assert [headers for _, headers in triton.calls] == [sent, sent, None, None]
+
+
+@pytest.mark.parametrize(
+    ("code", "status"),
+    [
+        ("StatusCode.UNAUTHENTICATED", 401),
+        ("StatusCode.PERMISSION_DENIED", 403),
+        ("StatusCode.NOT_FOUND", None),
+    ],
+)
+def test_a_grpc_refusal_carries_the_status_rest_would(
+    triton: type[FakeTriton], monkeypatch: pytest.MonkeyPatch, code: str, status: int | None
+) -> None:
+    from tritonclient.utils import InferenceServerException
+
+    def refuse(self: FakeTriton, name: str, **kwargs: Any) -> Any:
+        raise InferenceServerException(msg="no", status=code)
+
+    monkeypatch.setattr(FakeTriton, "get_model_metadata", refuse)
+    with Client("http://gateway.test:8080") as client, pytest.raises(ServegateError) as caught:
+        client.predict("mlp", [[0.0] * 8], protocol="grpc")
+    assert (caught.value.message, caught.value.status) == ("no", status)
 
 
 # --- the package -----------------------------------------------------------------------------

@@ -19,6 +19,7 @@ from starlette.testclient import TestClient
 from serving.api import api_routes
 from serving.auth import Guard
 from serving.bounds import MAX_DEPTH, MAX_NODES, Bounds, BoundsError, loads_json, measure
+from serving.controller.controller import Controller
 from serving.pipelines import PipelineError
 from serving.pipelines.compiler import coerce_params
 from serving.registry import Registry, RegistryConfig
@@ -189,14 +190,12 @@ def test_shipped_manifests_still_load() -> None:
 # -- the control API --------------------------------------------------------------------------------
 
 
-class FakeController:
-    """What the apply endpoint reads of a Controller; `apply` keeps manifests as the real one does."""
+class FakeController(Controller):
+    """A Controller that is never started (no engine, no router), so the API's checks run against
+    its real defaults; `apply` records the resources and keeps their manifests as the real one does."""
 
     def __init__(self, store: Store) -> None:
-        self.store = store
-        self.services: dict[str, Any] = {}
-        self.autoscaler = None
-        self.registry = None
+        super().__init__(store, engine=None, router=None, gateway_url="http://127.0.0.1:1")  # type: ignore[arg-type]
         self.applied: list[Any] = []
 
     async def apply(self, resources: list[Any], **_: Any) -> list[dict[str, str]]:
@@ -218,7 +217,7 @@ def controller(tmp_path: Path) -> Iterator[FakeController]:
 
 @pytest.fixture
 def control_api(controller: FakeController) -> Iterator[TestClient]:
-    app = Starlette(routes=api_routes(controller, Guard(None)))  # type: ignore[arg-type]
+    app = Starlette(routes=api_routes(controller, Guard(None)))
     with TestClient(app) as client:
         yield client
 

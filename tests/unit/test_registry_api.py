@@ -16,6 +16,7 @@ from starlette.applications import Starlette
 from starlette.testclient import TestClient
 
 from predictors.examples import make_mlp_onnx
+from serving.auth import Guard, Principal, Scope, StaticTokens
 from serving.client import GatewayUnreachable
 from serving.registry import (
     AuditEntry,
@@ -49,9 +50,15 @@ def registry(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Regist
     reg.close()
 
 
+#: the caller's token: the audit log names it, whatever actor a client claims.
+TOKEN = "t-release"
+GUARD = Guard(StaticTokens({TOKEN: Principal("release", frozenset(Scope))}))
+
+
 @pytest.fixture
 def http(registry: Registry) -> Iterator[TestClient]:
-    with TestClient(Starlette(routes=registry_routes(registry))) as client:
+    headers = {"authorization": f"Bearer {TOKEN}"}
+    with TestClient(Starlette(routes=registry_routes(registry, GUARD)), headers=headers) as client:
         yield client
 
 
@@ -153,10 +160,8 @@ def test_history_names_the_actor(http: TestClient, model_file: Path) -> None:
         f"{API}/models/mlp/aliases/production", json={"version": 1}, headers={"x-servegate-user": "alice"}
     )
     items = http.get(f"{API}/models/mlp/history").json()["items"]
-    assert [(e["action"], e["actor"]) for e in items] == [
-        ("registered", "api@testclient"),
-        ("alias-set", "alice"),
-    ]
+    # The header a caller chooses is not believed: the token's name is the actor.
+    assert [(e["action"], e["actor"]) for e in items] == [("registered", "release"), ("alias-set", "release")]
     assert items[1]["details"]["alias"] == "production"
 
 
@@ -318,6 +323,7 @@ def test_client_has_the_registry_methods() -> None:
         "set_alias",
         "delete_alias",
         "archive",
+        "trust",
         "set_gates",
         "models",
         "model",
@@ -355,14 +361,16 @@ def test_client_and_registry_answer_with_equal_objects(
     history = client.history("mlp")
     assert all(isinstance(e, AuditEntry) for e in history)
     assert history == registry.history("mlp")
-    assert history[0].actor == "bob"
+    assert history[0].actor == "release"
 
 
-def test_client_actor_is_sent_on_writes(http: TestClient, registry: Registry, model_file: Path) -> None:
+def test_the_token_is_the_actor_whatever_the_client_says(
+    http: TestClient, registry: Registry, model_file: Path
+) -> None:
     with RegistryClient(http=http, actor="ci") as c:
         c.register("mlp", str(model_file))
         c.set_alias("mlp", "production", 1, actor="release-bot")
-    assert [e.actor for e in registry.history("mlp")] == ["ci", "release-bot"]
+    assert [e.actor for e in registry.history("mlp")] == ["release", "release"]
 
 
 def _raised(call: Any) -> RegistryError:

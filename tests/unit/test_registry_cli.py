@@ -4,7 +4,7 @@ the pure parsing and formatting helpers. No servers."""
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +15,7 @@ from starlette.applications import Starlette
 from starlette.testclient import TestClient
 
 from predictors.examples import make_mlp_onnx
+from serving.auth import Guard
 from serving.cli._registry_args import parse_gate, parse_pairs, parse_ref
 from serving.cli._registry_output import (
     describe_model,
@@ -36,6 +37,7 @@ from serving.registry import (
     RegistryError,
     RegistryUri,
 )
+from serving.registry.api import registry_routes
 
 Run = Callable[..., Result]
 
@@ -172,7 +174,7 @@ def test_rows() -> None:
     assert registered_line(VERSION) == "registered mlp version 3 (sha256 0123456789ab…)"
     assert model_rows([MODEL], NOW) == [["mlp", "3", "production=3,staging=3", "60s"]]
     assert version_rows([VERSION], NOW) == [
-        ["3", "onnx", "READY", "production,staging", "0123456789ab", "2.0KiB", "accuracy=0.97", "5m"]
+        ["3", "onnx", "READY", "no", "production,staging", "0123456789ab", "2.0KiB", "accuracy=0.97", "5m"]
     ]
     entry = AuditEntry(
         1, "mlp", NOW, "bob", "alias-set", {"alias": "production", "version": 3, "previous": None}
@@ -195,8 +197,8 @@ def test_describe_model() -> None:
         "production: 3",
         "staging: 3",
         "production: accuracy >= 0.95, latency_ms < 20",
-        "VERSION FORMAT STATUS ALIASES SHA256 SIZE METRICS CREATED",
-        "3 onnx READY production,staging 0123456789ab 2.0KiB accuracy=0.97 5m",
+        "VERSION FORMAT STATUS TRUSTED ALIASES SHA256 SIZE METRICS CREATED",
+        "3 onnx READY no production,staging 0123456789ab 2.0KiB accuracy=0.97 5m",
     ):
         assert line in lines, line
     empty = describe_model(RegisteredModel("m", "", NOW, NOW, 0), [], NOW)
@@ -208,6 +210,7 @@ def test_describe_version() -> None:
     for line in (
         "URI: registry://mlp/3",
         "Status: READY",
+        "Trusted: no",
         "Aliases: production, staging",
         "Artifact: model.onnx (file)",
         "SHA256: " + VERSION.sha256,
@@ -235,7 +238,15 @@ def model_file(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> RegistryConfig:
-    for name in ("SERVEGATE_REGISTRY_URL", "SERVEGATE_ARTIFACTS", "SERVEGATE_STATE_DIR", "SERVEGATE_USER"):
+    for name in (
+        "SERVEGATE_REGISTRY_URL",
+        "SERVEGATE_ARTIFACTS",
+        "SERVEGATE_STATE_DIR",
+        "SERVEGATE_USER",
+        "SERVEGATE_URL",
+        "SERVEGATE_TOKEN",
+        "SERVEGATE_TOKEN_FILE",
+    ):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("SERVEGATE_CACHE_DIR", str(tmp_path / "cache"))
     return RegistryConfig(f"sqlite:///{tmp_path / 'registry.db'}", str(tmp_path / "artifacts"))
@@ -316,7 +327,7 @@ def test_show_model_and_version(run: Run, model_file: Path) -> None:
     lines = _words(ok(run("show", "mlp")))
     assert "Name: mlp" in lines and "production: 2" in lines
     rows = [line.split() for line in lines if line[:2] in ("1 ", "2 ")]
-    assert rows[0][:3] == ["1", "onnx", "READY"] and rows[1][3] == "production"
+    assert rows[0][:4] == ["1", "onnx", "READY", "no"] and rows[1][4] == "production"
     body = json.loads(ok(run("show", "mlp", "-o", "json")))
     assert body["aliases"] == {"production": 2} and [v["version"] for v in body["versions"]] == [1, 2]
 
@@ -448,7 +459,7 @@ def test_a_gateway_url_goes_through_the_client(
     from serving.registry.api import registry_routes
 
     registry = Registry(config)
-    http = TestClient(Starlette(routes=registry_routes(registry)))
+    http = TestClient(Starlette(routes=registry_routes(registry, Guard(None))))
     opened: list[str | None] = []
     real = client_module.RegistryClient
 
@@ -469,9 +480,129 @@ def test_a_gateway_url_goes_through_the_client(
         registry.close()
     assert opened == ["http://gateway.test:8080", "http://gateway.test:8080"]
     with Registry(config) as direct:
-        assert direct.version("mlp", 1).created_by.startswith("api@")
+        assert direct.version("mlp", 1).created_by.startswith("anonymous@")
 
 
 def test_an_unreachable_gateway_exits_1(config: RegistryConfig) -> None:
     result = CliRunner().invoke(cli, ["registry", "--registry", "http://127.0.0.1:1", "list"])
     fails(result, 1, "error: cannot reach the gateway at http://127.0.0.1:1")
+
+
+# -- which registry: one rule with the other gateway commands ------------------------------------
+
+
+class Opened:
+    """Every RegistryClient the CLI opens (its URL and keyword arguments), each one wired to the
+    registry API in process."""
+
+    def __init__(self, config: RegistryConfig) -> None:
+        self.registry = Registry(config)
+        self.http = TestClient(Starlette(routes=registry_routes(self.registry, Guard(None))))
+        self.calls: list[tuple[str | None, dict[str, Any]]] = []
+
+
+@pytest.fixture
+def opened(config: RegistryConfig, monkeypatch: pytest.MonkeyPatch) -> Iterator[Opened]:
+    from serving.registry import client as client_module
+
+    opened = Opened(config)
+    real = client_module.RegistryClient
+
+    def fake_client(url: str | None = None, **kwargs: Any) -> client_module.RegistryClient:
+        opened.calls.append((url, kwargs))
+        return real(http=opened.http)
+
+    monkeypatch.setattr(client_module, "RegistryClient", fake_client)
+    try:
+        yield opened
+    finally:
+        opened.http.close()
+        opened.registry.close()
+
+
+@pytest.mark.parametrize(
+    ("flags", "env", "goes_to"),
+    [
+        ([], {"SERVEGATE_URL": "http://gw.test:8080"}, "http://gw.test:8080"),
+        ([], {"SERVEGATE_URL": "gw.test:8080"}, "http://gw.test:8080"),
+        (["--url", "http://flag.test"], {}, "http://flag.test"),
+        (["--url", "http://flag.test"], {"SERVEGATE_REGISTRY_URL": "http://reg.test"}, "http://flag.test"),
+        (
+            [],
+            {"SERVEGATE_REGISTRY_URL": "http://reg.test", "SERVEGATE_URL": "http://gw.test"},
+            "http://reg.test",
+        ),
+        (["--registry", "http://reg.test", "--url", "http://flag.test"], {}, "http://reg.test"),
+        (["--registry", "http://reg.test"], {"SERVEGATE_URL": "http://gw.test"}, "http://reg.test"),
+    ],
+)
+def test_the_gateway_of_url_or_servegate_url_is_the_registry(
+    opened: Opened, flags: list[str], env: dict[str, str], goes_to: str, tmp_path: Path
+) -> None:
+    result = CliRunner(env=env).invoke(cli, ["registry", *flags, "--state-dir", str(tmp_path / "s"), "list"])
+    ok(result)
+    assert [url for url, _ in opened.calls] == [goes_to]
+    assert not (tmp_path / "s").exists()  # no local database made on the side
+
+
+def test_a_database_named_wins_over_servegate_url(opened: Opened, config: RegistryConfig) -> None:
+    env = {"SERVEGATE_URL": "http://gw.test:8080"}
+    ok(
+        CliRunner(env=env).invoke(
+            cli, ["registry", "--registry", config.url, "--artifacts", config.artifacts, "list"]
+        )
+    )
+    assert opened.calls == []
+
+
+def test_without_a_gateway_the_registry_is_local(opened: Opened, tmp_path: Path) -> None:
+    ok(CliRunner().invoke(cli, ["registry", "--state-dir", str(tmp_path / "s"), "list"]))
+    assert opened.calls == []
+    assert (tmp_path / "s" / "registry.db").is_file()
+
+
+def test_the_token_goes_to_the_registry_gateway(
+    opened: Opened, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    remote = ["registry", "--url", "http://gw.test:8080"]
+    ok(CliRunner().invoke(cli, [*remote, "--token", "sgt_given", "list"]))
+    monkeypatch.setenv("SERVEGATE_TOKEN", "sgt_env")
+    ok(CliRunner().invoke(cli, [*remote, "list"]))
+    monkeypatch.delenv("SERVEGATE_TOKEN")
+    ok(CliRunner().invoke(cli, [*remote, "list"]))
+    assert [kwargs["token"] for _, kwargs in opened.calls] == ["sgt_given", "sgt_env", None]
+
+
+def test_the_admin_token_of_the_state_dir_goes_to_a_local_gateway_only(
+    opened: Opened, tmp_path: Path
+) -> None:
+    state = tmp_path / "state"
+    state.mkdir()
+    (state / "admin.token").write_text("sgt_0123456789ab_admin\n")
+    (state / "admin.token").chmod(0o600)
+    for url in ("http://127.0.0.1:8080", "http://gw.test:8080"):
+        ok(CliRunner().invoke(cli, ["registry", "--url", url, "--state-dir", str(state), "list"]))
+    assert [kwargs["token"] for _, kwargs in opened.calls] == ["sgt_0123456789ab_admin", None]
+    (state / "admin.token").chmod(0o644)
+    result = CliRunner().invoke(
+        cli, ["registry", "--url", "http://127.0.0.1:8080", "--state-dir", str(state), "list"]
+    )
+    fails(result, 1, "chmod 600")
+
+
+def test_a_401_from_the_registry_gateway_says_how_to_give_a_token(
+    config: RegistryConfig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import httpx
+
+    from serving.registry import client as client_module
+
+    real = client_module.RegistryClient
+
+    def refusing(url: str | None = None, **kwargs: Any) -> client_module.RegistryClient:
+        answer = httpx.Response(401, json={"error": "this endpoint needs a token"})
+        return real(url, transport=httpx.MockTransport(lambda request: answer))
+
+    monkeypatch.setattr(client_module, "RegistryClient", refusing)
+    result = CliRunner().invoke(cli, ["registry", "--url", "http://gw.test:8080", "list"])
+    fails(result, 1, "error: this endpoint needs a token (give --token or --token-file, set SERVEGATE_TOKEN")

@@ -16,7 +16,7 @@ from predictors.python_model import Context
 from predictors.runtime import RuntimeRequest, Signature
 from predictors.runtimes import infer_format, runtime_class
 from predictors.runtimes.python import PythonRuntime
-from predictors.spec import ModelSpec
+from predictors.spec import ModelSpec, TrustPolicy
 from serving.errors import InvalidInput, ModelFailure
 from serving.protocol.types import TensorSpec
 
@@ -196,7 +196,8 @@ async def test_a_failing_predict_is_a_model_failure_naming_the_exception(make: L
 )
 async def test_load_failures_are_model_failures(make: Loader, uri: str, message: str) -> None:
     with pytest.raises(ModelFailure, match=message):
-        await make(uri).load()
+        # Every source trusted: these failures come after the trust check (see test_trust.py).
+        await make(uri, trust=TrustPolicy(trust_all=True)).load()
 
 
 async def test_unload_calls_the_models_unload_and_stops_the_threads(make: Loader) -> None:
@@ -224,7 +225,7 @@ class Model(PythonModel):
 
 async def test_loads_a_class_from_a_file(make: Loader, tmp_path: Path) -> None:
     (tmp_path / "m.py").write_text(_MODEL_FILE.format(increment=1))
-    rt = make(f"{tmp_path / 'm.py'}:Model")
+    rt = make(f"{tmp_path / 'm.py'}:Model", trust=TrustPolicy((str(tmp_path),)))
     assert await rt.load() == Signature(inputs=(), outputs=())
 
     out = await rt.infer(RuntimeRequest(inputs=x(1)))
@@ -243,7 +244,8 @@ async def test_file_paths_are_relative_to_the_cwd_and_modules_are_not_shared(
         (tmp_path / sub).mkdir()
         (tmp_path / sub / "model.py").write_text(_MODEL_FILE.format(increment=increment))
     monkeypatch.chdir(tmp_path)
-    one, two = make("one/model.py:Model"), make("two/model.py:Model")
+    trust = TrustPolicy(("one", "two/model.py"))  # relative, like the files: from the cwd
+    one, two = make("one/model.py:Model", trust=trust), make("two/model.py:Model", trust=trust)
     await one.load()
     await two.load()
 
@@ -255,5 +257,5 @@ async def test_file_paths_are_relative_to_the_cwd_and_modules_are_not_shared(
 async def test_a_file_that_fails_to_import_is_a_model_failure(make: Loader, tmp_path: Path) -> None:
     (tmp_path / "broken.py").write_text("import no_such_package_here\n")
     with pytest.raises(ModelFailure, match=r"could not import .*ModuleNotFoundError"):
-        await make(f"{tmp_path / 'broken.py'}:Model").load()
+        await make(f"{tmp_path / 'broken.py'}:Model", trust=TrustPolicy((str(tmp_path),))).load()
     assert not [name for name in sys.modules if name.startswith("servegate_model_broken")]

@@ -15,7 +15,7 @@ import torch
 
 from predictors.runtime import RuntimeRequest, Signature
 from predictors.runtimes.pytorch import TorchRuntime
-from predictors.spec import ModelSpec
+from predictors.spec import ModelSpec, TrustPolicy
 from serving.errors import InvalidInput, ModelFailure
 from serving.protocol.types import TensorSpec
 
@@ -96,9 +96,16 @@ def artifacts(tmp_path_factory: pytest.TempPathFactory, net: Net) -> dict[str, P
     return paths
 
 
+def _spec(path: Path, **fields: object) -> ModelSpec:
+    """The artifact's own path trusted, unless the test says otherwise: torch.export archives need it
+    (test_trust.py checks the refusal)."""
+    fields.setdefault("trust", TrustPolicy((str(path),)))
+    return ModelSpec(name="net", uri=str(path), format="pytorch", **fields)  # type: ignore[arg-type]
+
+
 @contextlib.asynccontextmanager
 async def loaded(path: Path, **spec: object) -> AsyncIterator[tuple[TorchRuntime, Signature]]:
-    runtime = TorchRuntime(ModelSpec(name="net", uri=str(path), format="pytorch", **spec), path)
+    runtime = TorchRuntime(_spec(path, **spec), path)
     signature = await runtime.load()
     try:
         yield runtime, signature
@@ -107,7 +114,7 @@ async def loaded(path: Path, **spec: object) -> AsyncIterator[tuple[TorchRuntime
 
 
 async def load_fails(path: Path, **spec: object) -> str:
-    runtime = TorchRuntime(ModelSpec(name="net", uri=str(path), format="pytorch", **spec), path)
+    runtime = TorchRuntime(_spec(path, **spec), path)
     try:
         with pytest.raises(ModelFailure) as info:
             await runtime.load()

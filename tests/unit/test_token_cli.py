@@ -101,7 +101,9 @@ def fails(result: Result, code: int, says: str) -> None:
 # -- create / list / revoke -----------------------------------------------------------------------
 
 
-def test_create_prints_the_token_once_on_stdout(gateway: Gateway, store: TokenStore, admin_file: Path) -> None:
+def test_create_prints_the_token_once_on_stdout(
+    gateway: Gateway, store: TokenStore, admin_file: Path
+) -> None:
     result = run("create", "ci", "--role", "deployer", "--url", LOCAL)
     secret = ok(result).strip()
     assert "\n" not in secret and secret.startswith("sgt_")
@@ -254,7 +256,7 @@ def test_get_sends_the_token_and_explains_a_401(state: Path, monkeypatch: pytest
 
 
 def test_the_roles_offered_are_the_servers() -> None:
-    assert ROLES == tuple(role.value for role in Role)
+    assert tuple(role.value for role in Role) == ROLES
 
 
 def test_expiry_text() -> None:
