@@ -130,8 +130,6 @@ def trained_model(name: str, host: str, storage_uri: Path) -> dict[str, Any]:
     }
 
 
-
-
 def infer_mlp(http: httpx.Client, model: str, expected: np.ndarray, host: str) -> None:
     """Infer on a TrainedModel serving the MLP: the MLP's answer, from the host's revision."""
     response = http.post(f"/v2/models/{model}/infer", json=mlp_body())

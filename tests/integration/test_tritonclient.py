@@ -392,8 +392,9 @@ def own_repo(model_repo: Path, tmp_path_factory: pytest.TempPathFactory) -> Path
 
 @pytest.fixture(scope="module")
 def own_replica(own_repo: Path) -> Iterator[ReplicaProcess]:
-    """A replica that models are unloaded from and added to, so the shared one stays untouched."""
-    with ReplicaProcess("--model-repository", str(own_repo)) as server:
+    """A replica that models are unloaded from and added to, so the shared one stays untouched; its
+    repository load/unload API is on (off by default, as Triton's explicit model control)."""
+    with ReplicaProcess("--model-repository", str(own_repo), "--model-control", "explicit") as server:
         server.wait_ready()
         yield server
 
