@@ -27,7 +27,7 @@ from predictors.trust import (
     why_code_runs,
 )
 from serving.auth import Guard, Principal, Scope, Target, refusal
-from serving.auth.rest import ScopedRoute, principal_of
+from serving.auth.rest import principal_of, scoped_routes
 from serving.auth.storage_fields import storage_problems
 from serving.controller.controller import Controller, NotFound
 from serving.errors import PermissionDenied, ServingError
@@ -332,18 +332,16 @@ def api_routes(controller: Controller, guard: Guard) -> list[Mount]:
     item = "/{plural}/{name}"
     from starlette.applications import Starlette
 
-    def route(path: str, endpoint: Any, required: Scope, method: str, target: Any = None) -> ScopedRoute:
-        return ScopedRoute(path, endpoint, required=required, guard=guard, target=target, methods=[method])
-
+    route = scoped_routes(guard)
     target = functools.partial(_target, controller)
     app = Starlette(
         routes=[
             # apply checks each manifest's namespace itself: the body names them.
             route("/apply", a.apply, Scope.DEPLOY, "POST"),
-            route("/{plural}", a.list, Scope.READ, "GET"),
-            route(item, a.get, Scope.READ, "GET", target),
+            route("/{plural}", a.list, Scope.READ),
+            route(item, a.get, Scope.READ, target=target),
             route(item, a.delete, Scope.DEPLOY, "DELETE", target),
-            route(item + "/events", a.events, Scope.READ, "GET", target),
+            route(item + "/events", a.events, Scope.READ, target=target),
             route("/inferenceservices/{name}/promote", a.promote, Scope.DEPLOY, "POST", target),
             route("/inferenceservices/{name}/rollback", a.rollback, Scope.DEPLOY, "POST", target),
         ],

@@ -45,6 +45,7 @@ __all__ = [
     "bearer_headers",
     "condition_status",
     "default_url",
+    "gateway_http",
     "kind_of",
     "not_ready",
     "plural_of",
@@ -153,22 +154,13 @@ class Client:
         transport: httpx.BaseTransport | None = None,
         ca_cert: str | Path | None = None,
     ) -> None:
-        url = (url or default_url()).rstrip("/")
-        self.url = url if "://" in url else f"http://{url}"
         self.timeout = timeout
         self.ca_cert = ca_cert_from_env(ca_cert)
-        try:
-            verify = client_context(self.ca_cert)
-        except ValueError as exc:
-            raise ServegateError(str(exc)) from None
         self._token, self._token_file = token, token_file
-        self._http = httpx.Client(
-            base_url=self.url,
-            timeout=timeout,
-            transport=transport,
-            verify=verify,
-            headers=bearer_headers(token, self.url, token_file=token_file),
+        self._http = gateway_http(
+            url, timeout, token=token, token_file=token_file, transport=transport, ca_cert=self.ca_cert
         )
+        self.url = str(self._http.base_url).rstrip("/")
 
     def close(self) -> None:
         self._http.close()
@@ -535,6 +527,33 @@ def _output_list(array: Any) -> Any:
 
 def _text(item: Any) -> Any:
     return item.decode(errors="backslashreplace") if isinstance(item, bytes) else item
+
+
+def gateway_http(
+    url: str | None,
+    timeout: float,
+    *,
+    token: str | None = None,
+    token_file: str | Path | None = None,
+    transport: httpx.BaseTransport | None = None,
+    ca_cert: str | Path | None = None,
+) -> httpx.Client:
+    """The HTTP client every SDK client of a gateway uses: `url` (default `SERVEGATE_URL`, http://
+    when no scheme is given), certificates checked against `ca_cert` (or `SERVEGATE_CA_CERT`), and
+    the caller's token on every request."""
+    url = (url or default_url()).rstrip("/")
+    url = url if "://" in url else f"http://{url}"
+    try:
+        verify = client_context(ca_cert_from_env(ca_cert))
+    except ValueError as exc:
+        raise ServegateError(str(exc)) from None
+    return httpx.Client(
+        base_url=url,
+        timeout=timeout,
+        transport=transport,
+        verify=verify,
+        headers=bearer_headers(token, url, token_file=token_file),
+    )
 
 
 def bearer_headers(token: str | None, url: str, *, token_file: str | Path | None = None) -> dict[str, str]:

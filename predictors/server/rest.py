@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from starlette.applications import Starlette
@@ -17,7 +16,7 @@ from predictors.dataplane import DataPlane
 from predictors.server._body import compress, read_body
 from serving.auth import Guard, Scope
 from serving.auth.hosts import LoopbackHostMiddleware
-from serving.auth.rest import ScopedRoute, require_scopes
+from serving.auth.rest import require_scopes, scoped_routes
 from serving.errors import ErrorKind, InvalidInput, as_serving_error
 from serving.protocol import v1, v2
 from serving.protocol.rest import EXCEPTION_HANDLERS, error_response, json_response
@@ -186,9 +185,7 @@ def build_app(
     model = "/v2/models/{model_name}"
     versioned = model + "/versions/{version}"
 
-    def route(path: str, endpoint: Any, required: Scope, method: str = "GET") -> ScopedRoute:
-        return ScopedRoute(path, endpoint, required=required, guard=guard, methods=[method])
-
+    route = scoped_routes(guard)
     routes = [
         route("/", e.root, Scope.HEALTH),
         route("/metrics", e.metrics, Scope.METRICS),

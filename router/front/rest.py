@@ -21,7 +21,7 @@ from router.core import Router
 from serving import __version__
 from serving.auth import Guard, Scope, Target
 from serving.auth.hosts import LoopbackHostMiddleware
-from serving.auth.rest import ScopedRoute, require_scopes
+from serving.auth.rest import require_scopes, scoped_routes
 from serving.errors import ModelNotFound
 from serving.protocol.rest import EXCEPTION_HANDLERS, read_raw
 
@@ -126,11 +126,8 @@ def build_gateway_app(
     def target(params: dict[str, Any]) -> Target | None:
         return targets().get(params.get("model_name") or params.get("graph_name") or "")
 
-    def route(path: str, endpoint: Any, required: Scope, method: str = "GET") -> ScopedRoute:
-        named = "{model_name}" in path or "{graph_name}" in path
-        return ScopedRoute(
-            path, endpoint, required=required, guard=guard, target=target if named else None, methods=[method]
-        )
+    # A path that names no model or graph has no target (targets().get("") is None).
+    route = scoped_routes(guard, target)
 
     routes: list[BaseRoute] = [
         route(model + "/infer", f.v2_infer, Scope.INFER, "POST"),

@@ -24,11 +24,11 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute
 
 from serving.auth.guard import Guard
-from serving.auth.rest import ScopedRoute, principal_of
+from serving.auth.rest import ScopedRoute, principal_of, scoped_routes
 from serving.auth.scopes import Role, Scope
 from serving.auth.tokens import TokenConflict, TokenStore, parse_duration
 from serving.errors import InvalidInput, ServingError
-from serving.protocol.rest import error_response, json_response, read_raw
+from serving.protocol.rest import error_response, json_response, read_raw, validation_problems
 
 __all__ = ["MAX_BODY_BYTES", "PREFIX", "CreateTokenBody", "token_routes"]
 
@@ -52,16 +52,6 @@ class CreateTokenBody(BaseModel):
     namespaces: list[_ScopeName] = Field(default_factory=list, max_length=_MAX_SCOPE_ITEMS)
     services: list[_ScopeName] = Field(default_factory=list, max_length=_MAX_SCOPE_ITEMS)
     expires: str | None = None
-
-
-def _problems(exc: ValidationError) -> str:
-    """`field: what is wrong; ...` for every error pydantic found."""
-    parts = []
-    for error in exc.errors():
-        where = ".".join(str(part) for part in error["loc"]) or "body"
-        what = "unknown field" if error["type"] == "extra_forbidden" else error["msg"]
-        parts.append(f"{where}: {what}")
-    return "; ".join(parts)
 
 
 def _answering_errors(endpoint: Endpoint) -> Endpoint:
@@ -91,7 +81,7 @@ class _Api:
         try:
             body = CreateTokenBody.model_validate_json(raw)
         except ValidationError as exc:
-            raise InvalidInput(f"invalid request body: {_problems(exc)}") from None
+            raise InvalidInput(f"invalid request body: {validation_problems(exc)}") from None
         try:
             expires_in_s = parse_duration(body.expires) if body.expires is not None else None
         except ValueError as exc:
@@ -121,10 +111,10 @@ def token_routes(store: TokenStore, guard: Guard) -> list[BaseRoute]:
     """The token API of `store`, every route admin-only; put them before the control API's mount."""
     a = _Api(store)
 
+    scoped = scoped_routes(guard)
+
     def route(path: str, endpoint: Endpoint, method: str) -> ScopedRoute:
-        return ScopedRoute(
-            path, _answering_errors(endpoint), required=Scope.ADMIN, guard=guard, methods=[method]
-        )
+        return scoped(path, _answering_errors(endpoint), Scope.ADMIN, method)
 
     return [
         route(PREFIX, a.list, "GET"),

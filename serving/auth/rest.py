@@ -17,7 +17,7 @@ from serving.auth.scopes import Principal, Scope, Target
 from serving.errors import ServingError
 from serving.protocol.rest import error_response
 
-__all__ = ["ScopedRoute", "principal_of", "require_scopes", "unscoped"]
+__all__ = ["ScopedRoute", "principal_of", "require_scopes", "scoped_routes", "unscoped"]
 
 #: the target of a request, from its path parameters (None: the route acts on no one resource).
 TargetOf = Callable[[dict[str, Any]], Target | None]
@@ -49,13 +49,31 @@ class ScopedRoute(Route):
                 authorization = value.decode("latin-1")
                 break
         try:
-            target = self.target(scope.get("path_params", {})) if self.target is not None else None
+            # Only an enabled guard reads the target: with authentication off it costs nothing.
+            named = self.target is not None and self.guard.enabled
+            target = self.target(scope.get("path_params", {})) if named else None
             principal = self.guard.check(self.required, authorization, target)
         except ServingError as exc:
             await error_response(exc)(scope, receive, send)
             return
         scope.setdefault("state", {})["principal"] = principal
         await super().handle(scope, receive, send)
+
+
+def scoped_routes(guard: Guard, target: TargetOf | None = None) -> Callable[..., ScopedRoute]:
+    """`route(path, endpoint, required, method="GET", target=target)`: routes of one app behind
+    `guard`, each acting on `target` unless it names its own."""
+
+    def route(
+        path: str,
+        endpoint: Callable[..., Any],
+        required: Scope,
+        method: str = "GET",
+        target: TargetOf | None = target,
+    ) -> ScopedRoute:
+        return ScopedRoute(path, endpoint, required=required, guard=guard, target=target, methods=[method])
+
+    return route
 
 
 def principal_of(request: HTTPConnection) -> Principal:

@@ -15,6 +15,7 @@ __all__ = [
     "given_token",
     "listen_options",
     "output_option",
+    "policy_options",
     "security_options",
     "server_options",
     "token_options",
@@ -103,6 +104,37 @@ security_options = _options(
         help="Allow listening on a non-loopback --host with authentication off (a trusted network only).",
     ),
 )
+
+
+def policy_options(reads: str, default_roots: str) -> Callable[[F], F]:
+    """What a server may read, fetch and run: `--storage-root`, `--allow-host`, `--trust-source`
+    (replica and gateway alike; `reads` says what the storage policy applies to there)."""
+    return _options(
+        click.option(
+            "--storage-root",
+            "storage_roots",
+            multiple=True,
+            type=click.Path(file_okay=False, path_type=Path),
+            help=f"Folder that {reads} may read models from (repeatable) [default: {default_roots}].",
+        ),
+        click.option(
+            "--allow-host",
+            "allowed_hosts",
+            multiple=True,
+            help="Host name, address or CIDR, optionally with :PORT, that may be fetched from although it "
+            "is loopback, private or link-local, e.g. an internal model store (repeatable).",
+        ),
+        click.option(
+            "--trust-source",
+            "trusted_sources",
+            multiple=True,
+            metavar="PREFIX",
+            help="Folder or URI prefix (s3://bucket/models/) whose models may run code as they load: "
+            "python files, pickles (joblib, .pkl), torch.export archives (.pt2) (repeatable; also "
+            "SERVEGATE_TRUSTED_SOURCES, comma-separated). Registry versions: `servegate registry trust`.",
+        ),
+    )
+
 
 #: how a server takes requests and stops: body limit, drain timeout, access log, log level.
 server_options = _options(

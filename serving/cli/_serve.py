@@ -40,7 +40,7 @@ class ServeArgs(BaseModel):
     threads: int | None = None
     instances: int = 1
     max_body_size: int = 256 * 1024 * 1024
-    trusted: tuple[str, ...] = ()
+    trusted_sources: tuple[str, ...] = ()
     s3_endpoint: str | None = None
     cache_dir: Path | None = None
     registry_url: str | None = None
@@ -122,7 +122,7 @@ class ServeArgs(BaseModel):
             max_latency_ms=self.max_latency_ms,
             threads=self.threads,
             instances=self.instances,
-            trust=TrustPolicy(sources=self.trusted + _env_list("SERVEGATE_TRUSTED_SOURCES")),
+            trust=TrustPolicy.from_env(self.trusted_sources),
         )
 
     def specs(self) -> list[ModelSpec]:
@@ -134,10 +134,6 @@ class ServeArgs(BaseModel):
                 self.names, self.uris, formats or (None,) * len(self.names), strict=True
             )
         ]
-
-
-def _env_list(name: str) -> tuple[str, ...]:
-    return tuple(item.strip() for item in os.environ.get(name, "").split(",") if item.strip())
 
 
 def run_serve(args: ServeArgs) -> None:

@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 from pydantic import ValidationError
 
-from serving.cli._options import listen_options, security_options, server_options
+from serving.cli._options import listen_options, policy_options, security_options, server_options
 
 __all__ = ["model"]
 
@@ -59,20 +59,9 @@ def model() -> None:
     show_default=True,
     help="explicit: turn on the repository API that loads and unloads models (as Triton's).",
 )
-@click.option(
-    "--storage-root",
-    "storage_roots",
-    multiple=True,
-    type=click.Path(file_okay=False, path_type=Path),
-    help="Folder that load requests may read models from (repeatable) [default: the working "
-    "directory]. Models given on this command line are not limited.",
-)
-@click.option(
-    "--allow-host",
-    "allowed_hosts",
-    multiple=True,
-    help="Host name, address or CIDR, optionally with :PORT, that load requests may fetch from "
-    "although it is loopback, private or link-local (repeatable).",
+@policy_options(
+    "load requests",
+    "the working directory; models given on this command line are not limited",
 )
 @click.option("--no-grpc", is_flag=True, help="Do not serve gRPC.")
 @click.option(
@@ -108,14 +97,6 @@ def model() -> None:
     default=1,
     show_default=True,
     help="Model calls (or batches) that may run at once per model.",
-)
-@click.option(
-    "--trust-source",
-    "trusted",
-    multiple=True,
-    help="Folder or URI prefix whose models may run code as they load: python files, pickles "
-    "(joblib, .pkl), torch.export archives (.pt2); repeatable. Also SERVEGATE_TRUSTED_SOURCES "
-    "(comma-separated).",
 )
 @click.option("--s3-endpoint", help="S3-compatible endpoint URL (default: AWS_ENDPOINT_URL or S3_ENDPOINT).")
 @click.option(

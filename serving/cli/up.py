@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 import uvloop
 
-from serving.cli._options import listen_options, security_options, server_options
+from serving.cli._options import listen_options, policy_options, security_options, server_options
 
 __all__ = ["up"]
 
@@ -52,30 +52,7 @@ _SCALING_FLAGS = {
     show_default=True,
     help="Where state (SQLite), replica logs and scratch files live.",
 )
-@click.option(
-    "--storage-root",
-    "storage_roots",
-    multiple=True,
-    type=click.Path(file_okay=False, path_type=Path),
-    help="Folder that manifests, registrations and load requests may read models from (repeatable) "
-    "[default: the working directory and the state dir].",
-)
-@click.option(
-    "--allow-host",
-    "allowed_hosts",
-    multiple=True,
-    help="Host name, address or CIDR, optionally with :PORT, that may be fetched from although it "
-    "is loopback, private or link-local, e.g. an internal model store (repeatable).",
-)
-@click.option(
-    "--trust-source",
-    "trusted_sources",
-    multiple=True,
-    metavar="PREFIX",
-    help="Folder or URI prefix (s3://bucket/models/) whose models may run code as they load: python "
-    "files, pickles (joblib, .pkl), torch.export archives (.pt2) (repeatable; also "
-    "SERVEGATE_TRUSTED_SOURCES, comma-separated). Registry versions: `servegate registry trust`.",
-)
+@policy_options("manifests, registrations and load requests", "the working directory and the state dir")
 @click.option(
     "--registry-url",
     envvar="SERVEGATE_REGISTRY_URL",

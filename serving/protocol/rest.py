@@ -8,13 +8,22 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import orjson
+from pydantic import ValidationError
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 
 from serving.errors import ErrorKind, PayloadTooLarge, ServingError, as_serving_error
 
-__all__ = ["EXCEPTION_HANDLERS", "TRACE_HEADERS", "error_response", "json_response", "read_raw", "too_large"]
+__all__ = [
+    "EXCEPTION_HANDLERS",
+    "TRACE_HEADERS",
+    "error_response",
+    "json_response",
+    "read_raw",
+    "too_large",
+    "validation_problems",
+]
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +45,16 @@ def error_response(error: ServingError) -> Response:
 
 def too_large(limit: int) -> PayloadTooLarge:
     return PayloadTooLarge(f"request body exceeds the server's limit of {limit} bytes (--max-body-size)")
+
+
+def validation_problems(exc: ValidationError) -> str:
+    """`field.path: what is wrong; ...` for every error pydantic found in a request body."""
+    parts = []
+    for error in exc.errors():
+        where = ".".join(str(part) for part in error["loc"]) or "body"
+        what = "unknown field" if error["type"] == "extra_forbidden" else error["msg"]
+        parts.append(f"{where}: {what}")
+    return "; ".join(parts)
 
 
 async def read_raw(request: Request, limit: int) -> bytes:

@@ -36,9 +36,10 @@ from starlette.routing import Mount
 
 from serving.auth import Guard, Scope
 from serving.auth.guard import ANONYMOUS
-from serving.auth.rest import ScopedRoute, principal_of
+from serving.auth.rest import principal_of, scoped_routes
 from serving.auth.storage import StoragePolicy, StorageRefused
 from serving.bounds import BoundsError, loads_json
+from serving.protocol.rest import validation_problems
 from serving.registry.types import Gate, RegistryError
 
 if TYPE_CHECKING:
@@ -113,16 +114,6 @@ class TrustBody(_Body):
 B = TypeVar("B", bound=_Body)
 
 
-def _problems(exc: ValidationError) -> str:
-    """`field.path: what is wrong; ...` for every error pydantic found."""
-    parts = []
-    for error in exc.errors():
-        where = ".".join(str(part) for part in error["loc"]) or "body"
-        what = "unknown field" if error["type"] == "extra_forbidden" else error["msg"]
-        parts.append(f"{where}: {what}")
-    return "; ".join(parts)
-
-
 async def _body(request: Request, model: type[B]) -> B:
     """The request's JSON body as `model`; HTTPException 413 past MAX_BODY_BYTES, else 400 (bad JSON,
     nesting or values past `serving.bounds`, an invalid body)."""
@@ -144,7 +135,7 @@ async def _body(request: Request, model: type[B]) -> B:
     try:
         return model.model_validate(data)
     except ValidationError as exc:
-        raise HTTPException(400, f"invalid request body: {_problems(exc)}") from None
+        raise HTTPException(400, f"invalid request body: {validation_problems(exc)}") from None
 
 
 # -- endpoints ------------------------------------------------------------------------------------
@@ -298,8 +289,7 @@ def registry_routes(registry: Registry, guard: Guard, *, policy: StoragePolicy |
     model = "/models/{name}"
     version = model + "/versions/{version}"
 
-    def route(path: str, endpoint: Any, required: Scope, method: str) -> ScopedRoute:
-        return ScopedRoute(path, endpoint, required=required, guard=guard, methods=[method])
+    route = scoped_routes(guard)
 
     app = Starlette(
         routes=[

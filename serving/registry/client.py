@@ -23,8 +23,7 @@ from urllib.parse import quote
 
 import httpx
 
-from serving.auth.tls import ca_cert_from_env, client_context
-from serving.client import ServegateError, bearer_headers, default_url, send
+from serving.client import gateway_http, send
 from serving.registry.api import ACTOR_HEADER, PREFIX
 from serving.registry.types import (
     AuditEntry,
@@ -96,19 +95,10 @@ class RegistryClient:
             self.url = str(http.base_url).rstrip("/")
             self._http, self._owned = http, False
         else:
-            url = (url or default_url()).rstrip("/")
-            self.url = url if "://" in url else f"http://{url}"
-            try:
-                verify = client_context(ca_cert_from_env(ca_cert))
-            except ValueError as exc:
-                raise ServegateError(str(exc)) from None
-            self._http = httpx.Client(
-                base_url=self.url,
-                timeout=timeout,
-                transport=transport,
-                verify=verify,
-                headers=bearer_headers(token, self.url, token_file=token_file),
+            self._http = gateway_http(
+                url, timeout, token=token, token_file=token_file, transport=transport, ca_cert=ca_cert
             )
+            self.url = str(self._http.base_url).rstrip("/")
             self._owned = True
 
     def close(self) -> None:

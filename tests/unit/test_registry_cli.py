@@ -38,6 +38,7 @@ from serving.registry import (
     RegistryUri,
 )
 from serving.registry.api import registry_routes
+from tests.cli_results import fails, ok
 
 Run = Callable[..., Result]
 
@@ -259,16 +260,6 @@ def run(config: RegistryConfig) -> Run:
         return CliRunner().invoke(cli, [*options, *args])
 
     return invoke
-
-
-def ok(result: Result) -> str:
-    assert result.exit_code == 0, (result.output, result.exception)
-    return result.stdout
-
-
-def fails(result: Result, code: int, says: str) -> None:
-    assert result.exit_code == code, result.output
-    assert says in result.stderr, result.stderr
 
 
 def test_register(run: Run, model_file: Path, config: RegistryConfig) -> None:

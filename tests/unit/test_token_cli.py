@@ -24,6 +24,7 @@ from serving.cli.main import cli
 from serving.cli.resources import RESOURCE_COMMANDS
 from serving.cli.token import ROLES, expiry_text, token_group, token_rows
 from serving.errors import Unauthenticated
+from tests.cli_results import fails, ok
 
 LOCAL = "http://127.0.0.1:8080"
 
@@ -86,16 +87,6 @@ def admin_file(store: TokenStore, state: Path) -> Path:
 
 def run(*args: str) -> Result:
     return CliRunner().invoke(cli, ["token", *args])
-
-
-def ok(result: Result) -> str:
-    assert result.exit_code == 0, (result.output, result.exception)
-    return result.stdout
-
-
-def fails(result: Result, code: int, says: str) -> None:
-    assert result.exit_code == code, result.output
-    assert says in result.stderr, result.stderr
 
 
 # -- create / list / revoke -----------------------------------------------------------------------
