@@ -371,11 +371,12 @@ def describe_resource(kind: str, obj: dict[str, Any], events: Sequence[dict[str,
                 e.get("type", ""),
                 e.get("reason", ""),
                 format_age(parse_time(e.get("time")), now),
+                e.get("actor") or "-",  # the token that asked; "-" for what the controller did itself
                 e.get("message", ""),
             ]
             for e in events
         ]
-        lines.append(table_text(("TYPE", "REASON", "AGE", "MESSAGE"), rows, indent=2))
+        lines.append(table_text(("TYPE", "REASON", "AGE", "BY", "MESSAGE"), rows, indent=2))
     else:
         lines.append("  <none>")
     return "\n".join(lines)

@@ -154,6 +154,8 @@ def test_a_service_applied_from_a_file_is_shown_described_and_deleted(
     }
     events = table(described.split("Events:\n")[1].replace("\n  ", "\n").strip())
     assert [e["REASON"] for e in events][:2] == ["Created", "RevisionCreated"]
+    # Who applied it: the token's name (the controller's own revision is nobody's).
+    assert [e["BY"] for e in events][:2] == ["admin", "-"]
 
     assert ok(servegate(gateway, "delete", "isvc", "file-svc")) == "inferenceservice/file-svc deleted\n"
     gone = servegate(gateway, "get", "isvc", "file-svc")
