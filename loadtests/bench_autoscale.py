@@ -43,7 +43,15 @@ from rich.table import Table
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from loadtests.harness import ROOT, Server, benchmark_arguments, free_port, running, v2_json_body
+from loadtests.harness import (
+    ROOT,
+    Server,
+    admin_headers,
+    benchmark_arguments,
+    free_port,
+    running,
+    v2_json_body,
+)
 from predictors.examples import make_mlp_onnx
 
 SIZES = (64, 256, 256, 10)
@@ -110,25 +118,28 @@ def run(work: Path, args: argparse.Namespace) -> dict[str, Any]:
     gateway = Server("gateway", [
         sys.executable, "-m", "serving", "up", "-f", str(manifest), "--host", "127.0.0.1",
         "--http-port", str(http), "--grpc-port", str(free_port()), "--state-dir", str(work / "state"),
-        "--log-level", "warning", "--autoscale-interval", "1",
+        "--log-level", "warning", "--autoscale-interval", "1", "--storage-root", str(work),
     ], env={"PYTHONPATH": pythonpath})  # fmt: skip
     url = f"http://127.0.0.1:{http}"
     with running(gateway):
         with console.status("starting servegate up with the step model"):
             gateway.start(work)
-            gateway.wait_until_answering(f"{url}/v2/models/step/infer", X_BODY.encode(), timeout=120)
+            headers = admin_headers(work / "state")
+            gateway.wait_until_answering(f"{url}/v2/models/step/infer", X_BODY.encode(), 120, headers)
         try:
-            return asyncio.run(scenarios(url, work, args))
+            return asyncio.run(scenarios(url, work, args, headers))
         except Exception:
             console.print(f"[red]the gateway's log, last lines:[/]\n{gateway.tail(60)}")
             raise
 
 
-async def scenarios(url: str, work: Path, args: argparse.Namespace) -> dict[str, Any]:
+async def scenarios(
+    url: str, work: Path, args: argparse.Namespace, headers: dict[str, str]
+) -> dict[str, Any]:
     limits = httpx.Limits(max_connections=64, max_keepalive_connections=64)
     async with (
-        httpx.AsyncClient(base_url=url, timeout=60, limits=limits, trust_env=False) as data,
-        httpx.AsyncClient(base_url=url + "/api/v1", timeout=30, trust_env=False) as api,
+        httpx.AsyncClient(base_url=url, timeout=60, limits=limits, trust_env=False, headers=headers) as data,
+        httpx.AsyncClient(base_url=url + "/api/v1", timeout=30, trust_env=False, headers=headers) as api,
     ):
         with console.status(f"load step: 1 client for {args.seconds}s, then {STEP} until scaled"):
             step = await load_step(data, api, args.seconds)

@@ -26,7 +26,6 @@ import argparse
 import json
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -37,6 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from loadtests.harness import (
     Server,
+    admin_headers,
     benchmark_arguments,
     chosen_peers,
     compare,
@@ -77,17 +77,6 @@ def main() -> int:
     return report(results)
 
 
-def _admin_token(state_dir: Path, timeout: float = 60.0) -> str:
-    """The admin token `servegate up` writes into its state dir at start."""
-    path = state_dir / "admin.token"
-    deadline = time.monotonic() + timeout
-    while not path.exists():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"no admin token at {path} after {timeout:.0f}s")
-        time.sleep(0.2)
-    return path.read_text().strip()
-
-
 def run(work: Path, args: argparse.Namespace, peers: list[str]) -> dict[str, dict[str, dict[str, float]]]:
     model = make_mlp_onnx(work / "mlp.onnx", SIZES)
     manifest = work / "mlp.yaml"
@@ -124,13 +113,12 @@ def run(work: Path, args: argparse.Namespace, peers: list[str]) -> dict[str, dic
         with console.status("starting servegate up and the peers (a peer's first use installs it: minutes)"):
             for server in (*servers, replica, *peer_servers):
                 server.start(work)
-            token = _admin_token(work / "state")
-            authorization = {"authorization": f"Bearer {token}"}
+            authorization = admin_headers(work / "state")
             for server in (*servers, replica):
                 server.wait_until_answering(urls[server.name], body, timeout=120, headers=authorization)
             for server in peer_servers:
                 server.wait_until_answering(peer_urls[server.name], body, timeout=900)
-        header = f"Authorization: Bearer {token}"
+        header = f"Authorization: {authorization['authorization']}"
         figures = {}
         with console.status(f"V2 JSON, 16 connections: {', '.join([*urls, *peer_urls])}"):
             figures["v2_json_16"] = compare(

@@ -40,7 +40,15 @@ from rich.table import Table
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from loadtests.harness import ROOT, Server, benchmark_arguments, free_port, running, v2_json_body
+from loadtests.harness import (
+    ROOT,
+    Server,
+    admin_headers,
+    benchmark_arguments,
+    free_port,
+    running,
+    v2_json_body,
+)
 from predictors.examples import make_mlp_onnx
 from serving.registry import Registry, RegistryConfig
 
@@ -171,8 +179,9 @@ def _fetch_figures(work: Path) -> dict[str, float]:
 class _Load:
     """Closed-loop clients recording (time, status, revision) of every answer."""
 
-    def __init__(self, url: str, clients: int = 4) -> None:
+    def __init__(self, url: str, clients: int = 4, headers: dict[str, str] | None = None) -> None:
         self.url, self.answers = url, []
+        self.headers = {"content-type": "application/json", **(headers or {})}
         self.body = v2_json_body("input", np.full((1, SIZES[0]), 0.5, dtype=np.float32))
         self._stop = threading.Event()
         self._threads = [threading.Thread(target=self._run, daemon=True) for _ in range(clients)]
@@ -182,7 +191,7 @@ class _Load:
         with httpx.Client(timeout=30, trust_env=False) as client:
             while not self._stop.is_set():
                 try:
-                    r = client.post(self.url, content=self.body, headers={"content-type": "application/json"})
+                    r = client.post(self.url, content=self.body, headers=self.headers)
                     answer = (time.monotonic(), r.status_code, r.headers.get("x-servegate-revision", ""))
                 except httpx.HTTPError:
                     answer = (time.monotonic(), 0, "")
@@ -227,9 +236,11 @@ def _rollout_figures(work: Path, models: list[Path], rounds: int) -> dict[str, A
     ], env={"PYTHONPATH": str(ROOT)})  # fmt: skip
     url = f"http://127.0.0.1:{http}"
     moves = []
-    with running(gateway.start(work)), httpx.Client(base_url=url, timeout=60, trust_env=False) as api:
-        gateway.wait_until_answering(f"{url}/v2/models/mlp/infer", _Load(url).body, timeout=120)
-        with _Load(f"{url}/v2/models/mlp/infer") as load, Registry(config) as registry:
+    with running(gateway.start(work)):
+        headers = admin_headers(state)
+        api = httpx.Client(base_url=url, timeout=60, trust_env=False, headers=headers)
+        gateway.wait_until_answering(f"{url}/v2/models/mlp/infer", _Load(url).body, 120, headers)
+        with api, _Load(f"{url}/v2/models/mlp/infer", headers=headers) as load, Registry(config) as registry:
             time.sleep(2)
             for n in range(2, rounds + 2):
                 moved = time.monotonic()

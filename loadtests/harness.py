@@ -191,6 +191,18 @@ def grpc_body(model: str, name: str, x: np.ndarray) -> bytes:
     return b"\x00" + struct.pack(">I", len(message)) + message
 
 
+def admin_headers(state_dir: Path, timeout: float = 60.0) -> dict[str, str]:
+    """The `Authorization` header of the admin token `servegate up` writes into its state dir at start
+    (waited for): what the benchmarks send, as a user on the gateway's machine would."""
+    path = state_dir / "admin.token"
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"no admin token at {path} after {timeout:.0f}s")
+        time.sleep(0.2)
+    return {"authorization": f"Bearer {path.read_text().strip()}"}
+
+
 # -- load generators -----------------------------------------------------------------------------------
 
 
