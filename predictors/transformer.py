@@ -31,6 +31,8 @@ import numpy as np
 import orjson
 
 from predictors.python_model import Context, PythonModel
+from serving.auth.internal import CALLER_ENV, GATEWAY_CERT_ENV
+from serving.auth.tls import pinned_context
 from serving.errors import ErrorKind, ModelFailure, ServingError, kind_for_status
 from serving.protocol.datatypes import datatype_of, from_json_data, to_json_data
 from serving.protocol.rest import TRACE_HEADERS
@@ -42,8 +44,6 @@ COMPONENT_HEADER = "x-servegate-component"
 #: headers of the client's request carried on to the predictor. Not its authorization: what reaches
 #: a replica is the gateway's pool token, and the transformer calls back with its own token.
 PROPAGATED = TRACE_HEADERS
-#: the token the gateway gives a transformer to call its predictor with (serving.auth.internal).
-_GATEWAY_TOKEN_ENV = "SERVEGATE_GATEWAY_TOKEN"
 
 
 class Transformer(PythonModel):
@@ -61,12 +61,13 @@ class Transformer(PythonModel):
         )
         if not self.predictor_url:
             raise ModelFailure("a transformer needs its predictor's URL (SERVEGATE_PREDICTOR_URL)")
-        token = os.environ.get(_GATEWAY_TOKEN_ENV)
+        token, cert = os.environ.get(CALLER_ENV), os.environ.get(GATEWAY_CERT_ENV)
         self._client = httpx.AsyncClient(
             base_url=self.predictor_url,
             timeout=self.timeout_s,
             trust_env=False,
             headers={"authorization": f"Bearer {token}"} if token else None,
+            verify=pinned_context(cert) if cert else True,
         )
 
     async def predict(self, data: Any, context: Context) -> Any:

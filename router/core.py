@@ -91,12 +91,16 @@ class Router:
 
     # -- deciding ---------------------------------------------------------------------------------
 
-    def decide(self, model: str, headers: Mapping[str, str], cookies: Mapping[str, str]) -> Decision:
-        """Which revision serves this request (and which shadow sees a copy); raises 404/503 errors."""
+    def decide(
+        self, model: str, headers: Mapping[str, str], cookies: Mapping[str, str], internal: bool = False
+    ) -> Decision:
+        """Which revision serves this request (and which shadow sees a copy); raises 404/503 errors.
+
+        `internal`: a service's own transformer calling its predictor (no experiment, no shadow); the
+        front decides whether a request may be that (`internal_call`)."""
         route = self.table.services.get(model)
         if route is None:
             return self._decide_trained_model(model)
-        internal = headers.get(COMPONENT_HEADER) == "predictor"
         split, variant, cookie = self._component(route, internal), "", None
         if route.experiment is not None and not internal:
             split, variant, cookie = self._variant(route, headers, cookies)

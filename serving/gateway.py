@@ -149,6 +149,7 @@ class Gateway:
         )
         controller.registry_poll_s = opts.registry_poll_s
         controller.credentials = self.credentials
+        controller.gateway_cert = opts.tls.cert.resolve() if opts.tls is not None else None
         controller.storage_policy = self.storage_policy
         controller.trust = opts.trust
         # Replicas want it on /metrics whether or not users need tokens: Prometheus reads it here.

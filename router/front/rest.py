@@ -17,12 +17,13 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute
 
-from router.core import Router
+from router.core import COMPONENT_HEADER, Router
 from serving import __version__
 from serving.auth import Guard, Scope, Target
 from serving.auth.hosts import LoopbackHostMiddleware
-from serving.auth.rest import require_scopes, scoped_routes
-from serving.errors import ModelNotFound
+from serving.auth.internal import may_skip_transformer
+from serving.auth.rest import principal_of, require_scopes, scoped_routes
+from serving.errors import ModelNotFound, PermissionDenied
 from serving.protocol.rest import EXCEPTION_HANDLERS, read_raw
 
 __all__ = ["build_gateway_app"]
@@ -36,7 +37,13 @@ class _Front:
 
     async def _forward(self, request: Request, prefix: str, suffix: str, protocol: str) -> Response:
         model = request.path_params["model_name"]
-        decision = self.router.decide(model, request.headers, request.cookies)
+        internal = request.headers.get(COMPONENT_HEADER) == "predictor"
+        if internal and not may_skip_transformer(principal_of(request), model):
+            raise PermissionDenied(
+                f"only InferenceService '{model}''s own transformer may call its predictor directly "
+                f"({COMPONENT_HEADER})"
+            )
+        decision = self.router.decide(model, request.headers, request.cookies, internal)
         body = await read_raw(request, self.max_body) if request.method == "POST" else None
         send = self.router.http_sender(request.method, prefix, suffix, body or b"", request.headers)
         reply = await self.router.send(decision, send, protocol)

@@ -22,11 +22,13 @@ from serving.errors import Unauthenticated
 __all__ = [
     "CALLER_ENV",
     "GATEWAY",
+    "GATEWAY_CERT_ENV",
     "METRICS_ENV",
     "PROMETHEUS",
     "REPLICA_TOKEN_ENV",
     "GatewayTokens",
     "InternalCredentials",
+    "may_skip_transformer",
 ]
 
 #: environment variables a replica started by an engine reads its tokens from (never argv: `ps` shows it).
@@ -34,12 +36,16 @@ REPLICA_TOKEN_ENV = "SERVEGATE_REPLICA_TOKEN"
 METRICS_ENV = "SERVEGATE_METRICS_TOKEN"
 #: the token a service's replicas send when they call the gateway (a transformer's predictor calls).
 CALLER_ENV = "SERVEGATE_GATEWAY_TOKEN"
+#: the certificate of a gateway serving TLS, which those calls trust (and nothing else).
+GATEWAY_CERT_ENV = "SERVEGATE_GATEWAY_CERT"
 
 #: the gateway as its replicas see it: everything but health needs this.
 GATEWAY = Principal("gateway", frozenset(Scope))
 #: Prometheus: metrics only.
 PROMETHEUS = Principal("prometheus", frozenset({Scope.METRICS}))
 _CALLER_PREFIX = "sgi_"
+#: the principal a service's caller token stands for is named this, then the service.
+_CALLER_NAME = "service:"
 
 
 def _mac(secret: bytes, purpose: str) -> str:
@@ -72,10 +78,18 @@ class InternalCredentials:
                 mac.encode(), _mac(self._secret, f"caller:{service}").encode()
             ):
                 raise Unauthenticated("invalid token")
-            return Principal(f"service:{service}", frozenset({Scope.INFER}), services=frozenset({service}))
+            return Principal(
+                f"{_CALLER_NAME}{service}", frozenset({Scope.INFER}), services=frozenset({service})
+            )
         if hmac.compare_digest(token.encode(), self.metrics_token.encode()):
             return PROMETHEUS
         return None
+
+
+def may_skip_transformer(principal: Principal, service: str) -> bool:
+    """Whether `principal` may call `service`'s predictor past its transformer: the service's own
+    replicas (its transformer) and admins may; a client may not dodge what the transformer does."""
+    return Scope.ADMIN in principal.scopes or principal.name == f"{_CALLER_NAME}{service}"
 
 
 class GatewayTokens:

@@ -17,7 +17,15 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from grpc import aio
 
-__all__ = ["CA_CERT_ENV", "TlsFiles", "add_port", "ca_cert_from_env", "client_context", "tls_files"]
+__all__ = [
+    "CA_CERT_ENV",
+    "TlsFiles",
+    "add_port",
+    "ca_cert_from_env",
+    "client_context",
+    "pinned_context",
+    "tls_files",
+]
 
 #: the variable the SDK and the CLI read the CA bundle's path from when none is given.
 CA_CERT_ENV = "SERVEGATE_CA_CERT"
@@ -44,11 +52,17 @@ class TlsFiles:
         """A client context that trusts exactly this certificate, whatever names it carries: for a
         server calling itself (the gateway scraping its own /metrics) by an address its
         certificate need not name. Only this certificate verifies, so nothing else can answer."""
-        context = ssl.create_default_context(cadata=self.cert.read_text())
-        # The leaf itself is the trust anchor, even when a CA issued it.
-        context.verify_flags |= ssl.VERIFY_X509_PARTIAL_CHAIN
-        context.check_hostname = False
-        return context
+        return pinned_context(self.cert)
+
+
+def pinned_context(cert: Path | str) -> ssl.SSLContext:
+    """A client context that trusts exactly the certificate in `cert` (PEM), whatever names it
+    carries: for a server's own parts calling it by an address its certificate need not name."""
+    context = ssl.create_default_context(cadata=Path(cert).read_text())
+    # The leaf itself is the trust anchor, even when a CA issued it.
+    context.verify_flags |= ssl.VERIFY_X509_PARTIAL_CHAIN
+    context.check_hostname = False
+    return context
 
 
 def tls_files(cert: Path | str | None, key: Path | str | None) -> TlsFiles | None:

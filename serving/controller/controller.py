@@ -14,6 +14,7 @@ import json
 import logging
 import time
 from collections.abc import Coroutine
+from pathlib import Path
 from typing import Any
 
 from autoscaler.config import ConfigError, GlobalScalingDefaults, ScalingConfig
@@ -26,7 +27,7 @@ from router.policies.placement import Budget
 from router.policies.traffic import effective_weights
 from router.routes import Backend, Experiment, ModelRoute, RoutingTable, ServiceRoute, Shadow, Split, Variant
 from serving.auth import Target
-from serving.auth.internal import CALLER_ENV, InternalCredentials
+from serving.auth.internal import CALLER_ENV, GATEWAY_CERT_ENV, InternalCredentials
 from serving.auth.storage import StoragePolicy
 from serving.controller import rollout as policy
 from serving.controller.following import RegistryFollower, uses_registry
@@ -102,6 +103,8 @@ class Controller:
         #: seconds between two looks at the registry for moved aliases.
         self.registry_poll_s = 1.0
         self._follower: RegistryFollower | None = None
+        #: set by the gateway when it serves TLS: its certificate, which transformers calling it trust.
+        self.gateway_cert: Path | None = None
         #: set by the gateway: the tokens its replicas accept, and its own parts call it back with.
         self.credentials: InternalCredentials | None = None
         #: data-plane name -> permission target (namespace, names, anonymous inference), for the guard.
@@ -475,6 +478,8 @@ class Controller:
             env += (("SERVEGATE_PREDICTOR_URL", self.gateway_url), ("SERVEGATE_PREDICTOR_PROTOCOL", protocol))
             if self.credentials is not None:  # its calls may infer on this service only
                 env += ((CALLER_ENV, self.credentials.caller_token(service)),)
+            if self.gateway_cert is not None:  # a gateway serving TLS: trust exactly its certificate
+                env += ((GATEWAY_CERT_ENV, str(self.gateway_cert)),)
         if self.storage_policy is not None:  # after the manifest's env: the later value wins
             env += tuple(self.storage_policy.to_env().items())
         # Always, and after the manifest's env: the operator names trusted sources, not a manifest.

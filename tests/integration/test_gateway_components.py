@@ -571,6 +571,19 @@ def test_transformer_scales_inputs_labels_outputs_and_passes_predictor_errors_on
     assert response.status_code == 400, response.text
     assert direct.json()["error"] in response.json()["error"]
 
+    # Only an admin (above) or the service's own transformer may skip it: a client may not.
+    made = http.post("/api/v1/tokens", json={"name": "scaled-client", "role": "predictor"})
+    assert made.status_code == 201, made.text
+    as_client = {"authorization": f"Bearer {made.json()['token']}"}
+    skipped = http.post(
+        "/v2/models/scaled/infer", json=wrong, headers={COMPONENT_HEADER: "predictor", **as_client}
+    )
+    assert skipped.status_code == 403 and "own transformer" in skipped.json()["error"], skipped.text
+    assert (
+        http.post("/v2/models/scaled/infer", json=mlp_body(MLP_X * 255.0), headers=as_client).status_code
+        == 200
+    )
+
 
 # -- 4. payload logger -----------------------------------------------------------------------------
 

@@ -23,6 +23,7 @@ from predictors.examples import make_mlp_onnx, mlp_forward
 from serving.auth.tls import TlsFiles
 from serving.client import Client, ServegateError
 from tests.conftest import MLP_SIZES
+from tests.gateway_helpers import mlp_body, mlp_isvc, storage_roots
 from tests.servers import ROOT, GatewayProcess, ReplicaProcess, TlsCertificates, make_certificates
 
 pytestmark = pytest.mark.integration
@@ -207,9 +208,12 @@ def test_model_serve_with_half_a_tls_pair_does_not_start(
 
 
 @pytest.fixture(scope="module")
-def gateway(certs: TlsCertificates, tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
+def gateway(
+    certs: TlsCertificates, tmp_path_factory: pytest.TempPathFactory, model_repo: Path
+) -> Iterator[GatewayProcess]:
     state = tmp_path_factory.mktemp("gateway") / "state"
-    server = GatewayProcess(state, "--no-auth", "--drain-timeout", "5", tls=certs)
+    roots = storage_roots(state, model_repo)
+    server = GatewayProcess(state, "--no-auth", "--drain-timeout", "5", *roots, tls=certs)
     try:
         server.wait_live()
         yield server
@@ -238,6 +242,23 @@ def test_the_cli_takes_a_ca_cert(
     assert from_env.exit_code == 0, from_env.output
     refused = runner.invoke(cli, ["get", "isvc", "--url", gateway.url, "--ca-cert", str(stranger.ca)])
     assert refused.exit_code == 1 and "certificate" in refused.output
+
+
+def test_a_transformer_calls_its_predictor_through_the_gateway_over_tls(
+    gateway: GatewayProcess, certs: TlsCertificates, model_repo: Path
+) -> None:
+    # The transformer's replica calls the gateway back over https, trusting exactly its certificate.
+    transformer = {
+        "model": {"modelFormat": {"name": "python"}, "storageUri": "tests.gateway_models:ScaleAndLabel"}
+    }
+    with Client(gateway.url, ca_cert=certs.ca, timeout=120) as client:
+        client.apply(mlp_isvc("tls-scaled", model_repo, transformer=transformer))
+        client.wait_ready("tls-scaled", timeout=120)
+        x = np.random.default_rng(0).random((2, MLP_SIZES[0]), dtype=np.float32)
+        answer = client.predict("tls-scaled", mlp_body(x * 255.0))
+        client.delete("inferenceservices", "tls-scaled")
+    outputs = {o["name"]: o for o in answer["outputs"]}
+    assert outputs["output"]["shape"] == [2, MLP_SIZES[-1]] and "label" in outputs
 
 
 def test_the_gateway_grpc_health_over_tls(gateway: GatewayProcess, certs: TlsCertificates) -> None:

@@ -13,7 +13,13 @@ import pytest
 
 from serving.auth import ROLE_SCOPES, Guard, Principal, Role, Scope, StaticTokens, Target, bearer, refusal
 from serving.auth.guard import ANONYMOUS
-from serving.auth.internal import GATEWAY, PROMETHEUS, GatewayTokens, InternalCredentials
+from serving.auth.internal import (
+    GATEWAY,
+    PROMETHEUS,
+    GatewayTokens,
+    InternalCredentials,
+    may_skip_transformer,
+)
 from serving.auth.tokens import TokenStore, read_token_file, write_secret
 from serving.errors import PermissionDenied, Unauthenticated
 
@@ -371,3 +377,16 @@ def test_the_gateway_accepts_users_tokens_beside_its_own(store: TokenStore) -> N
     # A pool token is what the gateway sends to replicas, never something it accepts itself.
     with pytest.raises(Unauthenticated):
         guard.check(Scope.READ, f"Bearer {credentials.pool_token('rev-a')}")
+
+
+def test_only_the_service_itself_or_an_admin_may_skip_its_transformer() -> None:
+    credentials = InternalCredentials(b"k" * 32)
+    own = credentials.authenticate(credentials.caller_token("iris"))
+    other = credentials.authenticate(credentials.caller_token("fraud"))
+    assert own is not None and other is not None
+    assert may_skip_transformer(own, "iris")
+    assert not may_skip_transformer(other, "iris")
+    assert not may_skip_transformer(Principal.of_role("app", Role.PREDICTOR), "iris")
+    assert not may_skip_transformer(Principal.of_role("ci", Role.DEPLOYER), "iris")
+    assert may_skip_transformer(Principal.of_role("root", Role.ADMIN), "iris")
+    assert may_skip_transformer(ANONYMOUS, "iris")  # authentication off: nobody is told apart
