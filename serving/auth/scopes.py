@@ -80,6 +80,8 @@ class Target:
     names: frozenset[str] = frozenset()
     #: the service opens its data plane to callers without a token (`--anonymous-inference`).
     anonymous_inference: bool = False
+    #: shared by every namespace (the model registry): only a token limited to none may change it.
+    shared: bool = False
 
 
 def refusal(principal: Principal, scope: Scope, target: Target | None = None) -> str | None:
@@ -89,6 +91,11 @@ def refusal(principal: Principal, scope: Scope, target: Target | None = None) ->
         return f"token '{principal.name}'{role} may not {_VERBS[scope]}"
     if target is None:
         return None
+    if target.shared and (principal.namespaces is not None or principal.services is not None):
+        return (
+            f"token '{principal.name}' is limited to some namespaces or services, and the model "
+            "registry is shared by all of them"
+        )
     if (
         principal.namespaces is not None
         and target.namespace is not None

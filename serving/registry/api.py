@@ -34,7 +34,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Mount
 
-from serving.auth import Guard, Scope
+from serving.auth import Guard, Scope, Target
 from serving.auth.guard import ANONYMOUS
 from serving.auth.rest import principal_of, scoped_routes
 from serving.auth.storage import StoragePolicy, StorageRefused
@@ -280,6 +280,10 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     return JSONResponse({"error": exc.detail}, exc.status_code, headers=exc.headers)
 
 
+#: what every change to the registry acts on: something no namespace owns.
+SHARED = Target(shared=True)
+
+
 def registry_routes(registry: Registry, guard: Guard, *, policy: StoragePolicy | None = None) -> list[Mount]:
     """The control API of `registry`, to mount in the gateway beside `api_routes`; every route
     behind `guard` with the scope it needs. `policy`: what a registration's `source` may be (None:
@@ -290,21 +294,23 @@ def registry_routes(registry: Registry, guard: Guard, *, policy: StoragePolicy |
     version = model + "/versions/{version}"
 
     route = scoped_routes(guard)
+    # Changes: the registry is one for every namespace, so only an unlimited token may make them.
+    change = scoped_routes(guard, lambda _params: SHARED)
 
     app = Starlette(
         routes=[
             route("/models", a.models, Scope.READ, "GET"),
             route(model, a.model, Scope.READ, "GET"),
-            route(model + "/versions", a.register, Scope.DEPLOY, "POST"),
+            change(model + "/versions", a.register, Scope.DEPLOY, "POST"),
             route(version, a.version, Scope.READ, "GET"),
-            route(version + "/archive", a.archive, Scope.DEPLOY, "POST"),
+            change(version + "/archive", a.archive, Scope.DEPLOY, "POST"),
             route("/resolve", a.resolve, Scope.READ, "GET"),
-            route(model + "/aliases/{alias}", a.set_alias, Scope.DEPLOY, "PUT"),
-            route(model + "/aliases/{alias}", a.delete_alias, Scope.DEPLOY, "DELETE"),
-            route(model + "/gates", a.set_gates, Scope.DEPLOY, "PUT"),
+            change(model + "/aliases/{alias}", a.set_alias, Scope.DEPLOY, "PUT"),
+            change(model + "/aliases/{alias}", a.delete_alias, Scope.DEPLOY, "DELETE"),
+            change(model + "/gates", a.set_gates, Scope.DEPLOY, "PUT"),
             route(model + "/history", a.history, Scope.READ, "GET"),
             # Trusting a version lets its code run on the serving machines: an admin's decision.
-            route(version + "/trust", a.trust, Scope.ADMIN, "POST"),
+            change(version + "/trust", a.trust, Scope.ADMIN, "POST"),
         ],
         exception_handlers={RegistryError: _registry_error, HTTPException: _http_error},
     )

@@ -390,3 +390,12 @@ def test_only_the_service_itself_or_an_admin_may_skip_its_transformer() -> None:
     assert not may_skip_transformer(Principal.of_role("ci", Role.DEPLOYER), "iris")
     assert may_skip_transformer(Principal.of_role("root", Role.ADMIN), "iris")
     assert may_skip_transformer(ANONYMOUS, "iris")  # authentication off: nobody is told apart
+
+
+def test_the_shared_registry_is_changed_only_by_unlimited_tokens() -> None:
+    shared = Target(shared=True)
+    assert refusal(Principal.of_role("ci", Role.DEPLOYER), Scope.DEPLOY, shared) is None
+    limited = Principal.of_role("team-a", Role.DEPLOYER, namespaces=frozenset({"team-a"}))
+    assert "shared by all of them" in (refusal(limited, Scope.DEPLOY, shared) or "")
+    one = Principal.of_role("app", Role.DEPLOYER, services=frozenset({"fraud"}))
+    assert "shared by all of them" in (refusal(one, Scope.DEPLOY, shared) or "")

@@ -501,17 +501,29 @@ def test_a_revoked_token_is_refused_at_the_next_request(team: Team) -> None:
     assert refused.headers["www-authenticate"].startswith("Bearer")
 
 
+def test_only_an_unlimited_token_changes_the_shared_registry(team: Team) -> None:
+    # The registry is one for every namespace: a team-a deployer reads it but may not change it.
+    refused = team.http.post(
+        "/api/registry/models/m/versions", json={"source": str(team.model)}, headers=team.team_a
+    )
+    assert refused.status_code == 403 and "shared" in refused.json()["error"], refused.text
+    assert team.http.get("/api/registry/models", headers=team.team_a).json()["items"] == []
+
+
 def test_the_registry_history_names_the_token(team: Team) -> None:
+    made = team.http.post("/api/v1/tokens", json={"name": "release", "role": "deployer"}, headers=team.admin)
+    assert made.status_code == 201, made.text
+    release = {"authorization": f"Bearer {made.json()['token']}"}
     registered = team.http.post(
         "/api/registry/models/m/versions",
         json={"source": str(team.model)},
         # A header the caller chooses is not who it is.
-        headers={**team.team_a, "x-servegate-user": "somebody-else"},
+        headers={**release, "x-servegate-user": "somebody-else"},
     )
     assert registered.status_code == 201, registered.text
     history = team.http.get("/api/registry/models/m/history", headers=team.team_a)
     assert history.status_code == 200, history.text
-    assert [e["actor"] for e in history.json()["items"]] == ["team-a-ci"]
+    assert [e["actor"] for e in history.json()["items"]] == ["release"]
 
 
 async def test_a_grpc_call_with_a_revoked_token_is_refused(tmp_path: Path) -> None:
