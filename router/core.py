@@ -17,7 +17,14 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 
 from router.balancer import Pool
-from router.forward import GrpcForwarder, HttpForwarder, HttpReply, Unreachable, forwarded_headers
+from router.forward import (
+    AddressCheck,
+    GrpcForwarder,
+    HttpForwarder,
+    HttpReply,
+    Unreachable,
+    forwarded_headers,
+)
 from router.metrics import GatewayMetrics, status_for_http
 from router.multimodel import Placer
 from router.payload_logger import PayloadLogger
@@ -68,15 +75,19 @@ class Router:
         metrics: GatewayMetrics,
         max_message_bytes: int = 256 * 1024 * 1024,
         rng: random.Random | None = None,
+        check_urls: AddressCheck | None = None,
     ) -> None:
         self.metrics = metrics
         self.table = RoutingTable()
+        #: to replicas; `external` to the URLs manifests name (graph steps, payload loggers), whose
+        #: hosts go through `check_urls` at every connection.
         self.http = HttpForwarder()
+        self.external = HttpForwarder(check_urls)
         self.grpc = GrpcForwarder(max_message_bytes)
         self._rng = rng or random.Random()
         self._shadows: set[asyncio.Task[None]] = set()
         self.placer = Placer(self.http)
-        self.payload_logger = PayloadLogger(self.http, metrics.logged_events)
+        self.payload_logger = PayloadLogger(self.external, metrics.logged_events)
 
     def set_table(self, table: RoutingTable) -> None:
         self.table = table
@@ -87,6 +98,7 @@ class Router:
         await asyncio.gather(*self._shadows, return_exceptions=True)
         await self.payload_logger.close()
         await self.http.close()
+        await self.external.close()
         await self.grpc.close()
 
     # -- deciding ---------------------------------------------------------------------------------

@@ -7,16 +7,22 @@ the caller can retry on another replica; anything the replica answers, errors in
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import asyncio
+import ipaddress
+import socket
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import aiohttp
 import grpc
+from aiohttp.abc import AbstractResolver, ResolveResult
 from grpc import aio
+from yarl import URL
 
 from serving.protocol.rest import TRACE_HEADERS
 
-__all__ = ["GrpcForwarder", "HttpForwarder", "HttpReply", "Unreachable"]
+__all__ = ["AddressCheck", "GrpcForwarder", "HttpForwarder", "HttpReply", "Unreachable"]
 
 #: request headers passed on to a replica; hop-by-hop ones (connection, host, ...) are not.
 FORWARDED_REQUEST_HEADERS = frozenset(
@@ -41,15 +47,55 @@ def forwarded_headers(headers: Mapping[str, str]) -> dict[str, str]:
     return {k: v for k, v in headers.items() if k in FORWARDED_REQUEST_HEADERS}
 
 
-class HttpForwarder:
-    """One aiohttp session for every replica: a keep-alive connection pool per host:port."""
+#: the addresses a host may be connected to on a port (raising OSError with why it may not).
+AddressCheck = Callable[[str, int], Sequence[Any]]
 
-    def __init__(self) -> None:
+
+class _CheckedResolver(AbstractResolver):
+    """Resolves a name only to the addresses `check` allows, at every connection: a URL from a
+    manifest (a graph step, a payload logger) cannot be pointed at a private address later by
+    changing what its name resolves to."""
+
+    def __init__(self, check: AddressCheck) -> None:
+        self._check = check
+
+    async def resolve(
+        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
+    ) -> list[ResolveResult]:
+        addresses = await asyncio.to_thread(self._check, host, port)
+        return [
+            ResolveResult(
+                hostname=host,
+                host=str(ip),
+                port=port,
+                family=socket.AF_INET6 if ip.version == 6 else socket.AF_INET,
+                proto=0,
+                flags=socket.AI_NUMERICHOST,
+            )
+            for ip in addresses
+        ]
+
+    async def close(self) -> None:
+        pass
+
+
+class HttpForwarder:
+    """One aiohttp session: a keep-alive connection pool per host:port. `check`: for URLs from
+    manifests, the addresses each host may be reached at (None: any, as for the replicas)."""
+
+    def __init__(self, check: AddressCheck | None = None) -> None:
         self._session: aiohttp.ClientSession | None = None
+        self._check = check
 
     def _client(self) -> aiohttp.ClientSession:
         if self._session is None:
-            connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=60, ttl_dns_cache=None)
+            connector = aiohttp.TCPConnector(
+                limit=0,
+                keepalive_timeout=60,
+                # Checked names are resolved (and checked) at every new connection, never cached.
+                ttl_dns_cache=None if self._check is None else 0,
+                resolver=_CheckedResolver(self._check) if self._check is not None else None,
+            )
             self._session = aiohttp.ClientSession(
                 connector=connector,
                 auto_decompress=False,
@@ -61,6 +107,8 @@ class HttpForwarder:
     async def request(
         self, method: str, url: str, body: bytes | None, headers: Mapping[str, str], timeout: float | None
     ) -> HttpReply:
+        if self._check is not None:
+            await self._check_literal(url)
         try:
             async with self._client().request(
                 method,
@@ -77,6 +125,18 @@ class HttpForwarder:
             if isinstance(exc, aiohttp.ConnectionTimeoutError | aiohttp.SocketTimeoutError):
                 raise
             raise Unreachable(f"{url}: {type(exc).__name__}: {exc}") from exc
+
+    async def _check_literal(self, url: str) -> None:
+        # aiohttp connects to an IP address in a URL without asking the resolver: check it here.
+        parsed = URL(url)
+        try:
+            ipaddress.ip_address(parsed.host or "")
+        except ValueError:
+            return  # a name: the resolver checks it at every connection
+        try:
+            await asyncio.to_thread(self._check, parsed.host or "", parsed.port or 0)  # type: ignore[misc]
+        except OSError as exc:
+            raise Unreachable(f"{url}: {exc.strerror or exc}") from None
 
     async def close(self) -> None:
         if self._session is not None:

@@ -26,7 +26,7 @@ def step_caller(router: Router) -> Caller:
                 reply = await router.call_service(step.service_name, body, headers)
             else:
                 assert step.service_url is not None
-                reply = await router.http.request(
+                reply = await router.external.request(
                     "POST", step.service_url, body, forwarded_headers(headers), URL_TIMEOUT_S
                 )
         except ServingError as exc:

@@ -99,7 +99,10 @@ class Gateway:
     def __init__(self, options: GatewayOptions) -> None:
         self.options = options
         self.registry = CollectorRegistry()
-        self.router = Router(GatewayMetrics(self.registry), options.max_body_bytes)
+        self.storage_policy = options.storage_policy or StoragePolicy((Path.cwd(), options.state_dir))
+        self.router = Router(
+            GatewayMetrics(self.registry), options.max_body_bytes, check_urls=self.storage_policy.connectable
+        )
         self.store = Store(options.state_dir / "state.db")
         #: the tokens of the gateway's own parts (replica pools, Prometheus, transformers' calls back).
         self.credentials = InternalCredentials()
@@ -110,7 +113,6 @@ class Gateway:
             **options.engine_options,
         )
         self.tokens: TokenStore | None = None
-        self.storage_policy = options.storage_policy or StoragePolicy((Path.cwd(), options.state_dir))
         self.http_port: int | None = None
         self.model_registry: Registry | None = None
         self.grpc_port: int | None = None

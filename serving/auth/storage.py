@@ -18,6 +18,7 @@ registered, and again when the artifact is fetched: a name may resolve elsewhere
 
 from __future__ import annotations
 
+import errno
 import ipaddress
 import os
 import re
@@ -285,6 +286,14 @@ class StoragePolicy:
                 why = f"'{host}' resolves to {ip}, {reason}" if str(ip) != host else f"{ip} is {reason}"
                 raise StorageRefused(f"refusing to fetch {what}: {why}; {_ALLOW_HOW} {_suggest(host, port)}")
         return found
+
+    def connectable(self, host: str, port: int) -> list[Address]:
+        """`addresses` as a connection wants them: a refusal is an OSError saying why (the calls a
+        manifest's URLs make, checked again at every connection: DNS may have changed)."""
+        try:
+            return self.addresses(host, port)
+        except StorageRefused as exc:
+            raise OSError(errno.EACCES, exc.message) from None  # strerror: aiohttp shows it
 
 
 def _suggest(host: str, port: int) -> str:
