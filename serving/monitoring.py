@@ -88,10 +88,14 @@ def write_targets(path: Path, gateway: str, replicas: Iterable[ReplicaTarget]) -
         raise
 
 
-def scrape_config(state_dir: Path, gateway: str, scrape_interval_s: float = 5.0) -> str:
+def scrape_config(
+    state_dir: Path, gateway: str, scrape_interval_s: float = 5.0, ca_cert: Path | None = None
+) -> str:
     """A complete prometheus.yml scraping the gateway at `gateway` and the replicas of `state_dir`.
 
-    scrape_interval_s: seconds between two scrapes of one target.
+    scrape_interval_s: seconds between two scrapes of one target. An `https://` gateway (one
+    serving TLS) is scraped over https, its certificate checked against `ca_cert` when given (else
+    Prometheus's system roots); replicas serve plain HTTP on loopback.
     The targets file is named by its absolute path, since Prometheus reads a relative one from the
     folder of the configuration file.
     """
@@ -111,7 +115,7 @@ global:
 scrape_configs:
   - job_name: {GATEWAY_JOB}
     authorization:
-      credentials_file: {credentials}
+      credentials_file: {credentials}{_tls_lines(gateway, ca_cert)}
     static_configs:
       - targets: [{json.dumps(_host_port(gateway))}]
 
@@ -130,6 +134,16 @@ scrape_configs:
         regex: {REPLICA_JOB}
         action: keep
 """
+
+
+def _tls_lines(gateway: str, ca_cert: Path | None) -> str:
+    """The scheme (and CA) of a gateway given as an https:// URL, as lines of its scrape job."""
+    if not gateway.lower().startswith("https://"):
+        return ""
+    lines = "\n    scheme: https"
+    if ca_cert is not None:
+        lines += f"\n    tls_config:\n      ca_file: {json.dumps(str(ca_cert.absolute()))}"
+    return lines
 
 
 def _host_port(address: str) -> str:

@@ -43,8 +43,13 @@ class _Duration(click.ParamType):
     "--gateway",
     default="127.0.0.1:8080",
     show_default=True,
-    metavar="HOST:PORT",
-    help="Where the gateway serves /metrics.",
+    metavar="HOST:PORT|URL",
+    help="Where the gateway serves /metrics (https://HOST:PORT for a gateway serving TLS).",
+)
+@click.option(
+    "--ca-cert",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="The CA that signed an https gateway's certificate [default: Prometheus's system roots].",
 )
 @click.option(
     "--scrape-interval",
@@ -59,7 +64,9 @@ class _Duration(click.ParamType):
     type=click.Path(dir_okay=False, path_type=Path),
     help="Write the configuration to this file instead of printing it.",
 )
-def prometheus_config(state_dir: Path, gateway: str, scrape_interval: float, output: Path | None) -> None:
+def prometheus_config(
+    state_dir: Path, gateway: str, ca_cert: Path | None, scrape_interval: float, output: Path | None
+) -> None:
     """Print a Prometheus configuration that scrapes the gateway and every replica.
 
     `servegate up` lists its replicas in STATE_DIR/prometheus/targets.json and the configuration
@@ -75,7 +82,7 @@ def prometheus_config(state_dir: Path, gateway: str, scrape_interval: float, out
     from serving.monitoring import scrape_config
 
     try:
-        text = scrape_config(state_dir, gateway, scrape_interval)
+        text = scrape_config(state_dir, gateway, scrape_interval, ca_cert)
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="'--gateway'") from exc
     if output is None:

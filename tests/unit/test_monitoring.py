@@ -202,3 +202,14 @@ def test_render_escapes_values_for_a_promql_string() -> None:
 def test_render_names_an_unknown_placeholder() -> None:
     with pytest.raises(ValueError, match=r"unknown placeholder \{\{revison\}\}"):
         render('x{revision="{{revison}}"}', revision="r", service="s")
+
+
+def test_an_https_gateway_is_scraped_over_https_with_its_ca(tmp_path: Path) -> None:
+    ca = tmp_path / "ca.pem"
+    config = yaml.safe_load(scrape_config(tmp_path, "https://127.0.0.1:8443", 1.0, ca_cert=ca))
+    gateway, replicas = config["scrape_configs"]
+    assert gateway["scheme"] == "https" and gateway["tls_config"] == {"ca_file": str(ca)}
+    assert gateway["static_configs"] == [{"targets": ["127.0.0.1:8443"]}]
+    assert "scheme" not in replicas  # replicas serve plain HTTP on loopback
+    plain = yaml.safe_load(scrape_config(tmp_path, "127.0.0.1:8080", 1.0))["scrape_configs"][0]
+    assert "scheme" not in plain and "tls_config" not in plain
