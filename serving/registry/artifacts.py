@@ -61,13 +61,24 @@ def _manifest(entries: list[dict[str, Any]]) -> bytes:
     return json.dumps({"files": entries}, sort_keys=True, separators=(",", ":")).encode()
 
 
+def _folder_files(path: Path) -> list[Path]:
+    """The files of a folder artifact, in order; InvalidArtifact for a link out of the folder (the
+    store copies what a link points at, and a registration must not copy what lies elsewhere)."""
+    root = path.resolve()
+    files = sorted(p for p in path.rglob("*") if p.is_file())
+    for file in files:
+        if not file.resolve().is_relative_to(root):
+            raise InvalidArtifact(f"{file} links out of the folder {path}; copy the file in instead")
+    return files
+
+
 def artifact_digest(path: Path) -> tuple[str, int]:
     """(sha256, size in bytes) of a file, or of a folder as the store names it (its file list's)."""
     if path.is_file():
         return sha256_file(path), path.stat().st_size
     entries = [
         {"path": f.relative_to(path).as_posix(), "sha256": sha256_file(f), "size": f.stat().st_size}
-        for f in sorted(p for p in path.rglob("*") if p.is_file())
+        for f in _folder_files(path)
     ]
     return hashlib.sha256(_manifest(entries)).hexdigest(), sum(e["size"] for e in entries)
 
@@ -109,7 +120,7 @@ class ArtifactStore(ABC):
             digest, size = sha256_file(path), path.stat().st_size
             written = self._put_blob(digest, path)
             return StoredArtifact(digest, path.name, "file", size, written)
-        files = sorted(p for p in path.rglob("*") if p.is_file())
+        files = _folder_files(path)
         if not files:
             raise InvalidArtifact(f"{path} holds no files")
         written: list[str] = []

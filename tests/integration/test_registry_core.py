@@ -100,6 +100,23 @@ def test_a_folder_is_stored_as_a_tree_and_comes_back_whole(registry: Registry, t
     assert (copy / "1" / "model.onnx").read_bytes() == (folder / "1" / "model.onnx").read_bytes()
 
 
+def test_a_folder_with_a_link_out_of_it_is_refused(registry: Registry, tmp_path: Path) -> None:
+    folder = tmp_path / "src" / "linked"
+    make_mlp_onnx(folder / "1" / "model.onnx", (8, 16, 4))
+    secret = tmp_path / "elsewhere" / "secret.txt"
+    secret.parent.mkdir()
+    secret.write_text("not the model's")
+    (folder / "notes.txt").symlink_to(secret)
+    # A link inside the folder is fine.
+    (folder / "model.onnx").symlink_to(folder / "1" / "model.onnx")
+
+    with pytest.raises(InvalidArtifact, match="links out of the folder"):
+        registry.register("linked", str(folder))
+    assert registry.models() == []
+    (folder / "notes.txt").unlink()
+    assert registry.register("linked", str(folder)).artifact_kind == "tree"
+
+
 @pytest.mark.parametrize(
     ("source", "fmt", "message"),
     [
