@@ -239,7 +239,11 @@ class Router:
                 remaining = deadline - loop.time()
                 if remaining <= 0:
                     raise TimeoutError
-                return await attempt(endpoint.http_url, endpoint.grpc_target, remaining)
+                reply = await attempt(endpoint.http_url, endpoint.grpc_target, remaining)
+                if not self._evicted(backend, endpoint.id, reply):
+                    return reply
+                last = f"model {backend.model} was unloaded from replica {endpoint.id} as the request came"
+                self.metrics.retries.labels(backend.revision).inc()
             except Unreachable as exc:
                 last = str(exc)
                 log.warning("replica %s of %s unreachable: %s", endpoint.id, backend.revision, exc)
@@ -256,6 +260,15 @@ class Router:
             finally:
                 pool.release(endpoint)
         raise ServerUnavailable(f"no replica of revision {backend.revision} could be reached: {last}")
+
+    def _evicted(self, backend: Backend, replica: str, reply: HttpReply) -> bool:
+        """Whether a TrainedModel's replica turned the request away because the placer was unloading
+        the model from it meanwhile (to make room for another): then the model is placed again."""
+        return (
+            backend.placed is not None
+            and reply.status == 503
+            and replica not in self.placer.holders(backend.placed, backend.pool)
+        )
 
     async def _holders(self, backend: Backend, deadline: float) -> frozenset[str] | None:
         """For a TrainedModel, the replicas holding it (loading it first); None for a plain model."""
