@@ -262,11 +262,12 @@ class Router:
         raise ServerUnavailable(f"no replica of revision {backend.revision} could be reached: {last}")
 
     def _evicted(self, backend: Backend, replica: str, reply: HttpReply) -> bool:
-        """Whether a TrainedModel's replica turned the request away because the placer was unloading
-        the model from it meanwhile (to make room for another): then the model is placed again."""
+        """Whether a TrainedModel's replica turned the request away because the placer unloaded the
+        model from it meanwhile, to make room for another (503 while unloading, 404 once gone): then
+        the model is placed again."""
         return (
             backend.placed is not None
-            and reply.status == 503
+            and reply.status in (404, 503)
             and replica not in self.placer.holders(backend.placed, backend.pool)
         )
 

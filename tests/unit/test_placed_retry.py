@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
 from prometheus_client import CollectorRegistry
 
 from router.balancer import Pool
@@ -30,7 +31,10 @@ class FakePlacer:
         return frozenset() if self.evicted else frozenset({"r1"})
 
 
-async def test_a_request_for_a_model_evicted_meanwhile_is_placed_again() -> None:
+@pytest.mark.parametrize(
+    ("status", "error"), [(503, "model 'c1' is unloading"), (404, "model 'c1' is not loaded")]
+)
+async def test_a_request_for_a_model_evicted_meanwhile_is_placed_again(status: int, error: str) -> None:
     router = Router(GatewayMetrics(CollectorRegistry()))
     placer = router.placer = FakePlacer()  # type: ignore[assignment]
     pool = Pool("host-predictor-00001")
@@ -41,14 +45,14 @@ async def test_a_request_for_a_model_evicted_meanwhile_is_placed_again() -> None
 
     async def attempt(_http: str, _grpc: str | None, _timeout: float) -> HttpReply:
         if not answers:
-            answers.append(503)
+            answers.append(status)
             placer.evicted = True  # pushed out while this request was on its way
-            return HttpReply(503, b'{"error": "model \'c1\' is unloading"}')
+            return HttpReply(status, f'{{"error": "{error}"}}'.encode())
         answers.append(200)
         return HttpReply(200, b"{}")
 
     reply = await router.deliver(backend, asyncio.get_running_loop().time() + 5, attempt)
-    assert reply.status == 200 and answers == [503, 200] and placer.placements == 2
+    assert reply.status == 200 and answers == [status, 200] and placer.placements == 2
     await router.close()
 
 
