@@ -1,8 +1,9 @@
-"""`servegate up`: the gateway (data plane, control API, /metrics), the controller and the process
-engine in one foreground process, with state in SQLite under the state dir.
+"""`servegate up`: the gateway (data plane, control API, /metrics), the controller and an engine
+(local processes, or a Ray cluster) in one foreground process, with state in SQLite under the state dir.
 
 Start: restore every stored resource, apply the `-f` manifests, then listen. Stop (SIGTERM/SIGINT):
-stop accepting, finish in-flight requests, then drain and stop every replica this process started.
+stop accepting, finish in-flight requests, then drain and stop every replica this process started
+(the ray engine leaves its replicas serving for the next start to re-attach to).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import logging
 import signal
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from prometheus_client import CollectorRegistry
 
@@ -31,7 +33,7 @@ from router.metrics import GatewayMetrics, PoolGauge
 from serving.api import api_routes, trust_problems
 from serving.auth import Guard
 from serving.auth.api import token_routes
-from serving.auth.files import ADMIN_TOKEN_FILE, METRICS_TOKEN_FILE, write_secret
+from serving.auth.files import ADMIN_TOKEN_FILE, INTERNAL_KEY_FILE, METRICS_TOKEN_FILE, write_secret
 from serving.auth.internal import GatewayTokens, InternalCredentials
 from serving.auth.listen import exposure_warning, is_loopback_host
 from serving.auth.storage import StoragePolicy
@@ -39,6 +41,7 @@ from serving.auth.storage_fields import storage_problems
 from serving.auth.tls import TlsFiles, add_port
 from serving.auth.tokens import TokenStore
 from serving.controller.controller import Controller
+from serving.engines.base import Engine
 from serving.engines.process import ProcessEngine
 from serving.monitoring import ReplicaTarget, targets_path, write_targets
 from serving.registry.api import registry_routes
@@ -75,6 +78,10 @@ class GatewayOptions:
     drain_timeout_s: float = 30.0
     access_log: bool = False
     engine_options: dict[str, float] = field(default_factory=dict)
+    #: where replicas run: "process" (local processes) or "ray" (actors on a Ray cluster).
+    engine: str = "process"
+    #: the Ray cluster of the ray engine (HOST:PORT of its GCS); None: a local Ray for this run.
+    ray_address: str | None = None
     #: a Prometheus server's base URL, for custom (PromQL) autoscaling metrics; None: scraping only.
     prometheus_url: str | None = None
     #: cluster-wide autoscaling defaults (each service may override them).
@@ -95,6 +102,21 @@ class GatewayOptions:
     trust: TrustPolicy = field(default_factory=TrustPolicy)
 
 
+def _engine(options: GatewayOptions, credentials: InternalCredentials) -> Engine:
+    settings: dict[str, Any] = {
+        "drain_timeout_s": options.drain_timeout_s,
+        "credentials": credentials,
+        **options.engine_options,
+    }
+    if options.engine == "ray":
+        from serving.engines.ray import RayEngine
+
+        return RayEngine(options.state_dir, address=options.ray_address, **settings)
+    if options.engine != "process":
+        raise ValueError(f"unknown engine {options.engine!r}: use process or ray")
+    return ProcessEngine(options.state_dir, **settings)
+
+
 class Gateway:
     def __init__(self, options: GatewayOptions) -> None:
         self.options = options
@@ -105,13 +127,12 @@ class Gateway:
         )
         self.store = Store(options.state_dir / "state.db")
         #: the tokens of the gateway's own parts (replica pools, Prometheus, transformers' calls back).
-        self.credentials = InternalCredentials()
-        self.engine = ProcessEngine(
-            options.state_dir,
-            drain_timeout_s=options.drain_timeout_s,
-            credentials=self.credentials,
-            **options.engine_options,
+        self.credentials = (
+            InternalCredentials.kept_in(options.state_dir / INTERNAL_KEY_FILE)
+            if options.engine == "ray"  # its replicas outlive this process, and keep their tokens
+            else InternalCredentials()
         )
+        self.engine = _engine(options, self.credentials)
         self.tokens: TokenStore | None = None
         self.http_port: int | None = None
         self.model_registry: Registry | None = None
@@ -199,8 +220,15 @@ class Gateway:
         # Prometheus (`servegate prometheus-config`) finds the replicas through this file.
         self.engine.watch(lambda _revision: self._write_targets(f"{local}:{self.http_port}"))
         self._write_targets(f"{local}:{self.http_port}")
-        await self.engine.start()
+        try:
+            await self.engine.start()
+        except BaseException:
+            sock.close()
+            raise
         await controller.start()
+        # Every stored revision has asked for its replicas: what an earlier run left that none took goes.
+        await controller.settled()
+        await self.engine.release_unclaimed()
         if resources:
             await controller.apply(resources)
         await grpc_server.start()

@@ -1,5 +1,5 @@
-"""Fixtures shared by every test tier: models made at test time, a running replica, a fake S3 and a
-throwaway PostgreSQL."""
+"""Fixtures shared by every test tier: models made at test time, a running replica, a fake S3, a
+throwaway PostgreSQL and a multi-node Ray cluster."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from predictors.examples import IDENTITY_DATATYPES, make_identity_onnx, make_mlp_onnx
+from tests.ray_cluster import RayTestCluster, start_cluster
 from tests.servers import ReplicaProcess, fresh_database, moto_server, postgres_server
 
 #: small MLP used by the functional tests (the benchmark uses the issue's sizes).
@@ -63,6 +64,37 @@ def postgres_url() -> Iterator[str]:
     databases of their own)."""
     with postgres_server() as url:
         yield url
+
+
+@pytest.fixture(scope="session")
+def ray_cluster() -> Iterator[RayTestCluster]:
+    """A head and two worker nodes (one logical GPU, label `servegate.io/node: a|b` each) on
+    127.0.0.1 for the whole session; started by the first test that asks for it."""
+    cluster = start_cluster()
+    try:
+        yield cluster
+    finally:
+        import ray
+
+        if ray.is_initialized():
+            ray.shutdown()
+        cluster.cluster.shutdown()
+
+
+@pytest.fixture(scope="session")
+def ray_driver(ray_cluster: RayTestCluster) -> RayTestCluster:
+    """This test process connected to the session's cluster as a Ray driver (pipelines, training)."""
+    import ray
+
+    if not ray.is_initialized():
+        root = str(Path(__file__).resolve().parents[1])
+        ray.init(
+            address=ray_cluster.address,
+            include_dashboard=False,
+            log_to_driver=False,
+            runtime_env={"env_vars": {"PYTHONPATH": root}},
+        )
+    return ray_cluster
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.integration)])

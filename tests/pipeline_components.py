@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import time
 from pathlib import Path
 from typing import NamedTuple
@@ -90,6 +91,50 @@ def pid() -> int:
     return os.getpid()
 
 
+#: the label each worker node of the Ray test cluster carries (tests/ray_cluster.py NODE_LABEL).
+NODE_LABEL = "servegate.io/node"
+
+
+class Placed(NamedTuple):
+    """Where a step ran: its Ray node ("" in a local worker), the paths it read and wrote, and the
+    file its code was imported from."""
+
+    node: str
+    read: str
+    wrote: str
+    module: str
+
+
+def _ray_node() -> str:
+    ray = sys.modules.get("ray")  # imported in a Ray task already; never imported here for this
+    return ray.get_runtime_context().get_node_id() if ray is not None and ray.is_initialized() else ""
+
+
+@component
+def write_table(rows: int, table: Output[Dataset]) -> Placed:
+    """A folder artifact, with a subfolder."""
+    (table.path / "part").mkdir(parents=True)
+    (table.path / "rows.json").write_text(json.dumps([[i, i * i] for i in range(rows)]))
+    (table.path / "part" / "schema.txt").write_text("n,square\n")
+    table.metadata["rows"] = rows
+    return Placed(_ray_node(), "", str(table.path), __file__)
+
+
+@component
+def total_squares(table: Input[Dataset], total: Output[Model]) -> Placed:
+    """A file artifact made from a folder one."""
+    rows = json.loads((table.path / "rows.json").read_text())
+    schema = (table.path / "part" / "schema.txt").read_text()
+    total.path.write_text(json.dumps({"total": sum(s for _, s in rows), "schema": schema}))
+    return Placed(_ray_node(), str(table.path), str(total.path), __file__)
+
+
+@component
+def mark_and_sleep(marker: str, seconds: float) -> None:
+    Path(marker).write_text("started")
+    time.sleep(seconds)
+
+
 @pipeline
 def fan_out(count: int = 5, factors: list = [1.0, 2.0, 3.0]):  # noqa: B006 - a pipeline parameter default
     numbers = make_numbers(count=count)
@@ -120,6 +165,29 @@ def retried(marker: str):
 @pipeline
 def too_slow():
     sleep_for(seconds=30.0).set_timeout(1.0)
+
+
+@pipeline
+def across_nodes(first: str = "a", second: str = "b", rows: int = 5):
+    """Step 1 on the node labelled `first`, step 2 (one GPU, half a CPU, 64 MiB) on `second`."""
+    table = write_table(rows=rows).add_node_selector_constraint(NODE_LABEL, first)
+    (
+        total_squares(table=table.outputs["table"])
+        .add_node_selector_constraint(NODE_LABEL, second)
+        .set_accelerator_limit(1)
+        .set_cpu_limit("500m")
+        .set_memory_limit("64Mi")
+    )
+
+
+@pipeline
+def too_many_gpus():
+    write_table(rows=1).set_accelerator_limit(4)
+
+
+@pipeline
+def pinned_sleep(marker: str, node: str = "b"):
+    mark_and_sleep(marker=marker, seconds=60.0).add_node_selector_constraint(NODE_LABEL, node)
 
 
 @pipeline

@@ -7,11 +7,14 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-__all__ = ["ADMIN_TOKEN_FILE", "METRICS_TOKEN_FILE", "read_token_file", "write_secret"]
+__all__ = ["ADMIN_TOKEN_FILE", "INTERNAL_KEY_FILE", "METRICS_TOKEN_FILE", "read_token_file", "write_secret"]
 
 ADMIN_TOKEN_FILE = "admin.token"
 #: the token Prometheus scrapes /metrics with (`servegate prometheus-config` points at it).
 METRICS_TOKEN_FILE = "metrics.token"
+#: the secret the gateway's internal tokens derive from, kept only by the ray engine (its replicas
+#: outlive the gateway); never sent anywhere.
+INTERNAL_KEY_FILE = "internal.key"
 
 
 def read_token_file(path: Path) -> str:

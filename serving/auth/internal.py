@@ -5,7 +5,9 @@ one for Prometheus to scrape `/metrics` everywhere.
 
 Each is an HMAC of the gateway's secret, which is made at start and never leaves the process: a
 replica knows only its own pool's token, so a replica on another node is not a key to the others.
-Replicas are restarted with the gateway, so a new secret per start costs nothing.
+Replicas of the process engine are restarted with the gateway, so a new secret per start costs
+nothing; the ray engine's replicas outlive it, so it keeps the secret in the state dir (0600, like
+the admin token) for a restarted gateway to talk to the replicas it re-attaches to.
 """
 
 from __future__ import annotations
@@ -14,7 +16,9 @@ import base64
 import hashlib
 import hmac
 import secrets
+from pathlib import Path
 
+from serving.auth.files import read_token_file, write_secret
 from serving.auth.guard import Authenticator
 from serving.auth.scopes import Principal, Scope
 from serving.errors import Unauthenticated
@@ -59,6 +63,16 @@ class InternalCredentials:
     def __init__(self, secret: bytes | None = None) -> None:
         self._secret = secret or secrets.token_bytes(32)
         self.metrics_token = _mac(self._secret, "metrics")
+
+    @classmethod
+    def kept_in(cls, path: Path) -> InternalCredentials:
+        """The credentials whose secret is kept in `path` (made there, mode 0600, on first use)."""
+        try:
+            return cls(bytes.fromhex(read_token_file(path)))
+        except FileNotFoundError:
+            credentials = cls()
+            write_secret(path, credentials._secret.hex())
+            return credentials
 
     def pool_token(self, revision: str) -> str:
         """What the gateway sends to, and only the replicas of, `revision`."""

@@ -162,12 +162,15 @@ server_options = _options(
 )
 
 
-def output_option(help: str = "Text for people, or the objects as JSON or YAML.") -> Callable[[F], F]:
-    """`-o table|json|yaml`, the output choice of every command that prints objects."""
+def output_option(
+    help: str = "Text for people, or the objects as JSON or YAML.", wide: bool = False
+) -> Callable[[F], F]:
+    """`-o table|json|yaml` (and `wide`: a table with more columns), the output choice of every
+    command that prints objects."""
     return click.option(
         "-o",
         "--output",
-        type=click.Choice(["table", "json", "yaml"]),
+        type=click.Choice(["table", *(["wide"] if wide else []), "json", "yaml"]),
         default="table",
         show_default=True,
         help=help,

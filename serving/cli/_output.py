@@ -38,6 +38,8 @@ ISVC_COLUMNS = (
     "LATESTREADYREVISION",
     "AGE",
 )
+#: what `get isvc -o wide` adds: the latest revision's replicas, and the nodes they run on.
+ISVC_WIDE_COLUMNS = ("REPLICAS", "NODES")
 TM_COLUMNS = ("NAME", "INFERENCESERVICE", "FRAMEWORK", "STORAGEURI")
 IG_COLUMNS = ("NAME", "ROOT ROUTER", "READY")
 # -- basics ---------------------------------------------------------------------------------------
@@ -147,6 +149,36 @@ def _isvc_row(isvc: dict[str, Any], created: float | None, now: float) -> list[s
     ]
 
 
+def _isvc_wide(isvc: dict[str, Any]) -> list[str]:
+    """Ready/desired replicas of the predictor's latest revision, and the nodes of its ready replicas."""
+    predictor = ((isvc.get("status") or {}).get("components") or {}).get("predictor") or {}
+    pool = (predictor.get("replicas") or {}).get(predictor.get("latestCreatedRevision")) or {}
+    if not pool:
+        return ["-", "-"]
+    ready = [r for r in pool.get("replicas", []) if r.get("state") == "Ready"]
+    nodes = sorted({r["node"] for r in ready if r.get("node")})
+    return [f"{pool.get('ready', 0)}/{pool.get('desired', 0)}", ",".join(nodes) or "-"]
+
+
+def _replica_rows(component: dict[str, Any]) -> list[list[str]]:
+    """One row per replica of every revision of a component: where it runs and how it is doing."""
+    rows = []
+    for revision, pool in sorted((component.get("replicas") or {}).items()):
+        for r in pool.get("replicas", []):
+            rows.append(
+                [
+                    r.get("id", ""),
+                    revision,
+                    r.get("state", ""),
+                    r.get("node") or "-",
+                    r.get("url") or "-",
+                    str(r.get("restarts", 0)),
+                    r.get("reason", ""),
+                ]
+            )
+    return rows
+
+
 def _tm_row(tm: dict[str, Any]) -> list[str]:
     spec = tm.get("spec") or {}
     model = spec.get("model") or {}
@@ -164,11 +196,19 @@ def _ig_row(ig: dict[str, Any]) -> list[str]:
 
 
 def rows_for(
-    plural: str, items: Sequence[dict[str, Any]], created: dict[str, float | None], now: float
+    plural: str,
+    items: Sequence[dict[str, Any]],
+    created: dict[str, float | None],
+    now: float,
+    wide: bool = False,
 ) -> tuple[Sequence[str], list[list[str]]]:
-    """The columns and rows of `servegate get` for a resource type (`created`: name -> epoch seconds)."""
+    """The columns and rows of `servegate get` for a resource type (`created`: name -> epoch seconds);
+    `wide` adds where InferenceServices' replicas run."""
     if plural == "inferenceservices":
         rows = [_isvc_row(i, created.get(i["metadata"]["name"]), now) for i in items]
+        if wide:
+            rows = [row + _isvc_wide(i) for row, i in zip(rows, items, strict=True)]
+            return (*ISVC_COLUMNS, *ISVC_WIDE_COLUMNS), rows
         return ISVC_COLUMNS, rows
     if plural == "trainedmodels":
         return TM_COLUMNS, [_tm_row(i) for i in items]
@@ -318,6 +358,10 @@ def _isvc_sections(isvc: dict[str, Any]) -> list[str]:
             lines.append(table_text(headers, rows, indent=2))
         else:
             lines.append("  <none>")
+        if replicas := _replica_rows(component):
+            lines += ["", f"Replicas ({kind}):"]
+            headers = ["REPLICA", "REVISION", "STATE", "NODE", "ADDRESS", "RESTARTS", "REASON"]
+            lines.append(table_text(headers, replicas, indent=2))
 
     model = status.get("modelStatus")
     if isinstance(model, dict):

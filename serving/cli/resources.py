@@ -164,18 +164,19 @@ def _wait_ready(client: Client, names: list[str], timeout: float) -> None:
 @click.command(epilog=_TYPES_HELP)
 @click.argument("plural", metavar="TYPE", type=ResourceType())
 @click.argument("name", required=False)
-@output_option("Table, or the full objects with their status.")
+@output_option("Table (wide: with replicas and their nodes), or the objects with their status.", wide=True)
 @gateway_options
 def get(plural: str, name: str | None, output: str, url: str | None) -> None:
     """List resources of a type, or show one.
 
     \b
     servegate get isvc
+    servegate get isvc -o wide
     servegate get isvc iris -o yaml
     """
     with gateway_client(url) as client:
         items = [client.get(plural, name)] if name else client.list(plural)
-        if output != "table":
+        if output not in ("table", "wide"):
             # Like kubectl: one object, or a List of them (either applies again as it is).
             value = items[0] if name else {"apiVersion": "v1", "kind": "List", "items": items}
             click.echo(dump(value, output))
@@ -186,7 +187,7 @@ def get(plural: str, name: str | None, output: str, url: str | None) -> None:
         created = {}
         if plural == "inferenceservices":
             created = {i["metadata"]["name"]: _created(client, plural, i) for i in items}
-        headers, rows = rows_for(plural, items, created, time.time())
+        headers, rows = rows_for(plural, items, created, time.time(), wide=output == "wide")
         print_table(headers, rows)
 
 

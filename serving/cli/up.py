@@ -1,4 +1,4 @@
-"""`servegate up`: the gateway, the controller and the process engine, in the foreground."""
+"""`servegate up`: the gateway, the controller and an engine (local processes or Ray), in the foreground."""
 
 from __future__ import annotations
 
@@ -53,6 +53,19 @@ _SCALING_FLAGS = {
     help="Where state (SQLite), replica logs and scratch files live.",
 )
 @policy_options("manifests, registrations and load requests", "the working directory and the state dir")
+@click.option(
+    "--engine",
+    type=click.Choice(["process", "ray"]),
+    default="process",
+    show_default=True,
+    help="Where replicas run: local processes, or Ray actors spread over a Ray cluster.",
+)
+@click.option(
+    "--ray-address",
+    envvar="SERVEGATE_RAY_ADDRESS",
+    help="The Ray cluster of --engine ray: its head's GCS address, HOST:PORT [default: a local Ray "
+    "started for this run, stopped with it].",
+)
 @click.option(
     "--registry-url",
     envvar="SERVEGATE_REGISTRY_URL",
@@ -146,6 +159,8 @@ def up(
     storage_roots: tuple[Path, ...],
     allowed_hosts: tuple[str, ...],
     trusted_sources: tuple[str, ...],
+    engine: str,
+    ray_address: str | None,
     registry_url: str | None,
     artifacts: str | None,
     max_body_size: int,
@@ -169,6 +184,7 @@ def up(
     servegate up -f examples/iris.yaml
     servegate up --http-port 9000 --grpc-port 9001 --state-dir /var/lib/servegate
     servegate up --host 0.0.0.0 --tls-cert cert.pem --tls-key key.pem
+    servegate up --engine ray --ray-address 10.0.0.5:6379
     """
     from autoscaler.config import ConfigError, GlobalScalingDefaults
     from predictors.trust import TrustPolicy
@@ -177,6 +193,7 @@ def up(
     from serving.auth.tls import tls_files
     from serving.cli._serve import prepare_process
     from serving.gateway import Gateway, GatewayOptions
+    from serving.raycluster import RayUnavailable
     from serving.registry import RegistryConfig, RegistryError
     from serving.spec import ManifestError
 
@@ -198,6 +215,8 @@ def up(
     refusal = check_exposure(host, auth, insecure, enable_auth="leave token authentication on (no --no-auth)")
     if refusal is not None:
         raise click.UsageError(refusal)
+    if ray_address is not None and engine != "ray":
+        raise click.UsageError("--ray-address needs --engine ray")
     try:
         tls = tls_files(tls_cert, tls_key)
     except ValueError as exc:
@@ -229,6 +248,8 @@ def up(
         scaling=scaling,
         autoscale_tick_s=autoscale_interval,
         activation_timeout_s=activation_timeout,
+        engine=engine,
+        ray_address=ray_address,
     )
     try:
         uvloop.run(Gateway(options).run())
@@ -241,3 +262,5 @@ def up(
         raise click.ClickException(str(exc)) from None
     except RegistryError as exc:
         raise click.ClickException(f"model registry: {exc.message}") from None
+    except RayUnavailable as exc:
+        raise click.ClickException(f"--engine ray: {exc}") from None

@@ -495,6 +495,7 @@ class Controller:
             env=env,
             args=c.args,
             image=_image(c),
+            node_selector=c.node_selector,
         )
 
     async def _scale(self, service: str, row: RevisionRow, count: int) -> None:
@@ -654,4 +655,5 @@ def _component_from(spec: dict[str, Any]) -> Component:
     fields = dict(spec)
     fields["env"] = tuple(tuple(pair) for pair in fields.get("env", ()))
     fields["args"] = tuple(fields.get("args", ()))
+    fields["node_selector"] = tuple(tuple(pair) for pair in fields.get("node_selector", ()))
     return Component(**fields)

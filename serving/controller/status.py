@@ -131,6 +131,9 @@ def _pool(pool: PoolStatus, scaled: Any) -> dict[str, Any]:
                 "id": r.id,
                 "state": r.state.value,
                 "restarts": r.restarts,
+                **({"node": r.node} if r.node else {}),
+                **({"url": r.http_url} if r.http_url else {}),
+                **({"gpus": list(r.gpu_ids)} if r.gpu_ids else {}),
                 **({"reason": r.reason} if r.reason else {}),
             }
             for r in pool.replicas

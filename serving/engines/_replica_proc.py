@@ -40,13 +40,15 @@ def serve_command(
     port_file: Path,
     drain_timeout_s: float,
     model_repository: Path | None = None,
+    host: str = "127.0.0.1",
 ) -> list[str]:
-    """The `servegate model serve` command line of one replica of `spec`, on loopback and free ports.
+    """The `servegate model serve` command line of one replica of `spec`, on free ports of `host`
+    (loopback unless the gateway reaches it from another machine).
 
     The CLI takes no `--model-format`, one for all, or one per model; a format is passed for every
     model only when every model has one (otherwise the replica infers each from its artifact).
     """
-    command = [python, "-m", "serving", "model", "serve", "--host", "127.0.0.1"]
+    command = [python, "-m", "serving", "model", "serve", "--host", host]
     command += ["--http-port", "0", "--grpc-port", "0", "--port-file", str(port_file)]
     # The gateway loads TrainedModels onto replicas; only it holds the pool token that may.
     command += ["--model-control", "explicit"]

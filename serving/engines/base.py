@@ -1,4 +1,4 @@
-"""The engine interface: where a revision's replicas run (local processes now; Ray and Kubernetes later).
+"""The engine interface: where a revision's replicas run (local processes, a Ray cluster; Kubernetes next).
 
 The controller tells an engine how many replicas each revision should have (`scale`) and what they
 serve (`ReplicaSpec`); the engine starts, health-checks, restarts and drains them, and reports every
@@ -51,9 +51,13 @@ class ReplicaSpec:
     #: a custom container image (KServe's `containers`) instead of models; engines that cannot
     #: run images report the pool as not schedulable.
     image: str | None = None
+    #: (label, value) pairs the node of each replica must carry (`nodeSelector`): Ray node labels
+    #: on the ray engine; the process engine, with one machine, ignores them.
+    node_selector: tuple[tuple[str, str], ...] = ()
 
 
 class ReplicaState(enum.Enum):
+    PENDING = "Pending"  # waiting for somewhere to run (a Ray node with the resources it needs)
     STARTING = "Starting"  # process started, not yet ready
     READY = "Ready"  # passes its readiness check: may take traffic
     UNHEALTHY = "Unhealthy"  # failed readiness checks after being ready; no traffic, about to restart
@@ -76,6 +80,8 @@ class ReplicaInfo:
     gpu_ids: tuple[int, ...] = ()
     #: why it is not ready (last exit, failed check), empty when ready.
     reason: str = ""
+    #: where it runs, for people: this machine's host name, a Ray node's address and id; "" unknown.
+    node: str = ""
 
     @property
     def ready(self) -> bool:
@@ -125,4 +131,9 @@ class Engine(ABC):
 
     @abstractmethod
     async def close(self) -> None:
-        """Drain and stop every replica of every pool (used when `servegate up` stops)."""
+        """Stop managing replicas (used when `servegate up` stops): engines whose replicas die with
+        the gateway drain and stop them; engines whose replicas outlive it (Ray) leave them running."""
+
+    async def release_unclaimed(self) -> None:  # noqa: B027 - only engines that re-attach need it
+        """Called once the controller has restored every stored resource: replicas an earlier gateway
+        left running that no pool re-attached to are stopped."""

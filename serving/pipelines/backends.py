@@ -2,7 +2,8 @@
 
 Both run `worker.run_step` on the same `Invocation` and give back the same result dict
 (`{"ok": True, "params", "artifacts", "registrations"}` or `{"ok": False, "error", "details"}`),
-which is why the two executors produce identical artifacts.
+with the output artifacts at the Invocation's paths, which is why the two executors produce
+identical artifacts.
 """
 
 from __future__ import annotations
@@ -15,10 +16,14 @@ import signal
 import socket
 import sys
 from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from serving.pipelines.worker import Invocation, StepError, run_step
+from serving.pipelines._ray_artifacts import UnsafeArchive, pack, receive, run_on_node
+from serving.pipelines._ray_placement import node_died, task_options, unplaceable
+from serving.pipelines.worker import Invocation
 
 __all__ = ["BACKENDS", "Backend", "BackendError", "LocalBackend", "RayBackend", "backend_for"]
 
@@ -47,7 +52,10 @@ def _timed_out(timeout_s: float | None) -> dict[str, Any]:
 
 class LocalBackend(Backend):
     """One `python -m serving.pipelines.worker` process per step, in its own process group (so a
-    timeout also stops what the step started, such as data-parallel training workers)."""
+    timeout also stops what the step started, such as data-parallel training workers).
+
+    Every step runs on this machine: what a step asks of its node (`Invocation.resources`: CPUs,
+    memory, GPUs, node labels) is ignored, as Kubeflow's local runner ignores it."""
 
     name = "local"
 
@@ -102,25 +110,23 @@ async def _stop_group(process: asyncio.subprocess.Process) -> None:
             continue
 
 
-def _ray_step(invocation_json: str) -> dict[str, Any]:
-    """The Ray task: the same step runner as a local worker."""
-    inv = Invocation.from_json(invocation_json)
-    try:
-        return {"ok": True, **run_step(inv)}
-    except StepError as exc:
-        return {"ok": False, "error": str(exc), "details": exc.details}
-    except BaseException as exc:
-        import traceback
-
-        return {"ok": False, "error": f"{type(exc).__name__}: {exc}", "details": traceback.format_exc()}
-
-
 class RayBackend(Backend):
-    """Each step is a Ray task (one CPU, no automatic retry: the executor retries). `address`: a
-    running cluster (`ray://...` or `HOST:PORT`); None starts a local one for this run.
+    """Each step is a Ray task (one CPU unless the step asks otherwise; no automatic retry: the
+    executor retries). `address`: a running cluster (`ray://...` or `HOST:PORT`); None starts a
+    local one for this run.
 
-    Steps read and write artifacts by path, so every Ray node must see the state dir (one machine,
-    or a shared filesystem mounted at the same path)."""
+    The nodes need no shared filesystem: a step's input artifacts and its pipeline file travel to
+    its node through Ray's object store (each artifact put there once per run, however many steps
+    read it), the step works in a scratch folder of that node, and its outputs and log come back
+    the same way, to the paths under the driver's state dir the executor gave (`_ray_artifacts`).
+    An artifact travels whole, in memory: its size is bounded by the object store's memory (past
+    that Ray spills objects to disk). The pipeline file travels alone: what it imports must be
+    installed on the nodes.
+
+    A step's resources become its task's options: cpus -> `num_cpus`, accelerators -> `num_gpus`,
+    memory_bytes -> `memory`, node_selector -> `label_selector`. A step that no node of the cluster
+    can hold as it stands when the step starts (a label no node has, more GPUs than any node has)
+    fails at once, instead of waiting for a node that may never join."""
 
     name = "ray"
 
@@ -128,6 +134,8 @@ class RayBackend(Backend):
         self.address = address
         self._started_local = False
         self._remote: Any = None
+        #: what this run put in the object store, by ("artifact" | "module", driver-side path).
+        self._shipped: dict[tuple[str, str], asyncio.Future[Any]] = {}
 
     async def start(self) -> None:
         try:
@@ -152,28 +160,84 @@ class RayBackend(Backend):
                 where = f"the Ray cluster at {self.address}" if self.address else "a local Ray cluster"
                 raise BackendError(f"cannot start {where}: {exc}") from None
             self._started_local = self.address is None
-        self._remote = ray.remote(num_cpus=1, max_retries=0)(_ray_step)
+        self._remote = ray.remote(num_cpus=1, max_retries=0)(run_on_node)
 
     async def close(self) -> None:
         import ray
 
+        self._shipped.clear()  # the object store frees what no task holds any more
         if self._started_local and ray.is_initialized():
             ray.shutdown()
 
     async def run(self, invocation: Invocation, timeout_s: float | None) -> dict[str, Any]:
         import ray
 
-        ref = self._remote.remote(invocation.to_json())
+        problem = None
+        if invocation.resources:
+            problem = await asyncio.to_thread(unplaceable, invocation.resources)
+        if problem is None:
+            try:
+                args = await self._arguments(invocation)
+            except (OSError, UnsafeArchive, ray.exceptions.RayError) as exc:
+                problem = f"cannot send the step's code and inputs to Ray: {exc}"
+        if problem is not None:
+            _note(invocation, problem)
+            return {"ok": False, "error": problem, "details": ""}
+        ref = self._remote.options(**task_options(invocation.resources)).remote(*args)
         try:
-            return await asyncio.wait_for(asyncio.wrap_future(ref.future()), timeout_s)
+            result = await asyncio.wait_for(asyncio.wrap_future(ref.future()), timeout_s)
         except TimeoutError:
             ray.cancel(ref, force=True)
+            _note(invocation, f"timed out after {timeout_s:g}s; what it printed on its node is lost")
             return _timed_out(timeout_s)
         except asyncio.CancelledError:
             ray.cancel(ref, force=True)
             raise
+        except ray.exceptions.NodeDiedError as exc:
+            error = await asyncio.to_thread(node_died, exc)
+            _note(invocation, error)
+            return {"ok": False, "error": error, "details": str(exc)}
         except ray.exceptions.RayError as exc:  # the worker died
             return {"ok": False, "error": f"the Ray task failed: {exc}", "details": ""}
+        return await asyncio.to_thread(receive, invocation, result)
+
+    async def _arguments(self, inv: Invocation) -> tuple[Any, ...]:
+        """The task's arguments: the invocation with each input naming its packed artifact by index
+        in the rest, the pipeline file's (name, source), then the packed artifacts (object refs)."""
+        refs: list[Any] = []
+
+        async def ship(spec: dict[str, Any]) -> dict[str, Any]:
+            path = Path(spec["path"])
+            refs.append(await self._put(("artifact", str(path)), lambda: pack(path)))
+            return {**spec, "packed": len(refs) - 1}
+
+        inputs = {
+            name: [await ship(s) for s in spec] if isinstance(spec, list) else await ship(spec)
+            for name, spec in inv.inputs.items()
+        }
+        source = Path(inv.module_file)
+        module = await self._put(("module", str(source)), lambda: (source.name, source.read_bytes()))
+        return (replace(inv, inputs=inputs).to_json(), module, *refs)
+
+    async def _put(self, key: tuple[str, str], make: Callable[[], Any]) -> Any:
+        """`make()` put in the object store once per run, by `key`: steps that start together and
+        read the same artifact share one copy (and one packing)."""
+        import ray
+
+        shipped = self._shipped.get(key)
+        if shipped is None:
+            shipped = asyncio.ensure_future(asyncio.to_thread(lambda: ray.put(make())))
+            shipped.add_done_callback(lambda f: f.cancelled() or f.exception())  # seen, if unawaited
+            self._shipped[key] = shipped
+        # Shielded: a step cancelled (timed out) while waiting must not cancel it for the others.
+        return await asyncio.shield(shipped)
+
+
+def _note(inv: Invocation, line: str) -> None:
+    """A line of the executor's own in the step's log (what the step printed stayed on its node)."""
+    Path(inv.log_path).parent.mkdir(parents=True, exist_ok=True)
+    with open(inv.log_path, "a") as log:
+        log.write(f"--- {line}\n")
 
 
 def _check_reachable(address: str) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -28,8 +29,10 @@ from serving.pipelines.types import (
     PipelineError,
     PipelineSpec,
     Problem,
+    Resources,
     StepSpec,
 )
+from serving.spec.common import parse_quantity
 
 __all__ = ["coerce_params", "compile_pipeline", "load_pipeline"]
 
@@ -155,6 +158,64 @@ def _step(task: Task, problems: list[Problem]) -> StepSpec:
         cache=task.cache,
         code_hash=comp.code_hash,
         after=tuple(task.after_ids),
+        resources=_resources(task, where, problems),
+    )
+
+
+# Kubernetes' label syntax, which Ray's node labels share: an optional DNS-subdomain prefix and a
+# name; a value is a name. Only equality is asked for: Ray reads `!v` or `in(v, w)` as operators.
+_LABEL_NAME = r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?"
+_LABEL_KEY = re.compile(rf"([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?{_LABEL_NAME}")
+_LABEL_VALUE = re.compile(_LABEL_NAME)
+
+
+def _resources(task: Task, where: str, problems: list[Problem]) -> Resources:
+    """The task's placement asks, checked: positive CPUs and memory, a whole number of GPUs, node
+    labels in Kubernetes' syntax."""
+
+    def quantity(value: Any, what: str) -> float | None:
+        if value is None:
+            return None
+        try:
+            number = parse_quantity(value)
+        except ValueError as exc:
+            problems.append(Problem(f"{where}: {what}", str(exc)))
+            return None
+        if number <= 0:
+            problems.append(Problem(f"{where}: {what}", f"must be more than 0, given {value!r}"))
+            return None
+        return number
+
+    cpus = quantity(task.cpu_limit, "cpu limit")
+    memory = quantity(task.memory_limit, "memory limit")
+    if memory is not None and memory < 1:
+        problems.append(Problem(f"{where}: memory limit", f"is less than a byte: {task.memory_limit!r}"))
+        memory = None
+    gpus = task.accelerator_limit
+    if gpus is not None:
+        text = str(gpus).strip()
+        if isinstance(gpus, bool) or not text.isdigit():
+            problems.append(
+                Problem(f"{where}: accelerator limit", f"takes a whole number of GPUs, given {gpus!r}")
+            )
+            gpus = None
+        else:
+            gpus = int(text)
+    for label, value in task.node_selector.items():
+        if not isinstance(label, str) or len(label) > 317 or not _LABEL_KEY.fullmatch(label):
+            problems.append(Problem(f"{where}: node selector", f"{label!r} is not a node label name"))
+        if not isinstance(value, str) or not _LABEL_VALUE.fullmatch(value):
+            problems.append(
+                Problem(
+                    f"{where}: node selector {label}",
+                    f"{value!r} is not a label value (letters, digits, '-', '_', '.'; up to 63)",
+                )
+            )
+    return Resources(
+        cpus=cpus,
+        memory_bytes=int(memory) if memory is not None else None,
+        accelerators=gpus,
+        node_selector=dict(task.node_selector),
     )
 
 

@@ -213,6 +213,11 @@ class Task:
         self.conditions = conditions
         self.retries, self.timeout_s, self.cache = comp.retries, comp.timeout_s, comp.cache
         self.after_ids: list[str] = []
+        # What the step asks of its node, as given: the compiler checks and converts them.
+        self.cpu_limit: str | float | None = None
+        self.memory_limit: str | int | None = None
+        self.accelerator_limit: int | str | None = None
+        self.node_selector: dict[str, str] = {}
         sig = comp.signature
         self.outputs: dict[str, ParamHandle | ArtifactHandle] = {
             **{n: ParamHandle(step_id, n, t) for n, t in sig.returns.items()},
@@ -241,6 +246,30 @@ class Task:
 
     def set_caching(self, enabled: bool) -> Task:
         self.cache = enabled
+        return self
+
+    # Placement, with Kubeflow Pipelines' names. The Ray executor schedules the step's task by them;
+    # the local executor runs every step on this machine and ignores them, as KFP's local runner does.
+
+    def set_cpu_limit(self, cpu: str | float) -> Task:
+        """CPUs the step needs: `2`, `"2"` or `"500m"` (Ray's `num_cpus`; 1 when not set)."""
+        self.cpu_limit = cpu
+        return self
+
+    def set_memory_limit(self, memory: str | int) -> Task:
+        """Memory the step needs: bytes, or a quantity such as `"512Mi"` or `"4G"` (Ray's `memory`)."""
+        self.memory_limit = memory
+        return self
+
+    def set_accelerator_limit(self, limit: int | str) -> Task:
+        """GPUs the step needs (Ray's `num_gpus`)."""
+        self.accelerator_limit = limit
+        return self
+
+    def add_node_selector_constraint(self, label: str, value: str) -> Task:
+        """Run only on a node whose label `label` is `value` (on Ray, a node label such as one
+        given by `ray start --labels`; the step fails when no node of the cluster has it)."""
+        self.node_selector[label] = value
         return self
 
     def after(self, *tasks: Task) -> Task:

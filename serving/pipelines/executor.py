@@ -165,6 +165,7 @@ class _Run:
             },
             log_path=str(self.logs_dir / f"{step.id}.log"),
             env=self.env,
+            resources=step.resources.as_dict(),
         )
         started = time.time()
         for attempt in range(1, step.retries + 2):

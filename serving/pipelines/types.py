@@ -29,6 +29,7 @@ __all__ = [
     "PipelineSpec",
     "Predicate",
     "Problem",
+    "Resources",
     "StepResult",
     "StepSpec",
     "StepStatus",
@@ -124,6 +125,23 @@ class Predicate:
 
 
 @dataclass(frozen=True, slots=True)
+class Resources:
+    """What a step asks of the node it runs on (`Task.set_cpu_limit`, ...): the Ray executor
+    schedules its task by it; the local executor ignores it. None or empty: no ask."""
+
+    cpus: float | None = None
+    memory_bytes: int | None = None
+    #: GPUs (KFP's accelerator limit).
+    accelerators: int | None = None
+    #: node label -> value the node must carry (KFP's node selector; Ray's label selector).
+    node_selector: dict[str, str] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        """The asks that are set, as plain JSON (an empty dict for none)."""
+        return {k: v for k, v in dataclasses.asdict(self).items() if v is not None and v != {}}
+
+
+@dataclass(frozen=True, slots=True)
 class StepSpec:
     """One step: a component called with parameters and artifacts.
 
@@ -149,6 +167,8 @@ class StepSpec:
     code_hash: str = ""
     #: steps this one runs after without taking anything from them (`task.after(other)`).
     after: tuple[str, ...] = ()
+    #: where it may run (Ray); not part of the cache key: placement does not change outputs.
+    resources: Resources = field(default_factory=Resources)
 
     def upstream(self) -> set[str]:
         """The steps this one waits for."""

@@ -22,7 +22,7 @@ from serving.modules import exec_file
 from serving.pipelines import context
 from serving.pipelines.types import Artifact, Dataset, Metrics, Model
 
-__all__ = ["Invocation", "StepError", "import_file", "run_step"]
+__all__ = ["Invocation", "StepError", "import_file", "outcome", "run_step"]
 
 _BUILTIN = {cls.type_name: cls for cls in (Artifact, Dataset, Model, Metrics)}
 
@@ -33,6 +33,7 @@ class Invocation:
 
     inputs: name -> {"type", "path", "metadata"} (or a list of them, for a fan-in).
     outputs: name -> {"type", "path"}: where each output artifact goes.
+    resources: what the step asks of its node (`Resources.as_dict()`); only the Ray executor uses it.
     """
 
     run_id: str
@@ -45,6 +46,7 @@ class Invocation:
     log_path: str
     attempt: int = 1
     env: dict[str, str] = field(default_factory=dict)
+    resources: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
@@ -172,16 +174,21 @@ def _environment(env: dict[str, str]) -> Iterator[None]:
                 os.environ[k] = v
 
 
+def outcome(inv: Invocation) -> dict[str, Any]:
+    """`run_step` as the executors report it: `{"ok": True, **its result}`, or `{"ok": False,
+    "error", "details"}` when the component, its import or its arguments failed."""
+    try:
+        return {"ok": True, **run_step(inv)}
+    except StepError as exc:
+        return {"ok": False, "error": str(exc), "details": exc.details}
+    except BaseException as exc:  # the import or the arguments failed: report it like a step error
+        return {"ok": False, "error": f"{type(exc).__name__}: {exc}", "details": traceback.format_exc()}
+
+
 def main(argv: list[str]) -> int:
     """`python -m serving.pipelines.worker INVOCATION.json RESULT.json` (what the local executor runs)."""
     invocation_path, result_path = Path(argv[0]), Path(argv[1])
-    inv = Invocation.from_json(invocation_path.read_text())
-    try:
-        result = {"ok": True, **run_step(inv)}
-    except StepError as exc:
-        result = {"ok": False, "error": str(exc), "details": exc.details}
-    except BaseException as exc:  # the import or the arguments failed: report it like a step error
-        result = {"ok": False, "error": f"{type(exc).__name__}: {exc}", "details": traceback.format_exc()}
+    result = outcome(Invocation.from_json(invocation_path.read_text()))
     result_path.write_text(json.dumps(result))
     return 0 if result["ok"] else 1
 

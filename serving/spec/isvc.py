@@ -222,9 +222,11 @@ class ComponentExtension(KModel):
     canary_traffic_percent: int | None = Field(None, ge=0, le=100)
     batcher: Batcher | None = None
     logger: LoggerSpec | None = None
+    #: labels a node must carry to run this component's replicas: Ray node labels on the ray engine
+    #: (`ray start --labels`); the process engine has one machine and ignores it.
+    node_selector: dict[str, str] | None = None
     # Pod-level fields KServe allows; servegate runs no pods, so they are accepted silently.
     service_account_name: Any | None = None
-    node_selector: Any | None = None
     tolerations: Any | None = None
     affinity: Any | None = None
     image_pull_secrets: Any | None = None
@@ -428,10 +430,14 @@ class Component:
     container_spec: str | None = None
     logger_url: str | None = None
     logger_mode: str = "all"
+    #: (label, value) pairs a node must carry (`nodeSelector`), sorted.
+    node_selector: tuple[tuple[str, str], ...] = ()
 
     def revision_key(self) -> str:
         """A short stable hash of what runs: 12 hex digits of the sha256 of canonical JSON."""
         what = {k: v for k, v in asdict(self).items() if k not in _ROUTING_FIELDS}
+        if not self.node_selector:  # added later: revisions made before it keep their hash
+            del what["node_selector"]
         text = json.dumps(what, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(text.encode()).hexdigest()[:12]
 
@@ -608,6 +614,7 @@ def _component(kind: str, spec: PredictorSpec | TransformerSpec) -> Component:
         container_spec=_canonical(spec.containers) if spec.containers is not None else None,
         logger_url=logger.url if logger else None,
         logger_mode=logger.mode if logger else "all",
+        node_selector=tuple(sorted((spec.node_selector or {}).items())),
     )
 
 

@@ -1,5 +1,6 @@
-"""Pipelines run for real: steps in worker processes (and Ray tasks), their order and parallelism,
-caching, retries, timeouts, conditions, a failing branch, and the metadata store's record of it."""
+"""Pipelines run for real: steps in worker processes (and Ray tasks on the shared test cluster),
+their order and parallelism, caching, retries, timeouts, conditions, a failing branch, and the
+metadata store's record of it."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from serving.pipelines.compiler import compile_pipeline
 from serving.pipelines.executor import RunOutcome, StepEvent, execute
 from serving.pipelines.metadata import MetadataStore
 from tests import pipeline_components as pc
+from tests.ray_cluster import RayTestCluster
 
 pytestmark = pytest.mark.integration
 
@@ -155,9 +157,13 @@ def test_a_condition_that_does_not_hold_skips_its_steps(store: MetadataStore, st
     assert "condition not met: make_numbers.output = 2, not > 100" in outcome.steps["echo"].error
 
 
-def test_the_ray_executor_gives_the_same_artifacts(store: MetadataStore, state: Path, tmp_path: Path) -> None:
+def test_the_ray_executor_gives_the_same_artifacts(
+    ray_driver: RayTestCluster, store: MetadataStore, state: Path, tmp_path: Path
+) -> None:
     local, _ = _run(pc.fan_out, store, state, use_cache=False)
-    ray_run, _ = _run(pc.fan_out, store, tmp_path / "ray-state", backend=RayBackend(), use_cache=False)
+    ray_run, _ = _run(
+        pc.fan_out, store, tmp_path / "ray-state", backend=RayBackend(ray_driver.address), use_cache=False
+    )
     assert ray_run.status == "SUCCEEDED"
 
     def digests(outcome: RunOutcome) -> dict[tuple[str, str], str]:
