@@ -163,9 +163,15 @@ class Gateway:
 
         sock = bind_socket(opts.host, opts.http_port)
         self.http_port = sock.getsockname()[1]
+        try:
+            await self.engine.start()
+        except BaseException:
+            sock.close()
+            raise
         local = "127.0.0.1" if opts.host in ("0.0.0.0", "::") else opts.host
         scheme = "https" if opts.tls is not None else "http"
-        gateway_url = f"{scheme}://{local}:{self.http_port}"
+        # What replicas call back (transformers): on other machines too, with the ray engine.
+        gateway_url = f"{scheme}://{self.engine.gateway_host(opts.host)}:{self.http_port}"
         controller = self.controller = Controller(self.store, self.engine, self.router, gateway_url)
         controller.registry = model_registry = self.model_registry = Registry(
             opts.registry or RegistryConfig.from_env(opts.state_dir), storage_policy=self.storage_policy
@@ -220,11 +226,6 @@ class Gateway:
         # Prometheus (`servegate prometheus-config`) finds the replicas through this file.
         self.engine.watch(lambda _revision: self._write_targets(f"{local}:{self.http_port}"))
         self._write_targets(f"{local}:{self.http_port}")
-        try:
-            await self.engine.start()
-        except BaseException:
-            sock.close()
-            raise
         await controller.start()
         # Every stored revision has asked for its replicas: what an earlier run left that none took goes.
         await controller.settled()

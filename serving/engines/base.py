@@ -134,6 +134,11 @@ class Engine(ABC):
         """Stop managing replicas (used when `servegate up` stops): engines whose replicas die with
         the gateway drain and stop them; engines whose replicas outlive it (Ray) leave them running."""
 
+    def gateway_host(self, listen_host: str) -> str:
+        """The address replicas reach a gateway listening on `listen_host` at: loopback for a
+        wildcard (replicas run on this machine); engines with replicas elsewhere say otherwise."""
+        return "127.0.0.1" if listen_host in ("0.0.0.0", "::") else listen_host
+
     async def release_unclaimed(self) -> None:  # noqa: B027 - only engines that re-attach need it
         """Called once the controller has restored every stored resource: replicas an earlier gateway
         left running that no pool re-attached to are stopped."""

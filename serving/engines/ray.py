@@ -215,6 +215,14 @@ class RayEngine(PoolEngine):
         # Detached actors outlive this driver; leaving Ray properly keeps its exit clean.
         ray.shutdown()
 
+    def gateway_host(self, listen_host: str) -> str:
+        if listen_host not in ("0.0.0.0", "::"):
+            return listen_host
+        import ray
+
+        # Listening everywhere: the address the cluster knows this machine by reaches it from any node.
+        return ray.util.get_node_ip_address()
+
     # -- PoolEngine --------------------------------------------------------------------------------
 
     async def _place(self, pool: Pool) -> None:

@@ -8,6 +8,10 @@ epoch's metrics to the parent over a queue and waits for a verdict (stop or go),
 traceback, and never hangs on a worker that died silently: it raises WorkerFailed and kills the
 rest.
 
+`run_rank` is one rank's side of it (environment, process group, loop), shared with the Ray
+placement in `_ray_distributed`, as are `WorkerFailed` and the way a worker's exception travels
+(`portable`, `rebuild`, `RemoteTraceback`).
+
 This is kept apart from the loop because none of it is about training: it is process plumbing,
 and the loop runs just as well in a world of one without it. The loop is passed in rather than
 imported, so this module does not import `training` (which imports it); the workers run
@@ -16,6 +20,7 @@ module-level functions, so spawned processes can unpickle them.
 
 from __future__ import annotations
 
+import functools
 import os
 import pickle
 import queue
@@ -32,6 +37,17 @@ from typing import Any, TypeVar
 import torch
 from torch import distributed as dist
 from torch import multiprocessing as mp
+
+__all__ = [
+    "Loop",
+    "RemoteTraceback",
+    "WorkerFailed",
+    "free_port",
+    "portable",
+    "rebuild",
+    "run_rank",
+    "run_workers",
+]
 
 _POLL_S = 0.2  # how often the parent looks at its workers while no message comes
 _GRACE_S = 2.0  # how long a dead worker's error report may trail its exit
@@ -56,7 +72,7 @@ class WorkerFailed(RuntimeError):
     __module__ = "serving.pipelines.training"
 
 
-class _RemoteTraceback(Exception):
+class RemoteTraceback(Exception):
     """A worker's traceback, as the `__cause__` of its re-raised exception (as concurrent.futures does)."""
 
     def __init__(self, text: str) -> None:
@@ -85,7 +101,7 @@ def run_workers(
     finished, stopped_by = False, None
     with tempfile.TemporaryDirectory(prefix="servegate-train-") as tmp:
         final = Path(tmp) / "final.pt"
-        port = _free_port()
+        port = free_port()
         procs = [
             ctx.Process(
                 target=_worker,
@@ -142,7 +158,7 @@ def _supervise(
             verdicts.put(stopped_by is not None)
         elif kind == "error":
             rank, blob, text = payload
-            exc = _rebuild(rank, blob, text)
+            exc = rebuild(rank, blob, text)
             # A rank killed by a signal reports nothing; its peers' errors ("connection closed") are
             # what arrives, so name the likelier culprit. The pause lets its exit register.
             time.sleep(_POLL_S)
@@ -151,9 +167,43 @@ def _supervise(
                     exc.add_note(
                         f"({proc.name} {_exit_reason(proc.exitcode)}: the error above may follow from it)"
                     )
-            raise exc from _RemoteTraceback(text)
+            raise exc from RemoteTraceback(text)
         else:  # "done"
             return payload, stopped_by
+
+
+def run_rank(
+    loop: Loop[J, M],
+    job: J,
+    rank: int,
+    world: int,
+    backend: str | None,
+    device: torch.device,
+    master: tuple[str, int],
+    report: Callable[[M], bool],
+    local_rank: int | None = None,
+) -> tuple[dict[str, torch.Tensor], list[M]]:
+    """Run `loop` as `rank` of `world` in this process, set up as a PyTorchJob pod would be: the
+    environment (`MASTER_ADDR`, `MASTER_PORT`, `RANK`, `LOCAL_RANK`, `WORLD_SIZE`), then the process
+    group at `master` (rank 0's host and a port free there), then the loop, on `device`.
+
+    Shared by every placement (local processes, Ray actors). The group is left only when the loop
+    returns: after an error the caller must report it first and leave (or exit) afterwards, since the
+    peers notice a departure at once and report their own, secondary, errors, which must not arrive
+    first."""
+    os.environ.update(
+        MASTER_ADDR=master[0],
+        MASTER_PORT=str(master[1]),
+        RANK=str(rank),
+        LOCAL_RANK=str(rank if local_rank is None else local_rank),
+        WORLD_SIZE=str(world),
+    )
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    dist.init_process_group(backend, rank=rank, world_size=world, timeout=_COLLECTIVE_TIMEOUT)
+    result = loop(job, rank, world, device, report)
+    dist.destroy_process_group()
+    return result
 
 
 def _worker(
@@ -168,37 +218,27 @@ def _worker(
     verdicts: mp.Queue,
     final: Path,
 ) -> None:
-    """One rank, in its own process, set up as a PyTorchJob pod would be."""
-    os.environ.update(
-        MASTER_ADDR="127.0.0.1",
-        MASTER_PORT=str(port),
-        RANK=str(rank),
-        LOCAL_RANK=str(rank),
-        WORLD_SIZE=str(world),
-    )
+    """One rank, in its own process on this machine."""
     if device_kind == "cuda":
         device = torch.device("cuda", rank)
-        torch.cuda.set_device(device)
     else:
         device = torch.device("cpu")
         torch.set_num_threads(max(1, _cpus() // world))  # the ranks share the cores
-    grouped = False
     try:
-        dist.init_process_group(backend, rank=rank, world_size=world, timeout=_COLLECTIVE_TIMEOUT)
-        grouped = True
-        state, history = loop(job, rank, world, device, lambda m: _report(results, verdicts, m))
+        master = ("127.0.0.1", port)
+        report = functools.partial(_report, results, verdicts)
+        state, history = run_rank(loop, job, rank, world, backend, device, master, report)
         if rank == 0:
             torch.save(state, final)
             results.put(("done", history))
     except BaseException as exc:
-        results.put(("error", (rank, _portable(exc), traceback.format_exc())))
-        # Flush the report before leaving the group: the peers notice the departure at once and
-        # report their own, secondary, errors, which must not arrive first.
+        results.put(("error", (rank, portable(exc), traceback.format_exc())))
+        # Flush the report before leaving the group (see run_rank).
         results.close()
         results.join_thread()
         raise SystemExit(1) from None
     finally:
-        if grouped:
+        if dist.is_initialized():
             dist.destroy_process_group()
 
 
@@ -214,7 +254,7 @@ def _report(results: mp.Queue, verdicts: mp.Queue, metrics: Any) -> bool:
                 raise RuntimeError("the process that started training is gone") from None
 
 
-def _portable(exc: BaseException) -> bytes | None:
+def portable(exc: BaseException) -> bytes | None:
     """`exc` pickled, if it survives the round trip (some exception classes do not)."""
     try:
         blob = pickle.dumps(exc)
@@ -224,14 +264,16 @@ def _portable(exc: BaseException) -> bytes | None:
     return blob
 
 
-def _rebuild(rank: int, blob: bytes | None, text: str) -> BaseException:
+def rebuild(rank: int, blob: bytes | None, text: str, node: str | None = None) -> BaseException:
+    """The exception `portable` made of a worker's error (WorkerFailed with the traceback's last line
+    if it did not survive pickling), with a note naming the rank and, where known, its node."""
     try:
         exc = pickle.loads(blob) if blob is not None else None
     except Exception:
         exc = None
     if not isinstance(exc, BaseException):
         exc = WorkerFailed(text.strip().splitlines()[-1])
-    exc.add_note(f"(raised in training worker rank {rank})")
+    exc.add_note(f"(raised in training worker rank {rank}{f' on node {node}' if node else ''})")
     return exc
 
 
@@ -258,9 +300,9 @@ def _cpus() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
-def _free_port() -> int:
-    """A loopback port free right now (another process could take it before rank 0 binds it; the
-    rendezvous then fails with an error rather than hanging)."""
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port free on `host` right now ("" for every interface; another process could take it before
+    rank 0 binds it: the rendezvous then fails with an error rather than hanging)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
+        sock.bind((host, 0))
         return sock.getsockname()[1]

@@ -13,7 +13,6 @@ import contextlib
 import json
 import os
 import signal
-import socket
 import sys
 from abc import ABC, abstractmethod
 from collections.abc import Callable
@@ -24,6 +23,7 @@ from typing import Any
 from serving.pipelines._ray_artifacts import UnsafeArchive, pack, receive, run_on_node
 from serving.pipelines._ray_placement import node_died, task_options, unplaceable
 from serving.pipelines.worker import Invocation
+from serving.raycluster import RayUnavailable, check_address, connect
 
 __all__ = ["BACKENDS", "Backend", "BackendError", "LocalBackend", "RayBackend", "backend_for"]
 
@@ -138,28 +138,13 @@ class RayBackend(Backend):
         self._shipped: dict[tuple[str, str], asyncio.Future[Any]] = {}
 
     async def start(self) -> None:
+        # On this thread: Ray installs its signal handlers (Ctrl-C) only from the main thread.
         try:
-            import ray
-        except ImportError:
-            raise BackendError("the ray executor needs Ray: pip install 'servegate[ray]'") from None
-        if self.address:
-            _check_reachable(self.address)
-        if not ray.is_initialized():
-            root = str(Path(__file__).resolve().parents[2])
-            pythonpath = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH", "")) if p)
-            # On this thread: Ray installs its signal handlers only from the main thread.
-            try:
-                ray.init(
-                    address=self.address,
-                    include_dashboard=False,
-                    log_to_driver=False,
-                    configure_logging=False,
-                    runtime_env={"env_vars": {"PYTHONPATH": pythonpath}},
-                )
-            except (ConnectionError, RuntimeError, ValueError) as exc:
-                where = f"the Ray cluster at {self.address}" if self.address else "a local Ray cluster"
-                raise BackendError(f"cannot start {where}: {exc}") from None
-            self._started_local = self.address is None
+            self._started_local = connect(self.address)
+        except RayUnavailable as exc:
+            raise BackendError(f"the ray executor: {exc}") from None
+        import ray
+
         self._remote = ray.remote(num_cpus=1, max_retries=0)(run_on_node)
 
     async def close(self) -> None:
@@ -242,15 +227,10 @@ def _note(inv: Invocation, line: str) -> None:
 
 def _check_reachable(address: str) -> None:
     """Fail fast on a cluster that does not answer: `ray.init` would retry it for ever."""
-    if address in ("auto", "local"):
-        return
-    host, _, port = address.removeprefix("ray://").rpartition(":")
-    if not host or not port.isdigit():
-        raise BackendError(f"bad Ray address '{address}': use HOST:PORT or ray://HOST:PORT")
     try:
-        socket.create_connection((host, int(port)), timeout=5).close()
-    except OSError as exc:
-        raise BackendError(f"cannot reach the Ray cluster at {address}: {exc}") from None
+        check_address(address)
+    except RayUnavailable as exc:
+        raise BackendError(str(exc)) from None
 
 
 BACKENDS = ("local", "ray")

@@ -9,6 +9,11 @@ worker. One loop serves every case: a single process is a world of one (the same
 on. Only the CPU paths run in this repository's tests. Spawning and supervising the worker
 processes is `_distributed`'s job; this module holds the loop they run.
 
+With `placement="ray"` the workers are Ray actors anywhere in a Ray cluster instead, one per CPU or
+per GPU, spread over the nodes (`_ray_distributed`), with the same loop, checkpoints and metrics.
+A worker whose node dies fails the run (WorkerFailed); it does not resume by itself, but a re-run
+with the same `checkpoint_dir` resumes after the last checkpoint.
+
 Every epoch's randomness (shuffling, dropout) derives from `(seed, epoch)`, so a run is repeatable
 and a run resumed from a checkpoint retraces the one that was interrupted.
 
@@ -19,6 +24,7 @@ and a run resumed from a checkpoint retraces the one that was interrupted.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import itertools
 import json
 import os
@@ -53,6 +59,7 @@ __all__ = [
 
 _OPTIMIZERS = ("adam", "sgd")
 _BACKENDS = ("gloo", "nccl")
+_PLACEMENTS = ("local", "ray")
 #: ONNX Runtime has loaded opset 17 since 1.14; the legacy exporter writes it without onnxscript.
 _ONNX_OPSET = 17
 _EVAL_BATCH = 4096
@@ -75,6 +82,21 @@ class TrainConfig:
         already at `epochs` or past it, nothing trains and the checkpoint's weights come back.
     device: "cpu", "cuda" or "cuda:N". None: CUDA when available (for workers > 1, only with nccl).
         Worker `rank` trains on GPU `rank`.
+    placement: where the workers run. "local": processes on this machine (workers=1: the calling
+        process). "ray": one Ray actor per worker (workers=1 included), anywhere in the Ray cluster,
+        holding one CPU, or one GPU and one CPU when the device is CUDA; placed on different nodes
+        where the cluster has room (placement group, strategy SPREAD), else sharing nodes. There the
+        device is "cpu" or "cuda" (each worker trains on the GPU Ray gives it); None means CUDA when
+        the cluster has a GPU per worker. Checkpoints still land in `checkpoint_dir` on this machine
+        (rank 0 sends each one back; a resumed run sends the latest to every worker), so the nodes
+        need no shared filesystem. A worker that dies, or whose node dies, fails the run with
+        WorkerFailed naming its rank and node; it is not restarted: re-run to resume from the last
+        checkpoint. The workers wait at most `_ray_distributed.PLACEMENT_TIMEOUT_S` for room in the
+        cluster (TimeoutError).
+    ray_address: the cluster for placement "ray": "HOST:PORT", "ray://HOST:PORT" or "auto"; an
+        unreachable address fails at once (ValueError). None: a local Ray started for the call. A
+        process already connected to Ray (`ray.init` called) trains on that cluster, whatever this
+        says; a connection made here is closed after the call.
     """
 
     epochs: int = 10
@@ -87,6 +109,8 @@ class TrainConfig:
     backend: str | None = None
     checkpoint_dir: Path | None = None
     device: str | None = None
+    placement: str = "local"
+    ray_address: str | None = None
 
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size", "workers"):
@@ -98,6 +122,12 @@ class TrainConfig:
             raise ValueError(f"unknown optimizer {self.optimizer!r}; use one of {_OPTIMIZERS}")
         if self.backend is not None and self.backend not in _BACKENDS:
             raise ValueError(f"unknown backend {self.backend!r}; use one of {_BACKENDS} or None")
+        if self.placement not in _PLACEMENTS:
+            raise ValueError(f"unknown placement {self.placement!r}; use one of {_PLACEMENTS}")
+        if self.ray_address is not None and self.placement != "ray":
+            raise ValueError(
+                f"ray_address {self.ray_address!r} is for placement 'ray', not {self.placement!r}"
+            )
         if self.checkpoint_dir is not None:
             object.__setattr__(self, "checkpoint_dir", Path(self.checkpoint_dir))
         if self.device is not None:
@@ -122,10 +152,12 @@ class EpochMetrics:
 @dataclass
 class TrainResult:
     """The trained weights (CPU tensors, keys as `model_fn()`'s state dict) and every epoch's metrics,
-    including epochs restored from a checkpoint."""
+    including epochs restored from a checkpoint. `nodes`: for placement "ray", the Ray node id each
+    worker ran on, by rank; empty otherwise."""
 
     state_dict: dict[str, torch.Tensor]
     history: list[EpochMetrics] = field(default_factory=list)
+    nodes: list[str] = field(default_factory=list)
 
     @property
     def final(self) -> EpochMetrics:
@@ -152,10 +184,16 @@ def train_classifier(
     Workers are spawned, so they import the caller's `__main__` again: a script that trains with
     `workers > 1` needs the usual `if __name__ == "__main__":` guard. Each worker gets a copy of
     the data, and on CPU an equal share of the cores as torch threads.
+
+    With `placement="ray"` (see TrainConfig), `model_fn` goes to the workers by cloudpickle, and
+    must import on every node; the data goes once through Ray's object store.
     """
-    job = _Job(model_fn, *_check_data(x, y, val), config, *_placement(config))
+    data = _check_data(x, y, val)
     if config.checkpoint_dir is not None:
         config.checkpoint_dir.mkdir(parents=True, exist_ok=True)
+    if config.placement == "ray":
+        return _train_on_ray(model_fn, data, config, on_epoch)
+    job = _Job(model_fn, *data, config, *_placement(config))
     if config.workers == 1:
 
         def report(metrics: EpochMetrics) -> bool:
@@ -290,6 +328,47 @@ def _check_data(
     return np.ascontiguousarray(x, dtype=np.float32), y.astype(np.int64), checked_val
 
 
+def _train_on_ray(
+    model_fn: Callable[[], nn.Module],
+    data: tuple[np.ndarray, np.ndarray, tuple[np.ndarray, np.ndarray] | None],
+    config: TrainConfig,
+    on_epoch: Callable[[EpochMetrics], None] | None,
+) -> TrainResult:
+    from serving.pipelines import _ray_distributed
+
+    with _ray_distributed.connected(config.ray_address):
+        backend, device = _ray_placement(config, _ray_distributed.cluster_gpus())
+        job = _Job(model_fn, *data, config, backend, device)
+        mirror = None
+        if config.checkpoint_dir is not None:
+            latest = _checkpoints(config.checkpoint_dir)[-1:]
+            mirror = _ray_distributed.Mirror(config.checkpoint_dir, _with_checkpoint_dir, tuple(latest))
+        state, history, nodes = _ray_distributed.run_ray_workers(
+            _train, job, config.workers, backend, device, on_epoch, mirror
+        )
+    return TrainResult(state, history, nodes)
+
+
+def _with_checkpoint_dir(job: _Job, directory: Path) -> _Job:
+    """`job` checkpointing into `directory`: a Ray worker's private stand-in for the driver's."""
+    return dataclasses.replace(job, config=dataclasses.replace(job.config, checkpoint_dir=directory))
+
+
+def _ray_placement(config: TrainConfig, cluster_gpus: float) -> tuple[str, str]:
+    """(backend, device) for workers on Ray, or ValueError. The driver's own CUDA does not matter:
+    the workers' nodes have the GPUs, one per worker, each its `cuda:0`."""
+    gpus = cluster_gpus >= config.workers and config.backend != "gloo"
+    device = config.device or ("cuda" if gpus else "cpu")
+    if torch.device(device).index is not None:
+        raise ValueError(
+            f"with placement 'ray' the device is 'cpu' or 'cuda' (Ray assigns the GPUs), not {device!r}"
+        )
+    backend = config.backend or ("nccl" if device == "cuda" else "gloo")
+    if backend == "nccl" and device != "cuda":
+        raise ValueError(f"nccl needs CUDA, but the device is {device!r}")
+    return backend, device
+
+
 def _placement(config: TrainConfig) -> tuple[str | None, str]:
     """(backend, device) for `config`, or ValueError for a combination this machine cannot run."""
     cuda = torch.cuda.is_available()
@@ -418,10 +497,15 @@ def _resume(
     directory: Path | None, model: nn.Module, optimizer: torch.optim.Optimizer, device: torch.device
 ) -> tuple[int, list[EpochMetrics]]:
     """Load the latest checkpoint into model and optimizer: (its epoch, its history), or (0, [])."""
-    checkpoints = sorted(directory.glob("epoch-*.pt")) if directory is not None else []
+    checkpoints = _checkpoints(directory) if directory is not None else []
     if not checkpoints:
         return 0, []
     state = torch.load(checkpoints[-1], map_location=device, weights_only=True)
     model.load_state_dict(state["model"])
     optimizer.load_state_dict(state["optimizer"])
     return state["epoch"], [EpochMetrics(**m) for m in state["history"]]
+
+
+def _checkpoints(directory: Path) -> list[Path]:
+    """The checkpoints in `directory`, oldest first."""
+    return sorted(directory.glob("epoch-*.pt"))
