@@ -15,8 +15,8 @@ import os
 import socket
 import sys
 from pathlib import Path
+from typing import Any
 
-from serving.auth.internal import InternalCredentials
 from serving.engines import _replica_proc as proc
 from serving.engines._pools import (
     BACKOFF_RESET_S,
@@ -77,7 +77,7 @@ class ProcessEngine(PoolEngine):
     """Replicas as local processes.
 
     state_dir: where logs and port files go. python: the interpreter that runs `-m serving`.
-    gpus: GPU ids replicas may be given (None: every GPU detected at start). The other settings are
+    gpus: GPU ids replicas may be given (None: every GPU detected at start). `settings` are
     `PoolEngine`'s: health_interval_s, failure_threshold, start_timeout_s, backoff_initial_s,
     backoff_max_s, drain_timeout_s, credentials.
     """
@@ -90,23 +90,9 @@ class ProcessEngine(PoolEngine):
         *,
         python: str = sys.executable,
         gpus: list[int] | None = None,
-        health_interval_s: float = 1.0,
-        failure_threshold: int = 3,
-        start_timeout_s: float = 300.0,
-        backoff_initial_s: float = 1.0,
-        backoff_max_s: float = 30.0,
-        drain_timeout_s: float = 30.0,
-        credentials: InternalCredentials | None = None,
+        **settings: Any,
     ) -> None:
-        super().__init__(
-            health_interval_s=health_interval_s,
-            failure_threshold=failure_threshold,
-            start_timeout_s=start_timeout_s,
-            backoff_initial_s=backoff_initial_s,
-            backoff_max_s=backoff_max_s,
-            drain_timeout_s=drain_timeout_s,
-            credentials=credentials,
-        )
+        super().__init__(**settings)
         self.state_dir = Path(state_dir)
         self.python = python
         self._gpus: tuple[int, ...] | None = None if gpus is None else tuple(gpus)

@@ -27,7 +27,6 @@ from pathlib import Path
 from typing import Any
 
 from serving.auth.files import write_secret
-from serving.auth.internal import InternalCredentials
 from serving.engines._pools import Endpoints, Pool, PoolEngine, Replica, ReplicaRun, exit_text
 from serving.engines._ray_placement import actor_options, placement_problem
 from serving.engines.base import ReplicaState
@@ -98,6 +97,11 @@ class _RayRun(ReplicaRun):
         return f"{exit_text(info['exit'])} on node {_node_text(info)}" + (f": {tail}" if tail else "")
 
     async def stop(self, grace_s: float) -> str | None:
+        if not self.placed():  # nothing runs yet, and a call would wait for a node that may never come
+            import ray
+
+            await asyncio.to_thread(ray.kill, self.actor)
+            return "removed before Ray placed it"
         code = await _stop_actor(self.actor, grace_s)
         return exit_text(code) if code is not None else "its Ray actor was killed"
 
@@ -133,7 +137,7 @@ class RayEngine(PoolEngine):
     """Replicas as Ray actors, anywhere in the cluster at `address` (None: a local Ray started for
     this gateway, stopped with it, replicas included).
 
-    state_dir: where the engine keeps its owner id. The other settings are `PoolEngine`'s.
+    state_dir: where the engine keeps its owner id. `settings` are `PoolEngine`'s.
     """
 
     label = "ray engine"
@@ -144,23 +148,9 @@ class RayEngine(PoolEngine):
         state_dir: Path,
         *,
         address: str | None = None,
-        health_interval_s: float = 1.0,
-        failure_threshold: int = 3,
-        start_timeout_s: float = 300.0,
-        backoff_initial_s: float = 1.0,
-        backoff_max_s: float = 30.0,
-        drain_timeout_s: float = 30.0,
-        credentials: InternalCredentials | None = None,
+        **settings: Any,
     ) -> None:
-        super().__init__(
-            health_interval_s=health_interval_s,
-            failure_threshold=failure_threshold,
-            start_timeout_s=start_timeout_s,
-            backoff_initial_s=backoff_initial_s,
-            backoff_max_s=backoff_max_s,
-            drain_timeout_s=drain_timeout_s,
-            credentials=credentials,
-        )
+        super().__init__(**settings)
         self.state_dir = Path(state_dir)
         self.address = address
         self.owner = ""
