@@ -178,7 +178,7 @@ def up(
     access_log: bool,
     log_level: str,
 ) -> None:
-    """Run the gateway with its control plane; replicas run as local processes.
+    """Run the gateway with its control plane; replicas run as local processes, or on a Ray cluster.
 
     \b
     servegate up -f examples/iris.yaml

@@ -282,14 +282,23 @@ class _Run:
         try:
             return ray.get(ref)
         except ray.exceptions.RayActorError as exc:
-            raise self._died(rank, _reason(exc)) from None
+            raise self._died(rank, exc) from None
         except ray.exceptions.RayTaskError as exc:  # the call's arguments failed to load on the worker
             cause = exc.cause if isinstance(exc.cause, BaseException) else exc
             cause.add_note(f"(raised in training worker rank {rank} on node {self.nodes[rank]})")
             raise cause from RemoteTraceback(exc.traceback_str)
 
-    def _died(self, rank: int, reason: str) -> WorkerFailed:
-        return WorkerFailed(f"training worker {rank} on node {self.nodes[rank]} died: {reason}")
+    def _died(self, rank: int, exc: BaseException) -> WorkerFailed:
+        import ray
+
+        where = f"training worker {rank} on node {self.nodes[rank]}"
+        if isinstance(exc, ray.exceptions.ActorUnavailableError):
+            # Ray cannot reach the actor, and has not (yet) heard that it died: its node is down or
+            # cut off. It does not come back (max_restarts=0), and its peers cannot go on without it.
+            failed = WorkerFailed(f"{where} is unreachable: its node is down or cut off")
+            failed.add_note(f"(Ray: {_reason(exc)})")
+            return failed
+        return WorkerFailed(f"{where} died: {_reason(exc)}")
 
     def _raise_error(self, rank: int, blob: bytes | None, text: str) -> None:
         """Raise rank `rank`'s error, unless a peer is gone: the error is then most likely its
@@ -297,20 +306,23 @@ class _Run:
         import ray
 
         error = rebuild(rank, blob, text, self.nodes[rank])
+        if len(self.actors) == 1:
+            raise error from RemoteTraceback(text)
         pings = {actor.ping.remote(): peer for peer, actor in enumerate(self.actors) if peer != rank}
         answered, silent = ray.wait(list(pings), num_returns=len(pings), timeout=_PING_S)
         for ref in answered:
             try:
                 ray.get(ref)
             except ray.exceptions.RayActorError as exc:
-                dead = self._died(pings[ref], _reason(exc))
+                dead = self._died(pings[ref], exc)
                 break
         else:
             if not silent:
                 raise error from RemoteTraceback(text)
             peer = pings[silent[0]]
             dead = WorkerFailed(
-                f"training worker {peer} on node {self.nodes[peer]} stopped answering (is its node down?)"
+                f"training worker {peer} on node {self.nodes[peer]} is unreachable: it did not answer "
+                f"for {_PING_S:g}s"
             )
         dead.add_note(f"(training worker {rank} then failed: {type(error).__name__}: {error})")
         raise dead from None
