@@ -78,49 +78,27 @@ class Mirror(Generic[J]):
     moved to `path` after each epoch, before `on_epoch` sees it, and when rank 0 finishes."""
 
     path: Path
-    relocate: Callable[[Any, Path], Any]
+    relocate: Callable[[J, Path], J]
     seed: tuple[Path, ...] = ()
 
 
 @contextlib.contextmanager
 def connected(address: str | None) -> Iterator[None]:
-    """This process as a Ray driver for the block.
+    """This process as a Ray driver for the block, joined as all of servegate joins
+    (`serving.raycluster.connect`): an existing connection is kept as it is, else `address`
+    (HOST:PORT, ray://HOST:PORT, "auto") is checked and joined, and None starts a local Ray, shut
+    down after the block. Raises RayUnavailable (Ray missing or too old, the address malformed or
+    unreachable) before anything starts."""
+    from serving.raycluster import connect
 
-    An existing connection (`ray.init` called before) is used as it is, whatever `address` says.
-    Otherwise `address` (HOST:PORT, ray://HOST:PORT, "auto") is checked first (ValueError, rather
-    than Ray retrying an unreachable address for ever) and connected to; None starts a local Ray.
-    Either is shut down after the block."""
-    try:
-        import ray
-    except ImportError:
-        raise ValueError("placement 'ray' needs Ray: pip install 'servegate[ray]'") from None
-    if ray.is_initialized():
-        yield
-        return
-    if address:
-        from serving.pipelines.backends import BackendError, _check_reachable
-
-        try:
-            _check_reachable(address)
-        except BackendError as exc:
-            raise ValueError(str(exc)) from None
-    root = str(Path(__file__).resolve().parents[2])
-    pythonpath = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH", "")) if p)
-    try:
-        ray.init(
-            address=address,
-            include_dashboard=False,
-            log_to_driver=False,
-            configure_logging=False,
-            runtime_env={"env_vars": {"PYTHONPATH": pythonpath}},  # workers import serving from here
-        )
-    except (ConnectionError, RuntimeError, ValueError) as exc:
-        where = f"the Ray cluster at {address}" if address else "a local Ray cluster"
-        raise RuntimeError(f"cannot start {where}: {exc}") from None
+    started = connect(address)
     try:
         yield
     finally:
-        ray.shutdown()
+        if started:
+            import ray
+
+            ray.shutdown()
 
 
 def cluster_gpus() -> float:
@@ -152,8 +130,9 @@ def run_ray_workers(
     try:
         job_ref = ray.put(job)
     except (TypeError, ValueError, AttributeError, pickle.PicklingError) as exc:
+        cause = exc.__cause__ or exc  # Ray's own message holds the whole job's repr, arrays included
         raise ValueError(
-            f"the training job cannot be sent to Ray workers (is model_fn picklable?): {exc}"
+            f"model_fn cannot be sent to the Ray workers (cloudpickle): {type(cause).__name__}: {cause}"
         ) from None
     seed_ref = ray.put({p.name: p.read_bytes() for p in mirror.seed}) if mirror is not None else None
     bundle = {"GPU": 1, "CPU": 1} if device == "cuda" else {"CPU": 1}
@@ -422,6 +401,11 @@ class _Rank:
                     self._seeded = set(seed or {})
                     job = relocate(job, self._dir)
                 if device_kind == "cuda":
+                    if not torch.cuda.is_available():
+                        raise RuntimeError(
+                            f"device 'cuda' asked for, but this worker's node has no usable CUDA (torch "
+                            f"{torch.__version__}, Ray GPU ids {ray.get_gpu_ids()}): train with device='cpu'"
+                        )
                     device = torch.device("cuda", 0)  # the one GPU Ray made visible to this actor
                 else:
                     device = torch.device("cpu")

@@ -74,7 +74,7 @@ class TrainConfig:
         samples. The learning rate is not scaled with it.
     optimizer: "adam", or "sgd" (momentum 0.9). weight_decay: L2 penalty passed to the optimizer.
     seed: seeds model initialization (all workers start from the same weights), shuffling and dropout.
-    workers: processes training data-parallel; 1 trains in the calling process.
+    workers: processes training data-parallel; 1 trains in the calling process (placement "local").
     backend: torch.distributed backend for workers > 1. None: nccl when the device is CUDA and there
         is a GPU per worker, else gloo.
     checkpoint_dir: where `epoch-NNNN.pt` is written after every epoch (model, optimizer, epoch,
@@ -91,12 +91,14 @@ class TrainConfig:
         (rank 0 sends each one back; a resumed run sends the latest to every worker), so the nodes
         need no shared filesystem. A worker that dies, or whose node dies, fails the run with
         WorkerFailed naming its rank and node; it is not restarted: re-run to resume from the last
-        checkpoint. The workers wait at most `_ray_distributed.PLACEMENT_TIMEOUT_S` for room in the
-        cluster (TimeoutError).
-    ray_address: the cluster for placement "ray": "HOST:PORT", "ray://HOST:PORT" or "auto"; an
-        unreachable address fails at once (ValueError). None: a local Ray started for the call. A
-        process already connected to Ray (`ray.init` called) trains on that cluster, whatever this
-        says; a connection made here is closed after the call.
+        checkpoint. A cluster that has no room for the workers within two minutes (an autoscaler may
+        add nodes meanwhile) raises TimeoutError.
+    ray_address: the cluster for placement "ray": "HOST:PORT" (the head's GCS port),
+        "ray://HOST:PORT" or "auto", joined as all of servegate joins (`serving.raycluster.connect`):
+        a malformed or unreachable address, or a Ray too old, raises RayUnavailable before anything
+        starts; the connection stays for later calls. None: a local Ray started for the call and
+        shut down after it. A process already connected to Ray (`ray.init` called) trains on that
+        cluster.
     """
 
     epochs: int = 10
@@ -185,8 +187,9 @@ def train_classifier(
     `workers > 1` needs the usual `if __name__ == "__main__":` guard. Each worker gets a copy of
     the data, and on CPU an equal share of the cores as torch threads.
 
-    With `placement="ray"` (see TrainConfig), `model_fn` goes to the workers by cloudpickle, and
-    must import on every node; the data goes once through Ray's object store.
+    With `placement="ray"` (see TrainConfig) `model_fn` travels by cloudpickle (a closure will do),
+    and the modules it refers to must import on every node; the data travels once, through Ray's
+    object store; a worker's exception is noted with its rank and node.
     """
     data = _check_data(x, y, val)
     if config.checkpoint_dir is not None:
