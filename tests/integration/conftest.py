@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import pytest
 
+from serving.pipelines.metadata import MetadataStore
 from tests.gateway_helpers import ControlApi, gateway_process
 from tests.servers import GatewayProcess
 
@@ -30,3 +32,16 @@ def api(gateway: GatewayProcess) -> Iterator[ControlApi]:
 def http(gateway: GatewayProcess) -> Iterator[httpx.Client]:
     with httpx.Client(base_url=gateway.url, timeout=30.0, trust_env=False, headers=gateway.headers) as client:
         yield client
+
+
+@pytest.fixture
+def state(tmp_path: Path) -> Path:
+    """A pipeline run's state dir."""
+    return tmp_path / "state"
+
+
+@pytest.fixture
+def store(state: Path) -> Iterator[MetadataStore]:
+    """The pipelines' metadata store in `state`."""
+    with MetadataStore(f"sqlite:///{state / 'pipelines.db'}") as s:
+        yield s

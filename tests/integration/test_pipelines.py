@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,17 +19,6 @@ from tests import pipeline_components as pc
 from tests.ray_cluster import RayTestCluster
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-def state(tmp_path: Path) -> Path:
-    return tmp_path / "state"
-
-
-@pytest.fixture
-def store(state: Path) -> Iterator[MetadataStore]:
-    with MetadataStore(f"sqlite:///{state / 'pipelines.db'}") as s:
-        yield s
 
 
 def _run(

@@ -10,7 +10,6 @@ import json
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,17 +24,6 @@ from tests.ray_cluster import NODE_LABEL, RayTestCluster
 from tests.servers import ROOT
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-def state(tmp_path: Path) -> Path:
-    return tmp_path / "state"
-
-
-@pytest.fixture
-def store(state: Path) -> Iterator[MetadataStore]:
-    with MetadataStore(f"sqlite:///{state / 'pipelines.db'}") as s:
-        yield s
 
 
 def _run(pipe: Any, store: MetadataStore, state: Path, backend: Any, **params: Any) -> RunOutcome:

@@ -18,10 +18,10 @@ import pytest
 from torch import nn
 
 from serving.pipelines import _ray_distributed
-from serving.pipelines.preprocess import Standardizer
 from serving.pipelines.training import EpochMetrics, TrainConfig, WorkerFailed, mlp, train_classifier
 from serving.raycluster import RayUnavailable
 from tests.ray_cluster import RayTestCluster
+from tests.training_data import digits_split
 
 pytestmark = pytest.mark.integration
 
@@ -47,16 +47,7 @@ class StopTraining(Exception):
 
 @pytest.fixture(scope="module")
 def digits() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    # Imported here: the workers import this module to find fails_on_rank_1, and need no sklearn.
-    from sklearn.datasets import load_digits
-    from sklearn.model_selection import train_test_split
-
-    x, y = load_digits(return_X_y=True)
-    x_train, x_val, y_train, y_val = train_test_split(
-        x.astype(np.float32), y.astype(np.int64), test_size=0.25, random_state=0, stratify=y
-    )
-    pre = Standardizer.fit(x_train)
-    return pre.transform(x_train), y_train, pre.transform(x_val), y_val
+    return digits_split()
 
 
 @pytest.fixture(autouse=True)
