@@ -54,6 +54,7 @@ bench: install bench-tools
 	$(BIN)/python loadtests/bench_autoscale.py
 	$(BIN)/python loadtests/bench_registry.py
 	$(BIN)/python loadtests/bench_pipeline.py
+	$(BIN)/python loadtests/bench_ray.py
 
 clean:
 	rm -rf $(VENV) $(STATE) .pytest_cache .ruff_cache
