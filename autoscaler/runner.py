@@ -107,6 +107,8 @@ class _Revision:
     cpu: dict[str, tuple[float, float]] = field(default_factory=dict)
     status: ScaleStatus | None = None
     poke: asyncio.Task[None] | None = None
+    #: whether it has had a ready replica since it was first seen.
+    was_ready: bool = False
 
     @property
     def poking(self) -> bool:
@@ -244,6 +246,12 @@ class Autoscaler:
         gateway_error: str | None,
     ) -> None:
         rev = self._track(target, now)
+        rev.was_ready = rev.was_ready or target.ready > 0
+        if not rev.was_ready and target.desired > 0:
+            # Still coming up (a slow start, a replica waiting for a node): as Knative keeps a new
+            # revision at its initial scale until it has been ready once, its grace period for
+            # scaling to zero starts when it is ready; scaled away unready, nothing would wake it.
+            rev.last_activity = now
         config = target.config
         sample = rps = None
         if gateway is not None:

@@ -39,11 +39,12 @@ def check_version(version: str) -> None:
         )
 
 
-def check_address(address: str) -> None:
+def check_address(address: str) -> bool:
     """Fail fast on an address `ray.init` would retry for ever: malformed, not answering, or not a
-    Ray cluster (no gRPC server there). `auto` and `local` are left to Ray."""
+    Ray cluster (no Ray GCS answers gRPC there). Returns whether the cluster wants a token (Ray's
+    token authentication). `auto`, `local` and `ray://` (Ray Client) addresses are left to Ray."""
     if address in ("auto", "local"):
-        return
+        return False
     host, _, port = address.removeprefix("ray://").rpartition(":")
     host = host.strip("[]")
     if not host or not port.isdigit() or not 0 < int(port) < 65536:
@@ -52,25 +53,44 @@ def check_address(address: str) -> None:
         socket.create_connection((host, int(port)), timeout=_PROBE_TIMEOUT_S).close()
     except OSError as exc:
         raise RayUnavailable(f"cannot reach the Ray cluster at {address}: {exc}") from None
-    if not address.startswith("ray://") and not _speaks_grpc(host, int(port)):
-        raise RayUnavailable(
-            f"no Ray cluster at {address}: something listens there but it is not a Ray GCS "
-            "(give the head's GCS address, HOST:6379 by default)"
-        )
+    if address.startswith("ray://"):
+        return False
+    answer = _gcs_answer(host, int(port))
+    if answer in ("OK", "UNAUTHENTICATED"):
+        return answer == "UNAUTHENTICATED"
+    raise RayUnavailable(
+        f"no Ray cluster at {address}: something listens there but it is not a Ray GCS "
+        "(give the head's GCS address, HOST:6379 by default)"
+    )
 
 
-def _speaks_grpc(host: str, port: int) -> bool:
-    """Whether a gRPC server answers at host:port (any status counts: only a gRPC server sends one)."""
+def _gcs_answer(host: str, port: int) -> str:
+    """How a server at host:port answers the GCS's cluster-id call: OK (a Ray GCS), UNAUTHENTICATED
+    (a Ray GCS that wants a token), or what else it said."""
     import grpc
 
     target = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     with grpc.insecure_channel(target) as channel:
-        probe = channel.unary_unary("/grpc.health.v1.Health/Check")
+        probe = channel.unary_unary("/ray.rpc.NodeInfoGcsService/GetClusterId")
         try:
             probe(b"", timeout=_PROBE_TIMEOUT_S)
         except grpc.RpcError as exc:
-            return exc.code() not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
-        return True
+            return exc.code().name
+        return "OK"
+
+
+def _use_token(address: str) -> None:
+    """The cluster wants Ray's token authentication: use the token this machine has (as `ray start`
+    does: RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token), or say how to give one."""
+    if os.environ.get("RAY_AUTH_MODE", "").lower() == "token":
+        return
+    path = Path(os.environ.get("RAY_AUTH_TOKEN_PATH") or Path.home() / ".ray" / "auth_token")
+    if not os.environ.get("RAY_AUTH_TOKEN") and not path.is_file():
+        raise RayUnavailable(
+            f"the Ray cluster at {address} uses token authentication: give its token in RAY_AUTH_TOKEN "
+            "(or a file in RAY_AUTH_TOKEN_PATH, or ~/.ray/auth_token)"
+        )
+    os.environ["RAY_AUTH_MODE"] = "token"
 
 
 def connect(address: str | None, namespace: str | None = NAMESPACE) -> bool:
@@ -82,12 +102,15 @@ def connect(address: str | None, namespace: str | None = NAMESPACE) -> bool:
     except ImportError:
         raise RayUnavailable("Ray is not installed: pip install 'servegate[ray]'") from None
     check_version(ray.__version__)
-    if address:
-        check_address(address)
+    if address and check_address(address):
+        _use_token(address)
     if ray.is_initialized():
         return False
     root = str(Path(__file__).resolve().parents[1])
     pythonpath = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH", "")) if p)
+    # Ray runs workers at nice 15; a replica (it inherits it) would lose every CPU contest with the
+    # gateway and the load on its node.
+    env = {"PYTHONPATH": pythonpath, "RAY_worker_niceness": "0"}
     try:
         ray.init(
             address=address,
@@ -95,7 +118,7 @@ def connect(address: str | None, namespace: str | None = NAMESPACE) -> bool:
             include_dashboard=False,
             log_to_driver=False,
             configure_logging=False,
-            runtime_env={"env_vars": {"PYTHONPATH": pythonpath}},
+            runtime_env={"env_vars": env},
         )
     except (ConnectionError, RuntimeError, ValueError) as exc:
         where = f"the Ray cluster at {address}" if address else "a local Ray cluster"

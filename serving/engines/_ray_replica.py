@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import dataclasses
 import os
 import shutil
 import signal
@@ -23,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from serving.engines import _replica_proc as proc
+from serving.engines._ray_placement import DEFAULT_CPUS
 from serving.engines.base import ReplicaSpec
 
 __all__ = ["ReplicaActor"]
@@ -53,6 +55,8 @@ class ReplicaActor:
         self.port_file = self.dir / "ports.json"
         self.error = ""
         self.process: subprocess.Popen[bytes] | None = None
+        if spec.cpus is None:  # the runtime's threads match the CPUs Ray holds for it
+            spec = dataclasses.replace(spec, cpus=DEFAULT_CPUS)
         repository = None if spec.models else self.dir / "models"
         if repository is not None:
             repository.mkdir()

@@ -201,6 +201,22 @@ async def test_scale_to_zero_after_the_grace_period() -> None:
     assert h.autoscaler.status("r1").desired == 0
 
 
+async def test_a_revision_that_was_never_ready_is_not_scaled_to_zero() -> None:
+    # Its replica waits (for a node, a slow model): scaled away now, no request could wake it.
+    coming = replace(target(min_replicas=0, stable_window_s=6, scale_to_zero_grace_s=4), ready=0, desired=1)
+    h = Harness(coming)
+    h.scrape.load("r1", 0)
+    for _ in range(10):  # t = 1002 .. 1020: long past the grace period from creation
+        await h.tick()
+    assert h.resized == []
+    h.targets["r1"] = replace(h.targets["r1"], ready=1, replica_urls=("http://r1-0:9000",))
+    for _ in range(2):  # ready from t = 1022: the grace period runs from its last unready tick
+        await h.tick()
+    assert h.resized == []
+    await h.tick()
+    assert h.resized == [("r1", 0, "no requests for 6s: scale to zero")]
+
+
 async def test_poke_at_zero_asks_for_a_replica_at_once() -> None:
     at_zero = replace(target(min_replicas=0, scale_to_zero_grace_s=10), ready=0, desired=0, replica_urls=())
     h = Harness(at_zero)

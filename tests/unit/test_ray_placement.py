@@ -3,7 +3,9 @@ node, the checks before joining a cluster, and where `get -o wide` / `describe` 
 
 from __future__ import annotations
 
+import os
 import socket
+from pathlib import Path
 
 import pytest
 
@@ -129,3 +131,19 @@ def test_get_wide_and_describe_show_where_replicas_run() -> None:
     assert (
         "Pending" in lines["m-predictor-00001-bbbbb"] and "free resources" in lines["m-predictor-00001-bbbbb"]
     )
+
+
+def test_a_cluster_that_wants_a_token_gets_this_machines_or_says_how(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from serving import raycluster
+
+    monkeypatch.delenv("RAY_AUTH_MODE", raising=False)
+    monkeypatch.delenv("RAY_AUTH_TOKEN", raising=False)
+    monkeypatch.setenv("RAY_AUTH_TOKEN_PATH", str(tmp_path / "absent"))
+    with pytest.raises(RayUnavailable, match="uses token authentication: give its token in RAY_AUTH_TOKEN"):
+        raycluster._use_token("10.0.0.1:6379")
+    (tmp_path / "token").write_text("secret")
+    monkeypatch.setenv("RAY_AUTH_TOKEN_PATH", str(tmp_path / "token"))
+    raycluster._use_token("10.0.0.1:6379")
+    assert os.environ["RAY_AUTH_MODE"] == "token"
