@@ -1,5 +1,5 @@
 """Joining a Ray cluster, the one way every part of servegate does it (the ray engine, the ray
-pipeline executor, data-parallel training on Ray).
+pipeline executor, data-parallel training on Ray), and what they ask of its nodes.
 
 `connect` checks what `ray.init` would otherwise retry for minutes: a malformed address, one that
 does not answer, one where no Ray GCS answers gRPC, and a Ray release too old for what servegate
@@ -10,9 +10,22 @@ from __future__ import annotations
 
 import os
 import socket
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
-__all__ = ["MIN_RAY", "NAMESPACE", "RayUnavailable", "check_address", "check_version", "connect"]
+__all__ = [
+    "MIN_RAY",
+    "NAMESPACE",
+    "RayUnavailable",
+    "check_address",
+    "check_version",
+    "connect",
+    "demand",
+    "has_labels",
+    "node_fits",
+    "resource_options",
+]
 
 #: the oldest Ray the engine works with: actor `label_selector` (nodeSelector -> node labels).
 MIN_RAY = (2, 49)
@@ -124,3 +137,40 @@ def connect(address: str | None, namespace: str | None = NAMESPACE) -> bool:
         where = f"the Ray cluster at {address}" if address else "a local Ray cluster"
         raise RayUnavailable(f"cannot start {where}: {exc}") from None
     return address is None
+
+
+# -- what a replica or a step asks of a node --------------------------------------------------------
+
+
+def demand(cpus: float, gpus: float = 0, memory_bytes: float | None = None) -> dict[str, float]:
+    """Ray resources: CPU, GPU (when any), memory in bytes (when limited)."""
+    asked = {"CPU": float(cpus)}
+    if gpus:
+        asked["GPU"] = float(gpus)
+    if memory_bytes:
+        asked["memory"] = float(memory_bytes)
+    return asked
+
+
+def resource_options(asked: Mapping[str, float], selector: Mapping[str, str]) -> dict[str, Any]:
+    """`demand` and a node label selector as Ray task or actor options."""
+    options: dict[str, Any] = {"num_cpus": asked["CPU"]}
+    if "GPU" in asked:
+        options["num_gpus"] = asked["GPU"]
+    if "memory" in asked:
+        options["memory"] = asked["memory"]
+    if selector:
+        options["label_selector"] = dict(selector)
+    return options
+
+
+def has_labels(node: Mapping[str, Any], selector: Mapping[str, str]) -> bool:
+    """Whether a node of `ray.nodes()` carries every label of `selector`."""
+    labels = node.get("Labels") or {}
+    return all(labels.get(key) == value for key, value in selector.items())
+
+
+def node_fits(node: Mapping[str, Any], asked: Mapping[str, float], selector: Mapping[str, str]) -> bool:
+    """Whether a node of `ray.nodes()` could ever hold `asked` (its total resources) and has the labels."""
+    resources = node.get("Resources") or {}
+    return has_labels(node, selector) and all(resources.get(k, 0.0) >= v for k, v in asked.items())

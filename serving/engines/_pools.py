@@ -25,7 +25,7 @@ from typing import Any
 
 import httpx
 
-from serving.auth.internal import InternalCredentials
+from serving.auth.internal import METRICS_ENV, REPLICA_TOKEN_ENV, InternalCredentials
 from serving.engines.base import Engine, PoolStatus, ReplicaInfo, ReplicaSpec, ReplicaState
 
 __all__ = [
@@ -218,7 +218,7 @@ class PoolEngine(Engine):
     @abstractmethod
     async def _place(self, pool: Pool) -> None:
         """Add replicas (`_new_replica`, then `_spawn`) until the pool has `desired`, or say why not
-        (`_set_schedulable`)."""
+        (`_set_schedulable`). Called through `_fill`, never for a pool of container images."""
 
     def _released(self, r: Replica) -> None:
         """`r` stopped for good: give back what it held (GPUs)."""
@@ -264,7 +264,7 @@ class PoolEngine(Engine):
                 if r.id in doomed:
                     self._drain(pool, r)
         if not self._closing:
-            await self._place(pool)
+            await self._fill(pool)
 
     async def remove(self, revision: str) -> None:
         pool = self._pools.pop(revision, None)
@@ -311,8 +311,6 @@ class PoolEngine(Engine):
     # -- tokens ------------------------------------------------------------------------------------
 
     def _credentials_env(self, revision: str) -> dict[str, str]:
-        from serving.auth.internal import METRICS_ENV, REPLICA_TOKEN_ENV
-
         if self.credentials is None:
             return {}
         return {
@@ -334,6 +332,17 @@ class PoolEngine(Engine):
         r = Replica(id=replica_id, revision=pool.spec.revision, gpu_ids=gpu_ids, created=time.monotonic())
         pool.replicas.append(r)
         return r
+
+    async def _fill(self, pool: Pool) -> None:
+        """`_place` the pool's missing replicas; a pool of container images is refused first."""
+        if pool.spec.image is not None:
+            reason = (
+                f"not schedulable: the {self.label} runs model formats, not container images "
+                f"({pool.spec.image}); run custom containers on the kubernetes engine"
+            )
+            self._set_schedulable(pool, False, reason)
+            return
+        await self._place(pool)
 
     def _set_schedulable(self, pool: Pool, schedulable: bool, reason: str) -> None:
         # One event per change, not per attempt.

@@ -7,7 +7,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from serving.engines.base import ReplicaSpec
-from serving.raycluster import NAMESPACE
+from serving.raycluster import NAMESPACE, demand, node_fits, resource_options
 
 __all__ = ["actor_options", "demand_of", "placement_problem"]
 
@@ -18,33 +18,22 @@ DEFAULT_CPUS = 1.0
 def demand_of(spec: ReplicaSpec) -> dict[str, float]:
     """Ray resources one replica of `spec` needs: `cpu` -> CPU, `nvidia.com/gpu` -> GPU, `memory` ->
     memory (bytes)."""
-    demand = {"CPU": float(spec.cpus or DEFAULT_CPUS)}
-    if spec.gpus:
-        demand["GPU"] = float(spec.gpus)
-    if spec.memory_bytes:
-        demand["memory"] = float(spec.memory_bytes)
-    return demand
+    return demand(spec.cpus or DEFAULT_CPUS, spec.gpus, spec.memory_bytes)
 
 
 def actor_options(spec: ReplicaSpec, name: str) -> dict[str, Any]:
     """`ActorClass.options(...)` for one replica: named and detached (a restarted gateway finds it),
     never restarted by Ray (the engine restarts replicas, with backoff, wherever they fit),
     replicas of a revision spread over the nodes, `nodeSelector` as a Ray node label selector."""
-    demand = demand_of(spec)
-    options: dict[str, Any] = {
+    return {
         "name": name,
         "namespace": NAMESPACE,
         "lifetime": "detached",
         "max_restarts": 0,
-        "num_cpus": demand["CPU"],
-        "num_gpus": demand.get("GPU", 0),
+        "num_gpus": 0,  # else an actor asks Ray's default
+        **resource_options(demand_of(spec), dict(spec.node_selector)),
         "scheduling_strategy": "SPREAD",
     }
-    if "memory" in demand:
-        options["memory"] = demand["memory"]
-    if spec.node_selector:
-        options["label_selector"] = dict(spec.node_selector)
-    return options
 
 
 def _needs(demand: Mapping[str, float], selector: Sequence[tuple[str, str]]) -> str:
@@ -59,13 +48,6 @@ def _amount(name: str, amount: float) -> str:
     return f"{amount:g}"
 
 
-def _fits(node: Mapping[str, Any], demand: Mapping[str, float], selector: Sequence[tuple[str, str]]) -> bool:
-    resources, labels = node.get("Resources") or {}, node.get("Labels") or {}
-    return all(resources.get(k, 0.0) >= v for k, v in demand.items()) and all(
-        labels.get(k) == v for k, v in selector
-    )
-
-
 def _describe(node: Mapping[str, Any]) -> str:
     resources = node.get("Resources") or {}
     held = [f"{resources[k]:g} {k}" for k in ("CPU", "GPU") if resources.get(k)]
@@ -76,10 +58,10 @@ def _describe(node: Mapping[str, Any]) -> str:
 def placement_problem(spec: ReplicaSpec, nodes: Sequence[Mapping[str, Any]]) -> str:
     """Why Ray has not placed a replica of `spec`, from `ray.nodes()`: no node could ever hold it
     (too few resources, or no node with its labels), or every node that could is busy."""
-    demand, selector = demand_of(spec), spec.node_selector
+    asked, selector = demand_of(spec), spec.node_selector
     alive = [n for n in nodes if n.get("Alive")]
-    needs = _needs(demand, selector)
-    if not any(_fits(n, demand, selector) for n in alive):
+    needs = _needs(asked, selector)
+    if not any(node_fits(n, asked, dict(selector)) for n in alive):
         shown = "; ".join(_describe(n) for n in alive[:5]) + ("; ..." if len(alive) > 5 else "")
         return (
             f"no node of the Ray cluster can hold a replica: it needs {needs}; "

@@ -116,13 +116,6 @@ class ProcessEngine(PoolEngine):
     async def _place(self, pool: Pool) -> None:
         """Start replicas until the pool has `desired` (or the free GPUs run out)."""
         spec, missing = pool.spec, pool.desired - len(pool.active())
-        if spec.image is not None:
-            reason = (
-                f"not schedulable: the process engine runs model formats, not container images "
-                f"({spec.image}); run custom containers on the kubernetes engine"
-            )
-            self._set_schedulable(pool, False, reason)
-            return
         new: list[Replica] = []
         for _ in range(missing):
             gpu_ids = allocate(self._free_gpus, spec.gpus) if spec.gpus else ()
@@ -143,7 +136,7 @@ class ProcessEngine(PoolEngine):
         if r.gpu_ids and not self._closing:
             for waiting in list(self._pools.values()):
                 if waiting.spec.gpus and len(waiting.active()) < waiting.desired:
-                    self._background(self._place(waiting))
+                    self._background(self._fill(waiting))
 
     async def _launch(self, pool: Pool, r: Replica) -> ReplicaRun:
         spec = pool.spec

@@ -217,13 +217,6 @@ class RayEngine(PoolEngine):
 
     async def _place(self, pool: Pool) -> None:
         spec = pool.spec
-        if spec.image is not None:
-            reason = (
-                f"not schedulable: the ray engine runs model formats, not container images "
-                f"({spec.image}); run custom containers on the kubernetes engine"
-            )
-            self._set_schedulable(pool, False, reason)
-            return
         missing = pool.desired - len(pool.active())
         found = [f.replica_id for f in self._found.values() if f.revision == spec.revision]
         new = [self._new_replica(pool, replica_id=found[i] if i < len(found) else "") for i in range(missing)]

@@ -7,19 +7,18 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from serving.raycluster import demand, has_labels, node_fits, resource_options
+
 __all__ = ["node_died", "task_options", "unplaceable"]
 
 
 def task_options(resources: dict[str, Any]) -> dict[str, Any]:
     """The Ray task options for a step's `Resources.as_dict()` (one CPU when it asks for none)."""
-    options: dict[str, Any] = {"num_cpus": resources.get("cpus", 1)}
-    if "accelerators" in resources:
-        options["num_gpus"] = resources["accelerators"]
-    if "memory_bytes" in resources:
-        options["memory"] = resources["memory_bytes"]
-    if resources.get("node_selector"):
-        options["label_selector"] = dict(resources["node_selector"])
-    return options
+    return resource_options(_asked(resources), resources.get("node_selector", {}))
+
+
+def _asked(resources: dict[str, Any]) -> dict[str, float]:
+    return demand(resources.get("cpus", 1), resources.get("accelerators", 0), resources.get("memory_bytes"))
 
 
 def unplaceable(resources: dict[str, Any]) -> str | None:
@@ -27,19 +26,14 @@ def unplaceable(resources: dict[str, Any]) -> str | None:
     import ray
 
     selector: dict[str, str] = resources.get("node_selector", {})
-    ask = {
-        "CPU": resources.get("cpus", 1),
-        "GPU": resources.get("accelerators"),
-        "memory": resources.get("memory_bytes"),
-    }
-    ask = {key: amount for key, amount in ask.items() if amount}
+    ask = _asked(resources)
     nodes = [n for n in ray.nodes() if n.get("Alive")]
-    matching = [n for n in nodes if all((n.get("Labels") or {}).get(k) == v for k, v in selector.items())]
+    matching = [n for n in nodes if has_labels(n, selector)]
     if not nodes:
         return "the Ray cluster has no live node"
     if not matching:
         return f"no node of the Ray cluster has {_labels(selector)}"
-    if any(all(n["Resources"].get(k, 0) >= v for k, v in ask.items()) for n in matching):
+    if any(node_fits(n, ask, selector) for n in matching):
         return None
     most = {key: max(n["Resources"].get(key, 0) for n in matching) for key in ask}
     where = f" with {_labels(selector)}" if selector else ""
