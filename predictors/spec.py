@@ -22,7 +22,9 @@ class ModelSpec:
     or triton; None infers it from the artifact. version: reported in metadata and checked against
     versioned URLs. max_batch_size: rows merged into one model call (1 turns batching off).
     max_latency_ms: how long the first request of a batch waits for others, in milliseconds.
-    threads: intra-op threads for ONNX Runtime / torch (None: the library's default).
+    threads: intra-op threads for ONNX Runtime / torch (None: the library's default); `servegate
+    model serve` always sets it, from its thread plan (predictors.threads). spinning: whether ONNX
+    Runtime's idle intra-op threads busy-wait for work (only where the replica has CPUs to spare).
     instances: model calls that may run at once on this replica (threads in its executor).
     trust: the sources whose models may run code as they load (python files, pickles, torch.export).
     origin: set for a model materialized from the registry: the version it came from, whose record
@@ -36,6 +38,7 @@ class ModelSpec:
     max_batch_size: int = 1
     max_latency_ms: float = DEFAULT_MAX_LATENCY_MS
     threads: int | None = None
+    spinning: bool = False
     instances: int = 1
     trust: TrustPolicy = field(default_factory=TrustPolicy)
     #: runtime-specific settings (e.g. an explicit input/output signature for TorchScript).

@@ -55,7 +55,12 @@ class OnnxRuntime(BlockingRuntime):
         options = ort.SessionOptions()
         if self.spec.threads:
             options.intra_op_num_threads = self.spec.threads
+            # Concurrency comes from the replica's executor (`instances`), not inter-op threads.
             options.inter_op_num_threads = 1
+            # Idle pool threads spin only on CPUs the replica owns beyond them (predictors.threads).
+            spin = "1" if self.spec.spinning else "0"
+            options.add_session_config_entry("session.intra_op.allow_spinning", spin)
+            options.add_session_config_entry("session.inter_op.allow_spinning", "0")
         try:
             self.session = ort.InferenceSession(str(artifact), options, providers=_providers())
         except Exception as exc:  # ORT raises several private exception types for bad files

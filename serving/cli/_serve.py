@@ -7,6 +7,7 @@ import dataclasses
 import logging
 import os
 import sys
+from collections.abc import MutableMapping
 from pathlib import Path
 
 import click
@@ -15,12 +16,15 @@ from prometheus_client import disable_created_metrics
 from pydantic import BaseModel, ConfigDict, model_validator
 
 from predictors.spec import ModelSpec, TrustPolicy
+from predictors.threads import ThreadPlan, available_cores, plan_threads, thread_env
 from serving.auth import Authenticator
 from serving.auth.listen import check_exposure
 from serving.auth.storage import STORAGE_ROOTS_ENV, StoragePolicy
 from serving.auth.tls import TlsFiles, tls_files
 
-__all__ = ["ServeArgs", "prepare_process", "run_serve"]
+__all__ = ["ServeArgs", "apply_thread_env", "prepare_process", "run_serve"]
+
+log = logging.getLogger(__name__)
 
 
 class ServeArgs(BaseModel):
@@ -37,7 +41,10 @@ class ServeArgs(BaseModel):
     max_batch_size: int = 1
     max_latency_ms: float = 5.0
     workers: int = 1
+    #: intra-op threads of every model (None: "auto", sized from `cpus`).
     threads: int | None = None
+    #: CPUs this replica may use, its workers together (None: every core it may run on).
+    cpus: float | None = None
     instances: int = 1
     max_body_size: int = 256 * 1024 * 1024
     trusted_sources: tuple[str, ...] = ()
@@ -89,6 +96,10 @@ class ServeArgs(BaseModel):
             raise ValueError("--workers > 1 needs fixed ports (the workers share them)")
         if self.workers > 1 and self.port_file is not None:
             raise ValueError("--port-file needs --workers 1")
+        if self.threads is not None and self.threads < 1:
+            raise ValueError(f"--threads must be 'auto' or a positive integer, not {self.threads}")
+        if self.cpus is not None and self.cpus <= 0:
+            raise ValueError(f"--cpus must be above 0, not {self.cpus:g}")
         tls_files(self.tls_cert, self.tls_key)
         refusal = check_exposure(self.host, self.auth_enabled, self.insecure, enable_auth="give --token-file")
         if refusal is not None:
@@ -113,20 +124,27 @@ class ServeArgs(BaseModel):
             return handed, True
         return StoragePolicy(self.storage_roots or (Path.cwd(),), self.allowed_hosts), False
 
-    def template(self) -> ModelSpec:
+    def thread_plan(self, cores: int) -> ThreadPlan:
+        """The threads of one replica process on `cores` cores: each of --workers N gets an Nth of
+        --cpus (or of the cores), and --threads N, when given, wins over the sizing."""
+        share = min(self.cpus or cores, cores) / self.workers
+        return plan_threads(cores=cores, cpus=share, requested=self.threads)
+
+    def template(self, plan: ThreadPlan) -> ModelSpec:
         """Settings every model gets unless its own configuration says otherwise."""
         return ModelSpec(
             name="",
             uri="",
             max_batch_size=self.max_batch_size,
             max_latency_ms=self.max_latency_ms,
-            threads=self.threads,
+            threads=plan.intra_op,
+            spinning=plan.spinning,
             instances=self.instances,
             trust=TrustPolicy.from_env(self.trusted_sources),
         )
 
-    def specs(self) -> list[ModelSpec]:
-        template = self.template()
+    def specs(self, plan: ThreadPlan) -> list[ModelSpec]:
+        template = self.template(plan)
         formats = self.formats * len(self.names) if len(self.formats) == 1 else self.formats
         return [
             dataclasses.replace(template, name=name, uri=uri, format=fmt)
@@ -137,10 +155,15 @@ class ServeArgs(BaseModel):
 
 
 def run_serve(args: ServeArgs) -> None:
+    prepare_process(args.log_level)
+    plan = args.thread_plan(available_cores())
+    # Before the imports below: they load numpy, whose OpenBLAS sizes its pool as it loads.
+    kept = apply_thread_env(plan)
+    log.info("threads: %s%s", plan.why, f" (kept from the environment: {', '.join(kept)})" if kept else "")
+
     from predictors.server.replica import Replica, ReplicaOptions
     from predictors.storage import StorageConfig
 
-    prepare_process(args.log_level)
     # registry:// URIs resolve through RegistryConfig.from_env(), here and in any worker process.
     if args.registry_url:
         os.environ["SERVEGATE_REGISTRY_URL"] = args.registry_url
@@ -175,8 +198,8 @@ def run_serve(args: ServeArgs) -> None:
     if args.workers > 1:
         from predictors.server.workers import run_workers
 
-        sys.exit(run_workers(options, args.specs(), args.template(), args.workers, args.log_level))
-    replica = Replica(options, args.specs(), args.template())
+        sys.exit(run_workers(options, args.specs(plan), args.template(plan), args.workers, args.log_level))
+    replica = Replica(options, args.specs(plan), args.template(plan))
     try:
         with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
             runner.run(replica.run())
@@ -204,6 +227,18 @@ def _authenticator(token_file: Path | None) -> Authenticator | None:
     if metrics := os.environ.get(METRICS_ENV):
         tokens[metrics] = PROMETHEUS
     return StaticTokens(tokens) if tokens else None
+
+
+def apply_thread_env(plan: ThreadPlan, environ: MutableMapping[str, str] = os.environ) -> list[str]:
+    """Put `plan`'s thread variables (OMP_NUM_THREADS, ...) in `environ` where they are not set
+    already (the user's value wins); workers inherit them. Returns the user's, as `NAME=value`."""
+    kept = []
+    for name, value in thread_env(plan).items():
+        if name in environ:
+            kept.append(f"{name}={environ[name]}")
+        else:
+            environ[name] = value
+    return kept
 
 
 def prepare_process(log_level: str) -> None:

@@ -14,6 +14,25 @@ __all__ = ["model"]
 _FORMATS = ("onnx", "pytorch", "sklearn", "python", "triton")
 
 
+class _Threads(click.ParamType):
+    """`auto` (None: sized from --cpus) or a positive thread count."""
+
+    name = "auto|N"
+
+    def convert(self, value: object, param: click.Parameter | None, ctx: click.Context | None) -> int | None:
+        if value is None or (isinstance(value, int) and value >= 1):
+            return value  # type: ignore[return-value] - the default, or already converted
+        text = str(value).strip().lower()
+        if text == "auto":
+            return None
+        if text.isascii() and text.isdigit() and int(text) >= 1:
+            return int(text)
+        self.fail(f"'{value}' is neither 'auto' nor a positive integer", param, ctx)
+
+
+_THREADS = _Threads()
+
+
 @click.group()
 def model() -> None:
     """Serve models from one replica process."""
@@ -87,9 +106,16 @@ def model() -> None:
 )
 @click.option(
     "--threads",
-    type=click.IntRange(1),
+    type=_THREADS,
+    default="auto",
+    show_default=True,
+    help="Intra-op threads for ONNX Runtime / torch; auto: one per whole CPU of --cpus.",
+)
+@click.option(
+    "--cpus",
+    type=click.FloatRange(0, min_open=True),
     default=None,
-    help="Intra-op threads for ONNX Runtime / torch (default: the library's).",
+    help="CPUs this replica may use, shared by its --workers (default: every core it may run on).",
 )
 @click.option(
     "--instances",

@@ -34,6 +34,7 @@ from serving.controller.following import RegistryFollower, uses_registry
 from serving.controller.status import ConditionClock, service_status
 from serving.engines.base import Engine, ReplicaSpec, ServedModelRef
 from serving.spec import Component, InferenceService, TrainedModel
+from serving.spec import isvc as isvc_spec
 from serving.spec.isvc import SERVER_METADATA
 from serving.spec.manifests import Resource
 from serving.store import ResourceRow, RevisionRow, Rollout, Store
@@ -51,6 +52,10 @@ RETIRE_LIMIT_S = 120.0
 MAX_MODELS_ANNOTATION = "serving.servegate.io/max-models-per-replica"
 #: InferenceService annotation: "true" opens its data plane to callers without a token (KServe's way).
 ANONYMOUS_INFERENCE_ANNOTATION = "serving.servegate.io/anonymous-inference"
+#: InferenceService annotation: the predictor replicas' intra-op threads. It is defined with the
+#: manifest (a bad value is refused at apply) and reaches the revision, and ReplicaSpec.threads,
+#: through the predictor's Component.
+THREADS_ANNOTATION = isvc_spec.THREADS_ANNOTATION
 
 
 class NotFound(KeyError):
@@ -496,6 +501,7 @@ class Controller:
             args=c.args,
             image=_image(c),
             node_selector=c.node_selector,
+            threads=c.threads,
         )
 
     async def _scale(self, service: str, row: RevisionRow, count: int) -> None:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
-import dataclasses
 import os
 import shutil
 import signal
@@ -55,13 +54,18 @@ class ReplicaActor:
         self.port_file = self.dir / "ports.json"
         self.error = ""
         self.process: subprocess.Popen[bytes] | None = None
-        if spec.cpus is None:  # the runtime's threads match the CPUs Ray holds for it
-            spec = dataclasses.replace(spec, cpus=DEFAULT_CPUS)
         repository = None if spec.models else self.dir / "models"
         if repository is not None:
             repository.mkdir()
+        # The runtime's threads are sized from the CPUs Ray holds for the actor.
         command = proc.serve_command(
-            sys.executable, spec, self.port_file, drain_timeout_s, repository, host=self.node_ip
+            sys.executable,
+            spec,
+            self.port_file,
+            drain_timeout_s,
+            repository,
+            host=self.node_ip,
+            cpus=spec.cpus or DEFAULT_CPUS,
         )
         env = proc.replica_env(os.environ, spec, self.gpu_ids) | secrets
         try:

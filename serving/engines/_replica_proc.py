@@ -41,9 +41,14 @@ def serve_command(
     drain_timeout_s: float,
     model_repository: Path | None = None,
     host: str = "127.0.0.1",
+    cpus: float | None = None,
 ) -> list[str]:
     """The `servegate model serve` command line of one replica of `spec`, on free ports of `host`
-    (loopback unless the gateway reaches it from another machine).
+    (loopback unless the gateway reaches it from another machine), that may use `cpus` CPUs (its
+    limit or its engine's share of the machine; None: the replica assumes every core).
+
+    The replica sizes its thread pools from `--cpus`; `--threads` is passed only for an explicit
+    count (`spec.threads`). The manifest's `args` come last, so they override either.
 
     The CLI takes no `--model-format`, one for all, or one per model; a format is passed for every
     model only when every model has one (otherwise the replica infers each from its artifact).
@@ -60,8 +65,10 @@ def serve_command(
     if model_repository is not None:
         command += ["--model-repository", str(model_repository)]
     command += ["--max-batch-size", str(spec.max_batch_size), "--max-latency-ms", str(spec.max_latency_ms)]
-    if spec.cpus:
-        command += ["--threads", str(max(1, int(spec.cpus)))]
+    if cpus:
+        command += ["--cpus", f"{cpus:.4g}"]
+    if spec.threads:
+        command += ["--threads", str(spec.threads)]
     command += ["--drain-timeout", str(drain_timeout_s), "--log-level", "warning", *spec.args]
     return command
 

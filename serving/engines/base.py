@@ -33,7 +33,8 @@ class ReplicaSpec:
     models: models loaded at start (may be empty: a multi-model pool loads TrainedModels on demand).
     max_batch_size / max_latency_ms: the replica's dynamic batcher (1: batching off).
     gpus: whole GPUs each replica needs (`nvidia.com/gpu` limit); 0 runs on CPU.
-    cpus: CPU limit (cores, may be fractional); sets the runtime's thread count when given.
+    cpus: CPU limit (cores, may be fractional): what the replica's thread pools are sized from when
+    given (else its engine's share of the machine).
     memory_bytes: memory limit, for placement and reporting (None: unlimited).
     env: extra environment variables for the replica process.
     args: extra `servegate model serve` arguments.
@@ -54,6 +55,9 @@ class ReplicaSpec:
     #: (label, value) pairs the node of each replica must carry (`nodeSelector`): Ray node labels
     #: on the ray engine; the process engine, with one machine, ignores them.
     node_selector: tuple[tuple[str, str], ...] = ()
+    #: intra-op threads of its runtimes (the `serving.servegate.io/threads` annotation); None sizes
+    #: them from the CPUs the replica may use.
+    threads: int | None = None
 
 
 class ReplicaState(enum.Enum):

@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from predictors.threads import available_cores
 from serving.engines import _replica_proc as proc
 from serving.engines._pools import (
     BACKOFF_RESET_S,
@@ -29,6 +30,7 @@ from serving.engines._pools import (
     exit_text,
     pick_removals,
 )
+from serving.engines.base import ReplicaSpec
 from serving.engines.gpus import allocate, detect_gpus
 
 __all__ = ["BACKOFF_RESET_S", "ProcessEngine", "backoff_delay", "pick_removals", "unschedulable_reason"]
@@ -97,6 +99,8 @@ class ProcessEngine(PoolEngine):
         self.python = python
         self._gpus: tuple[int, ...] | None = None if gpus is None else tuple(gpus)
         self._free_gpus: set[int] = set()
+        #: the cores replicas share (affinity and cgroup quota of this process), known once started.
+        self._cores = 1
 
     @property
     def gpus(self) -> tuple[int, ...]:
@@ -110,6 +114,7 @@ class ProcessEngine(PoolEngine):
             self._gpus = tuple(gpu.index for gpu in await asyncio.to_thread(detect_gpus))
             log.info("GPUs for replicas: %s", ", ".join(map(str, self._gpus)) or "none")
         self._free_gpus = set(self._gpus)
+        self._cores = available_cores()
         (self.state_dir / "logs").mkdir(parents=True, exist_ok=True)
         await super().start()
 
@@ -138,13 +143,24 @@ class ProcessEngine(PoolEngine):
                 if waiting.spec.gpus and len(waiting.active()) < waiting.desired:
                     self._background(self._fill(waiting))
 
+    def _cpus(self, spec: ReplicaSpec) -> float:
+        """The CPUs a replica of `spec` may use: its CPU limit, else an equal share of the cores
+        among the gateway (one busy process) and every replica this engine runs or is starting,
+        this one included. A replica keeps the share it started with."""
+        if spec.cpus:
+            return spec.cpus
+        replicas = sum(len(pool.active()) for pool in self._pools.values())
+        return self._cores / (1 + max(1, replicas))
+
     async def _launch(self, pool: Pool, r: Replica) -> ReplicaRun:
         spec = pool.spec
         folder = self.state_dir / "replicas" / r.id
         log_path = self.state_dir / "logs" / f"{r.id}.log"
         port_file = folder / "ports.json"
         repository = None if spec.models else folder / "models"
-        command = proc.serve_command(self.python, spec, port_file, self.drain_timeout_s, repository)
+        command = proc.serve_command(
+            self.python, spec, port_file, self.drain_timeout_s, repository, cpus=self._cpus(spec)
+        )
         (repository or folder).mkdir(parents=True, exist_ok=True)
         port_file.unlink(missing_ok=True)
         log_start = proc.log_size(log_path)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import BeforeValidator, Field, field_validator
@@ -33,6 +33,7 @@ __all__ = [
     "FRAMEWORKS",
     "SERVED_FORMATS",
     "SERVER_METADATA",
+    "THREADS_ANNOTATION",
     "Batcher",
     "Component",
     "ExperimentSpec",
@@ -67,6 +68,9 @@ FRAMEWORKS = (
     "huggingface",
 )
 GPU = "nvidia.com/gpu"
+#: InferenceService annotation: the intra-op threads of the predictor's runtimes (a positive
+#: integer), instead of the count each replica sizes from the CPUs it may use.
+THREADS_ANNOTATION = "serving.servegate.io/threads"
 _PYTHON_URI = "'package.module:ClassName' or 'path/to/file.py:ClassName'"
 
 
@@ -432,12 +436,17 @@ class Component:
     logger_mode: str = "all"
     #: (label, value) pairs a node must carry (`nodeSelector`), sorted.
     node_selector: tuple[tuple[str, str], ...] = ()
+    #: intra-op threads of its runtimes (THREADS_ANNOTATION); None: sized from each replica's CPUs.
+    threads: int | None = None
 
     def revision_key(self) -> str:
         """A short stable hash of what runs: 12 hex digits of the sha256 of canonical JSON."""
         what = {k: v for k, v in asdict(self).items() if k not in _ROUTING_FIELDS}
-        if not self.node_selector:  # added later: revisions made before it keep their hash
+        # Added later: revisions made before them keep their hash while they are unset.
+        if not self.node_selector:
             del what["node_selector"]
+        if self.threads is None:
+            del what["threads"]
         text = json.dumps(what, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(text.encode()).hexdigest()[:12]
 
@@ -490,7 +499,7 @@ class InferenceService(KModel):
                     self.scaling(kind)
                 except ConfigError as exc:
                     problems += exc.problems
-        return problems
+        return problems + _threads_problems(self.metadata.annotations)
 
     def scaling(self, kind: str, defaults: GlobalScalingDefaults | None = None) -> ScalingConfig:
         """How the `kind` component ("predictor", "transformer") scales; raises ConfigError."""
@@ -512,7 +521,8 @@ class InferenceService(KModel):
     def components(self) -> dict[str, Component]:
         """The predictor (and transformer, when given), normalized with defaults filled in."""
         spec = self.spec
-        found = {"predictor": _component("predictor", spec.predictor)}
+        threads = _threads(self.metadata.annotations)
+        found = {"predictor": replace(_component("predictor", spec.predictor), threads=threads)}
         if spec.transformer is not None:
             found["transformer"] = _component("transformer", spec.transformer)
         return found
@@ -616,6 +626,20 @@ def _component(kind: str, spec: PredictorSpec | TransformerSpec) -> Component:
         logger_mode=logger.mode if logger else "all",
         node_selector=tuple(sorted((spec.node_selector or {}).items())),
     )
+
+
+def _threads(annotations: Mapping[str, str]) -> int | None:
+    """THREADS_ANNOTATION's count; None when it is not set or not a positive integer (`check`)."""
+    value = annotations.get(THREADS_ANNOTATION, "").strip()
+    return int(value) if value.isascii() and value.isdigit() and int(value) >= 1 else None
+
+
+def _threads_problems(annotations: Mapping[str, str]) -> list[Problem]:
+    if THREADS_ANNOTATION not in annotations or _threads(annotations) is not None:
+        return []
+    where = f'metadata.annotations["{THREADS_ANNOTATION}"]'
+    value = annotations[THREADS_ANNOTATION]
+    return [Problem(where, f"'{value}' is not a positive integer (the predictor's intra-op threads)")]
 
 
 def _canonical(value: Any) -> str:

@@ -134,7 +134,7 @@ def test_serve_command_for_a_model_pool() -> None:
         cpus=2.5,
         args=("--instances", "2"),
     )
-    command = serve_command("/py", spec, Path("/s/ports.json"), 10.0)
+    command = serve_command("/py", spec, Path("/s/ports.json"), 10.0, cpus=spec.cpus)
     assert command[:5] == ["/py", "-m", "serving", "model", "serve"]
     assert _flags(command, "--host") == ["127.0.0.1"]
     assert _flags(command, "--http-port") == _flags(command, "--grpc-port") == ["0"]
@@ -144,7 +144,8 @@ def test_serve_command_for_a_model_pool() -> None:
     assert _flags(command, "--model-format") == ["onnx", "sklearn"]
     assert _flags(command, "--max-batch-size") == ["8"]
     assert _flags(command, "--max-latency-ms") == ["2.5"]
-    assert _flags(command, "--threads") == ["2"]
+    assert _flags(command, "--cpus") == ["2.5"]
+    assert "--threads" not in command  # the replica sizes its threads from --cpus
     assert _flags(command, "--drain-timeout") == ["10.0"]
     assert _flags(command, "--log-level") == ["warning"]
     assert _flags(command, "--model-control") == ["explicit"]
@@ -160,12 +161,12 @@ def test_serve_command_passes_formats_only_when_every_model_has_one() -> None:
     assert "--model-format" not in serve_command("py", spec, Path("p"), 1.0)
 
 
-def test_serve_command_small_cpu_limit_gets_one_thread_and_none_gets_no_flag() -> None:
+def test_serve_command_passes_threads_only_when_the_spec_names_them() -> None:
     models = (ServedModelRef("a", "a.onnx"),)
-    assert _flags(serve_command("py", ReplicaSpec("r", models, cpus=0.5), Path("p"), 1.0), "--threads") == [
-        "1"
-    ]
-    assert "--threads" not in serve_command("py", ReplicaSpec("r", models), Path("p"), 1.0)
+    command = serve_command("py", ReplicaSpec("r", models, cpus=0.5), Path("p"), 1.0, cpus=0.5)
+    assert (_flags(command, "--cpus"), _flags(command, "--threads")) == (["0.5"], [])
+    command = serve_command("py", ReplicaSpec("r", models, threads=3), Path("p"), 1.0)
+    assert (_flags(command, "--cpus"), _flags(command, "--threads")) == ([], ["3"])
 
 
 def test_serve_command_for_a_pool_without_models_serves_a_repository() -> None:
