@@ -19,7 +19,6 @@ from dataclasses import dataclass
 from router.balancer import Pool
 from router.forward import (
     AddressCheck,
-    GrpcForwarder,
     HttpForwarder,
     HttpReply,
     Unreachable,
@@ -29,6 +28,7 @@ from router.metrics import GatewayMetrics, status_for_http
 from router.multimodel import Placer
 from router.payload_logger import PayloadLogger
 from router.policies.traffic import pick_weighted, sticky_point, take_shadow
+from router.replica_client import ReplicaClient
 from router.routes import Backend, RoutingTable, ServiceRoute, Split
 from serving.errors import InferenceTimeout, ModelNotFound, ServerUnavailable
 
@@ -73,7 +73,6 @@ class Router:
     def __init__(
         self,
         metrics: GatewayMetrics,
-        max_message_bytes: int = 256 * 1024 * 1024,
         rng: random.Random | None = None,
         check_urls: AddressCheck | None = None,
     ) -> None:
@@ -81,9 +80,8 @@ class Router:
         self.table = RoutingTable()
         #: to replicas; `external` to the URLs manifests name (graph steps, payload loggers), whose
         #: hosts go through `check_urls` at every connection.
-        self.http = HttpForwarder()
+        self.http = ReplicaClient()
         self.external = HttpForwarder(check_urls)
-        self.grpc = GrpcForwarder(max_message_bytes)
         self._rng = rng or random.Random()
         self._shadows: set[asyncio.Task[None]] = set()
         self.placer = Placer(self.http)
@@ -99,7 +97,6 @@ class Router:
         await self.payload_logger.close()
         await self.http.close()
         await self.external.close()
-        await self.grpc.close()
 
     # -- deciding ---------------------------------------------------------------------------------
 

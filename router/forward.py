@@ -1,5 +1,5 @@
-"""Sending one request to one replica, over HTTP (aiohttp, kept-alive connections) or gRPC (one
-channel per replica, raw bytes both ways: the router never re-encodes a tensor).
+"""Sending one request to one replica over HTTP (aiohttp, kept-alive connections), REST and gRPC
+calls alike (`serving.protocol.grpc_http`), raw bytes both ways: the router never re-encodes a tensor.
 
 A failure to reach the replica (refused, reset, the process died mid-request) is `Unreachable`, so
 the caller can retry on another replica; anything the replica answers, errors included, is a reply.
@@ -12,24 +12,28 @@ import ipaddress
 import socket
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import aiohttp
-import grpc
 from aiohttp.abc import AbstractResolver, ResolveResult
-from grpc import aio
 from yarl import URL
 
 from serving.protocol.rest import TRACE_HEADERS
 
-__all__ = ["AddressCheck", "GrpcForwarder", "HttpForwarder", "HttpReply", "Unreachable"]
+__all__ = ["AddressCheck", "HttpForwarder", "HttpReply", "Requester", "Unreachable"]
 
 #: request headers passed on to a replica; hop-by-hop ones (connection, host, ...) are not.
 FORWARDED_REQUEST_HEADERS = frozenset(
     {"content-type", "content-encoding", "accept-encoding", "inference-header-content-length", *TRACE_HEADERS}
 )
-#: response headers passed back to the client.
-FORWARDED_RESPONSE_HEADERS = ("content-type", "content-encoding", "inference-header-content-length")
+#: response headers passed back to the client (a gRPC call's status rides in grpc-status/-message).
+FORWARDED_RESPONSE_HEADERS = (
+    "content-type",
+    "content-encoding",
+    "inference-header-content-length",
+    "grpc-status",
+    "grpc-message",
+)
 
 
 class Unreachable(Exception):
@@ -41,6 +45,16 @@ class HttpReply:
     status: int
     body: bytes
     headers: dict[str, str] = field(default_factory=dict)
+
+
+class Requester(Protocol):
+    """What sends a request: `HttpForwarder` here, `router.replica_client.ReplicaClient` to replicas."""
+
+    async def request(
+        self, method: str, url: str, body: bytes | None, headers: Mapping[str, str], timeout: float | None
+    ) -> HttpReply: ...
+
+    async def close(self) -> None: ...
 
 
 def forwarded_headers(headers: Mapping[str, str]) -> dict[str, str]:
@@ -142,59 +156,3 @@ class HttpForwarder:
         if self._session is not None:
             await self._session.close()
             self._session = None
-
-
-class GrpcForwarder:
-    """A gRPC channel per replica target; calls carry serialized messages unchanged."""
-
-    def __init__(self, max_message_bytes: int) -> None:
-        self._channels: dict[str, aio.Channel] = {}
-        self._options = [
-            ("grpc.max_send_message_length", max_message_bytes),
-            ("grpc.max_receive_message_length", max_message_bytes),
-        ]
-
-    def _channel(self, target: str) -> aio.Channel:
-        channel = self._channels.get(target)
-        if channel is None:
-            channel = self._channels[target] = aio.insecure_channel(target, options=self._options)
-        return channel
-
-    async def call(
-        self,
-        target: str,
-        method: str,
-        request: bytes,
-        metadata: tuple[tuple[str, str], ...],
-        timeout: float | None,
-    ) -> tuple[bytes, tuple[tuple[str, str], ...]]:
-        """Call `method` (`/package.Service/Method`); returns the reply and its initial metadata."""
-        stub = self._channel(target).unary_unary(method)
-        call = stub(request, metadata=metadata, timeout=timeout)
-        try:
-            reply = await call
-        except aio.AioRpcError as exc:
-            if exc.code() is grpc.StatusCode.UNAVAILABLE and _not_delivered(exc):
-                raise Unreachable(f"{target}: {exc.details()}") from exc
-            raise
-        return reply, tuple(await call.initial_metadata() or ())
-
-    async def forget(self, target: str) -> None:
-        channel = self._channels.pop(target, None)
-        if channel is not None:
-            await channel.close()
-
-    async def close(self) -> None:
-        channels, self._channels = list(self._channels.values()), {}
-        for channel in channels:
-            await channel.close()
-
-
-def _not_delivered(exc: aio.AioRpcError) -> bool:
-    # grpc reports connection failures as UNAVAILABLE with transport wording; a replica's own
-    # UNAVAILABLE (model not ready) carries our message and is a reply, not a delivery failure.
-    details = (exc.details() or "").lower()
-    return any(
-        word in details
-        for word in ("connect", "socket closed", "connection reset", "failed to pick subchannel")
-    )

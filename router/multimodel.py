@@ -16,7 +16,7 @@ from collections import OrderedDict
 import orjson
 
 from router.balancer import Pool
-from router.forward import HttpForwarder
+from router.forward import Requester
 from router.policies.placement import Budget, evictions, pick_host
 from router.routes import ModelRoute
 from serving.errors import ModelNotReady
@@ -27,7 +27,7 @@ log = logging.getLogger(__name__)
 
 
 class Placer:
-    def __init__(self, http: HttpForwarder) -> None:
+    def __init__(self, http: Requester) -> None:
         self._http = http
         #: replica id -> {model: the storage URI it was loaded from}, least recently used first.
         self._held: dict[str, OrderedDict[str, str]] = {}

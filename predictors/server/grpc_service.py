@@ -21,11 +21,13 @@ from tritonclient.grpc import service_pb2 as pb
 
 from predictors.dataplane import DataPlane
 from serving.auth import Guard
-from serving.auth.grpc import guarded
+from serving.auth.grpc import METHOD_SCOPES, guarded
+from serving.auth.rest import ScopedRoute, scoped_routes
 from serving.errors import ErrorKind, InvalidInput, as_serving_error
 from serving.protocol import grpc_codec
+from serving.protocol.grpc_http import GrpcCall, GrpcEndpoint, GrpcError, GrpcReply
 
-__all__ = ["build_grpc_server"]
+__all__ = ["build_grpc_server", "grpc_routes"]
 
 log = logging.getLogger(__name__)
 
@@ -190,3 +192,42 @@ def _handlers(servicer: InferenceServicer, guard: Guard) -> grpc.GenericRpcHandl
             response_serializer=lambda message: message.SerializeToString(),
         )
     return grpc.method_handlers_generic_handler(service.full_name, handlers)
+
+
+def grpc_routes(
+    dataplane: DataPlane, max_message_bytes: int, guard: Guard, model_control: bool = False
+) -> list[ScopedRoute]:
+    """The same RPCs as routes of the replica's HTTP app (`/inference.GRPCInferenceService/<RPC>`),
+    which is how the gateway calls them: over its kept-alive HTTP/1.1 connections, each route
+    behind `guard` with its method's scope (serving.protocol.grpc_http)."""
+    servicer = InferenceServicer(dataplane, model_control)
+    service = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"]
+    base = service_pb2_grpc.GRPCInferenceServiceServicer
+    route = scoped_routes(guard)
+    routes = []
+    for method in service.methods:
+        implementation = getattr(type(servicer), method.name, None)
+        if implementation is None or implementation is getattr(base, method.name, None):
+            continue
+        handler = _call_handler(
+            getattr(servicer, method.name), method.name, getattr(pb, method.input_type.name)
+        )
+        endpoint = GrpcEndpoint(handler, max_message_bytes)
+        routes.append(
+            route(f"/{service.full_name}/{method.name}", endpoint, METHOD_SCOPES[method.name], "POST")
+        )
+    return routes
+
+
+def _call_handler(
+    method: Callable[[Any, Any], Awaitable[Any]], name: str, message_class: Any
+) -> Callable[[GrpcCall], Awaitable[GrpcReply]]:
+    async def handle(call: GrpcCall) -> GrpcReply:
+        try:
+            request = message_class.FromString(call.message)
+        except DecodeError as exc:
+            raise GrpcError(StatusCode.INVALID_ARGUMENT, f"malformed {name} request: {exc}") from None
+        # The call answers what the servicer asks of a context (metadata, time remaining).
+        return GrpcReply((await method(request, call)).SerializeToString())
+
+    return handle

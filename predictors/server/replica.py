@@ -93,16 +93,24 @@ def _write_port_file(path: Path, ports: dict[str, int | None]) -> None:
     os.replace(tmp, path)
 
 
+#: how long an HTTP/2 (gRPC) connection may stay idle before the server closes it.
+_GRPC_KEEP_ALIVE_S = 600
+
+
 def http_server(
-    app: Any, access_log: bool, drain_timeout_s: float, tls: TlsFiles | None = None
+    app: Any, access_log: bool, drain_timeout_s: float, tls: TlsFiles | None = None, http2: bool = False
 ) -> HttpServer:
     """uvicorn for an app served on sockets we bound, on the running loop, signals left to us;
-    HTTPS when `tls` is given."""
+    HTTPS when `tls` is given. `http2`: HTTP/2 too (h2c by prior knowledge, or ALPN over TLS), as
+    gRPC clients speak it, through zttp; otherwise HTTP/1.1 through httptools."""
     config = uvicorn.Config(
         app,
         lifespan="off",
         loop="none",
-        http="httptools",
+        http="zttp" if http2 else "httptools",
+        http2=http2,
+        # gRPC clients keep their connections open between calls for as long as they like.
+        timeout_keep_alive=_GRPC_KEEP_ALIVE_S if http2 else 5,
         access_log=access_log,
         log_config=None,
         timeout_graceful_shutdown=drain_timeout_s,  # type: ignore[arg-type] - uvicorn takes floats too

@@ -14,6 +14,7 @@ from starlette.responses import Response
 
 from predictors.dataplane import DataPlane
 from predictors.server._body import compress, read_body
+from predictors.server.grpc_service import grpc_routes
 from serving.auth import Guard, Scope
 from serving.auth.hosts import LoopbackHostMiddleware
 from serving.auth.rest import require_scopes, scoped_routes
@@ -206,6 +207,8 @@ def build_app(
         route("/v2/repository/index", e.repository_index, Scope.INFER, "POST"),
         route("/v2/repository/models/{model_name}/load", e.load, Scope.ADMIN, "POST"),
         route("/v2/repository/models/{model_name}/unload", e.unload, Scope.ADMIN, "POST"),
+        # gRPC's RPCs, as the gateway passes them on (HTTP/1.1, the status in the headers).
+        *grpc_routes(dataplane, max_body_bytes, guard, model_control),
     ]
     require_scopes(routes)
     return Starlette(

@@ -4,6 +4,10 @@ Model-level RPCs (infer, metadata, readiness, config, statistics) all carry the 
 of their request, so the front reads just that field and passes the message on unparsed. Only when
 an A/B variant routes to another InferenceService (a different model name on its replicas) is the
 message parsed and re-written. Server-level RPCs are answered here.
+
+The front is an ASGI app (`serving.protocol.grpc_http`) that uvicorn serves over HTTP/2, and calls
+go on to replicas over the same kept-alive HTTP/1.1 connections as REST: grpcio's asyncio server and
+client cost several times more per call than the model behind them.
 """
 
 from __future__ import annotations
@@ -13,19 +17,30 @@ from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 import grpc
-from grpc import aio
 from tritonclient.grpc import service_pb2 as pb
 
 from router.core import Router
 from router.forward import HttpReply
 from router.routes import Backend
 from serving import __version__
-from serving.auth import Guard, Target
-from serving.auth.grpc import guarded
-from serving.errors import ERROR_TABLE, InvalidInput, ServingError, as_serving_error
+from serving.auth import Guard, Scope, Target
+from serving.auth.grpc import METHOD_SCOPES
+from serving.errors import InvalidInput
+from serving.protocol.grpc_http import (
+    GRPC,
+    HTTP_BY_CODE,
+    GrpcCall,
+    GrpcEndpoint,
+    GrpcError,
+    GrpcReply,
+    GrpcServiceApp,
+    frame,
+    status_of_reply,
+    unframe,
+)
 from serving.protocol.rest import TRACE_HEADERS
 
-__all__ = ["build_gateway_grpc_server", "model_name_of"]
+__all__ = ["build_gateway_grpc_app", "model_name_of"]
 
 log = logging.getLogger(__name__)
 
@@ -38,9 +53,8 @@ FORWARDED: dict[str, Any] = {
     "ModelConfig": pb.ModelConfigRequest,
     "ModelStatistics": pb.ModelStatisticsRequest,
 }
-_HTTP_BY_CODE = {code: status for status, code in ERROR_TABLE.values()}
-#: metadata a client sends that replicas should see (tracing, request ids); the rest stays here.
-_FORWARDED_METADATA = TRACE_HEADERS
+#: the longest grpc-timeout the protocol can write in milliseconds (8 digits).
+_MAX_TIMEOUT_MS = 99_999_999
 
 
 def model_name_of(message: bytes) -> str:
@@ -79,75 +93,80 @@ def _varint(data: bytes, pos: int) -> tuple[int, int]:
 
 
 class _GrpcFront:
-    def __init__(self, router: Router) -> None:
+    def __init__(self, router: Router, guard: Guard, targets: Callable[[], Mapping[str, Target]]) -> None:
         self.router = router
+        self.guard = guard
+        self.targets = targets
 
-    def forwarder(self, method: str) -> Callable[[bytes, aio.ServicerContext], Awaitable[bytes]]:
+    def _check(self, method: str, call: GrpcCall, model: str | None) -> None:
+        """The guard's verdict on `call`, with the scope METHOD_SCOPES gives `method` on `model`."""
+        required = METHOD_SCOPES[method]
+        if self.guard.enabled and required is not Scope.HEALTH:
+            target = self.targets().get(model) if model else None
+            self.guard.check(required, call.metadata.get("authorization"), target)
+
+    def forwarder(self, method: str) -> Callable[[GrpcCall], Awaitable[GrpcReply]]:
         path = f"/{SERVICE}/{method}"
         message_class = FORWARDED[method]
 
-        async def handle(request: bytes, context: aio.ServicerContext) -> bytes:
+        async def handle(call: GrpcCall) -> GrpcReply:
             try:
-                model = model_name_of(request)
-                if not model:
-                    raise InvalidInput("the request names no model")
-                metadata = {k: v for k, v in context.invocation_metadata() or ()}
-                decision = self.router.decide(model, metadata, {})
-                forward = tuple((k, metadata[k]) for k in _FORWARDED_METADATA if k in metadata)
+                model = model_name_of(call.message)
+            except (InvalidInput, UnicodeDecodeError):
+                model = None  # said below, once the caller is known to be allowed to hear it
+            self._check(method, call, model)
+            if model is None:
+                raise InvalidInput(f"malformed {method} request")
+            if not model:
+                raise InvalidInput("the request names no model")
+            decision = self.router.decide(model, call.metadata, {})
+            forward = {k: call.metadata[k] for k in TRACE_HEADERS if k in call.metadata}
 
-                async def send(backend: Backend, deadline: float) -> HttpReply:
-                    body = (
-                        request if backend.model == model else _renamed(message_class, request, backend.model)
-                    )
+            async def send(backend: Backend, deadline: float) -> HttpReply:
+                message = (
+                    call.message
+                    if backend.model == model
+                    else _renamed(message_class, call.message, backend.model)
+                )
+                body = frame(message)
+                headers = {**forward, **backend.pool.auth_headers, "content-type": GRPC}
 
-                    async def attempt(_http: str, target: str | None, timeout: float) -> HttpReply:
-                        if target is None:
-                            raise ServingError(f"revision {backend.revision} serves no gRPC")
-                        try:
-                            metadata = forward + backend.pool.auth_metadata
-                            reply, _ = await self.router.grpc.call(target, path, body, metadata, timeout)
-                        except aio.AioRpcError as exc:
-                            status = _HTTP_BY_CODE.get(exc.code(), 500)
-                            return HttpReply(
-                                status, (exc.details() or "").encode(), {"grpc-code": exc.code().name}
-                            )
-                        return HttpReply(200, reply)
+                async def attempt(http_url: str, _grpc: str | None, timeout: float) -> HttpReply:
+                    if (remaining := call.time_remaining()) is not None:
+                        timeout = min(timeout, remaining)
+                    headers["grpc-timeout"] = f"{min(_MAX_TIMEOUT_MS, max(1, int(timeout * 1000)))}m"
+                    reply = await self.router.http.request("POST", http_url + path, body, headers, timeout)
+                    code, message = status_of_reply(reply.status, reply.headers, reply.body)
+                    if code is grpc.StatusCode.OK:
+                        return HttpReply(200, reply.body)
+                    # As an HTTP status, so metrics, retries and evictions read it like REST's.
+                    return HttpReply(HTTP_BY_CODE.get(code, 500), message.encode(), {"grpc-code": code.name})
 
-                    return await self.router.deliver(backend, deadline, attempt)
+                return await self.router.deliver(backend, deadline, attempt)
 
-                reply = await self.router.send(decision, send, "grpc")
-            except ServingError as exc:
-                await context.abort(exc.grpc_code, exc.message)
-            except Exception as exc:
-                log.exception("unexpected error in %s", method)
-                error = as_serving_error(exc)
-                await context.abort(error.grpc_code, error.message)
-            await context.send_initial_metadata(tuple(decision.response_headers().items()))
+            reply = await self.router.send(decision, send, "grpc")
             if reply.status != 200:
-                code = grpc.StatusCode[reply.headers["grpc-code"]]
-                await context.abort(code, reply.body.decode())
-            return reply.body
+                raise GrpcError(grpc.StatusCode[reply.headers["grpc-code"]], reply.body.decode())
+            return GrpcReply(unframe(reply.body), decision.response_headers())
 
         return handle
 
-    async def server_live(self, request: bytes, context: aio.ServicerContext) -> bytes:
-        return pb.ServerLiveResponse(live=True).SerializeToString()
+    def local(self, method: str, answer: Callable[[], Any]) -> Callable[[GrpcCall], Awaitable[GrpcReply]]:
+        """A server-level RPC answered here by `answer()` (a message)."""
 
-    async def server_ready(self, request: bytes, context: aio.ServicerContext) -> bytes:
-        return pb.ServerReadyResponse(ready=True).SerializeToString()
+        async def handle(call: GrpcCall) -> GrpcReply:
+            self._check(method, call, None)
+            return GrpcReply(answer().SerializeToString())
 
-    async def server_metadata(self, request: bytes, context: aio.ServicerContext) -> bytes:
-        return pb.ServerMetadataResponse(
-            name="servegate-gateway", version=__version__, extensions=["binary_tensor_data"]
-        ).SerializeToString()
+        return handle
 
-    async def repository_index(self, request: bytes, context: aio.ServicerContext) -> bytes:
+    def repository_index(self) -> pb.RepositoryIndexResponse:
         table = self.router.table
         models = [
             pb.RepositoryIndexResponse.ModelIndex(name=name, state="READY")
             for name in sorted([*table.services, *table.models])
         ]
-        return pb.RepositoryIndexResponse(models=models).SerializeToString()
+        return pb.RepositoryIndexResponse(models=models)
 
 
 def _renamed(message_class: Any, request: bytes, model: str) -> bytes:
@@ -159,38 +178,26 @@ def _renamed(message_class: Any, request: bytes, model: str) -> bytes:
     return message.SerializeToString()
 
 
-def build_gateway_grpc_server(
+def build_gateway_grpc_app(
     router: Router,
     max_message_bytes: int,
     guard: Guard | None = None,
     targets: Callable[[], Mapping[str, Target]] = dict,
-) -> aio.Server:
-    """The gateway's gRPC server; every method behind `guard` with the scope `METHOD_SCOPES` gives it."""
-    front = _GrpcFront(router)
-    guard = guard or Guard(None)
-
-    def target(request: bytes) -> Target | None:
-        try:
-            return targets().get(model_name_of(request))
-        except (InvalidInput, UnicodeDecodeError):
-            return None  # the handler says what is wrong with the message
-
-    implemented: dict[str, Any] = {name: (front.forwarder(name), target) for name in FORWARDED} | {
-        "ServerLive": (front.server_live, None),
-        "ServerReady": (front.server_ready, None),
-        "ServerMetadata": (front.server_metadata, None),
-        "RepositoryIndex": (front.repository_index, None),
+) -> GrpcServiceApp:
+    """The gateway's gRPC service as an ASGI app (serve it over HTTP/2); every method behind `guard`
+    with the scope `METHOD_SCOPES` gives it, on the service the request names."""
+    front = _GrpcFront(router, guard or Guard(None), targets)
+    handlers = {name: front.forwarder(name) for name in FORWARDED} | {
+        "ServerLive": front.local("ServerLive", lambda: pb.ServerLiveResponse(live=True)),
+        "ServerReady": front.local("ServerReady", lambda: pb.ServerReadyResponse(ready=True)),
+        "ServerMetadata": front.local(
+            "ServerMetadata",
+            lambda: pb.ServerMetadataResponse(
+                name="servegate-gateway", version=__version__, extensions=["binary_tensor_data"]
+            ),
+        ),
+        "RepositoryIndex": front.local("RepositoryIndex", front.repository_index),
     }
-    handlers = {
-        name: grpc.unary_unary_rpc_method_handler(guarded(handler, name, guard, of))
-        for name, (handler, of) in implemented.items()
-    }
-    server = aio.server(
-        options=[
-            ("grpc.max_receive_message_length", max_message_bytes),
-            ("grpc.max_send_message_length", -1),
-            ("grpc.so_reuseport", 0),
-        ]
+    return GrpcServiceApp(
+        {f"/{SERVICE}/{name}": GrpcEndpoint(handler, max_message_bytes) for name, handler in handlers.items()}
     )
-    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
-    return server

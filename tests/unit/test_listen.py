@@ -176,7 +176,7 @@ def test_the_gateway_app_checks_hosts_only_when_bound_to_loopback() -> None:
     for loopback_only, status in ((True, 403), (False, 200)):
         registry = CollectorRegistry()
         app = build_gateway_app(
-            Router(GatewayMetrics(registry), 1 << 20), registry, 1 << 20, loopback_only=loopback_only
+            Router(GatewayMetrics(registry)), registry, 1 << 20, loopback_only=loopback_only
         )
         with TestClient(app) as client:
             assert client.get("/v2/health/live", headers={"host": "evil.example"}).status_code == status
