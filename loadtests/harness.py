@@ -36,6 +36,7 @@ __all__ = [
     "compare",
     "free_port",
     "grpc_body",
+    "h2load_compare",
     "h2load_grpc",
     "running",
     "v2_binary_body",
@@ -235,25 +236,45 @@ def compare(
     return json.loads(result.stdout)
 
 
-def h2load_grpc(address: str, body: bytes, connections: int, seconds: int, rounds: int) -> dict[str, float]:
+def h2load_grpc(
+    address: str, body: bytes, connections: int, seconds: int, rounds: int, header: str | None = None
+) -> dict[str, float]:
     """Unary ModelInfer calls at `address` (host:port) with h2load; medians over rounds."""
+    return h2load_compare({"target": address}, body, connections, seconds, rounds, header)["target"]
+
+
+def h2load_compare(
+    targets: dict[str, str],
+    body: bytes,
+    connections: int,
+    seconds: int,
+    rounds: int,
+    header: str | None = None,
+) -> dict[str, dict[str, float]]:
+    """Unary ModelInfer calls at each target (name -> host:port) with h2load, in alternating rounds
+    (so a slow minute of the machine does not land on one target); medians per target."""
     if not shutil.which("h2load"):
         raise RuntimeError("h2load is not installed (apt-get install -y nghttp2-client)")
-    url = f"http://{address}/inference.GRPCInferenceService/ModelInfer"
-    runs = []
+    runs: dict[str, list[dict[str, float]]] = {name: [] for name in targets}
     with tempfile.TemporaryDirectory() as tmp:
         body_path = Path(tmp) / "body"
         body_path.write_bytes(body)
         for index in range(rounds):
-            log = Path(tmp) / f"log{index}"
-            command = [
-                "h2load", "-c", str(connections), "-m", "1", "-D", str(seconds), "--warm-up-time", "1",
-                "-H", "content-type: application/grpc", "-H", "te: trailers",
-                "-d", str(body_path), "--log-file", str(log), url,
-            ]  # fmt: skip
-            result = subprocess.run(command, capture_output=True, text=True, check=True)
-            runs.append(_h2load_figures(result.stdout, log))
-    return {key: statistics.median(run[key] for run in runs) for key in runs[0]}
+            for name, address in targets.items():
+                log = Path(tmp) / f"{name}-{index}"
+                command = [
+                    "h2load", "-c", str(connections), "-m", "1", "-D", str(seconds), "--warm-up-time", "1",
+                    "-H", "content-type: application/grpc", "-H", "te: trailers",
+                    *(["-H", header] if header else []),
+                    "-d", str(body_path), "--log-file", str(log),
+                    f"http://{address}/inference.GRPCInferenceService/ModelInfer",
+                ]  # fmt: skip
+                result = subprocess.run(command, capture_output=True, text=True, check=True)
+                runs[name].append(_h2load_figures(result.stdout, log))
+    return {
+        name: {key: statistics.median(run[key] for run in results) for key in results[0]}
+        for name, results in runs.items()
+    }
 
 
 def _h2load_figures(stdout: str, log: Path) -> dict[str, float]:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Mapping
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 import httptools
 
@@ -24,6 +24,8 @@ __all__ = ["ReplicaClient"]
 #: an idle connection older than this is not reused: the replica's server (uvicorn) closes
 #: kept-alive connections after 5 s, and a request must not race that close.
 IDLE_REUSE_S = 4.0
+#: requests between two sweeps of the idle pools.
+_SWEEP_EVERY = 1024
 _KEPT = frozenset(h.encode() for h in FORWARDED_RESPONSE_HEADERS)
 
 
@@ -95,6 +97,11 @@ class _Connection(asyncio.Protocol):
         if self.transport is not None:
             self.transport.close()
 
+    def expire(self) -> None:
+        """The request's time is up: it fails with TimeoutError, and the connection closes."""
+        self._fail(TimeoutError())
+        self.close()
+
     def _fail(self, exc: Exception) -> None:
         reply, self.reply = self.reply, None
         if reply is not None and not reply.done():
@@ -107,6 +114,7 @@ class ReplicaClient:
 
     def __init__(self) -> None:
         self._idle: dict[tuple[str, int], list[_Connection]] = {}
+        self._released = 0
 
     async def request(
         self, method: str, url: str, body: bytes | None, headers: Mapping[str, str], timeout: float | None
@@ -119,22 +127,28 @@ class ReplicaClient:
             head.append(f"{name}: {value}\r\n")
         head.append("\r\n")
         request = "".join(head).encode("latin-1") + (body or b"")
-        async with asyncio.timeout(timeout):
-            while True:
-                connection, reused = await self._connection(host, port)
-                try:
-                    reply = await connection.send(request)
-                except Unreachable:
-                    if reused and not connection.answered:
-                        continue  # the replica closed an idle connection as we used it: a new one
-                    raise Unreachable(f"{url}: the replica closed the connection") from None
-                except BaseException:  # timed out or cancelled mid-request: the connection is spent
-                    connection.close()
-                    raise
-                self._release(host, port, connection)
-                return reply
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + timeout
+        while True:
+            connection, reused = await self._connection(host, port, deadline)
+            # A timer on the loop rather than asyncio.timeout(): this runs for every request.
+            timer = None if deadline is None else loop.call_at(deadline, connection.expire)
+            try:
+                reply = await connection.send(request)
+            except Unreachable:
+                if reused and not connection.answered:
+                    continue  # the replica closed an idle connection as we used it: a new one
+                raise Unreachable(f"{url}: the replica closed the connection") from None
+            except BaseException:  # timed out or cancelled mid-request: the connection is spent
+                connection.close()
+                raise
+            finally:
+                if timer is not None:
+                    timer.cancel()
+            self._release(host, port, connection)
+            return reply
 
-    async def _connection(self, host: str, port: int) -> tuple[_Connection, bool]:
+    async def _connection(self, host: str, port: int, deadline: float | None) -> tuple[_Connection, bool]:
         idle = self._idle.get((host, port))
         now = time.monotonic()
         while idle:
@@ -144,7 +158,8 @@ class ReplicaClient:
             connection.close()
         loop = asyncio.get_running_loop()
         try:
-            _, connection = await loop.create_connection(_Connection, host, port)
+            async with asyncio.timeout_at(deadline):
+                _, connection = await loop.create_connection(_Connection, host, port)
         except OSError as exc:
             raise Unreachable(f"{host}:{port}: {exc.strerror or exc}") from None
         return connection, False
@@ -153,6 +168,18 @@ class ReplicaClient:
         if connection.open:
             connection.idle_since = time.monotonic()
             self._idle.setdefault((host, port), []).append(connection)
+        self._released += 1
+        if self._released % _SWEEP_EVERY == 0:
+            self._sweep()
+
+    def _sweep(self) -> None:
+        """Drop closed connections, and the addresses left with none: replicas come and go."""
+        for address, connections in list(self._idle.items()):
+            kept = [c for c in connections if c.open]
+            if kept:
+                self._idle[address] = kept
+            else:
+                del self._idle[address]
 
     async def close(self) -> None:
         idle, self._idle = self._idle, {}
@@ -169,4 +196,8 @@ def _split(url: str) -> tuple[str, int, str, str]:
     target = parts.path or "/"
     if parts.query:
         target += "?" + parts.query
+    if not (target.isascii() and target.isprintable()) or " " in target:
+        # A path parameter the gateway decoded (a model version) may hold any character: escaped,
+        # as aiohttp did, so the request line stays one line of ASCII.
+        target = quote(target, safe="!#$%&'()*+,/:;=?@[]~")
     return parts.hostname, parts.port or 80, parts.netloc, target

@@ -26,6 +26,7 @@ from prometheus_client import CollectorRegistry
 from predictors.dataplane import DataPlane
 from predictors.metrics import ReplicaMetrics
 from predictors.repository import ModelRepository
+from predictors.server._coalesce import CoalescingHttpToolsProtocol
 from predictors.server.grpc_service import build_grpc_server
 from predictors.server.rest import build_app
 from predictors.spec import ModelSpec
@@ -102,17 +103,21 @@ def http_server(
 ) -> HttpServer:
     """uvicorn for an app served on sockets we bound, on the running loop, signals left to us;
     HTTPS when `tls` is given. `http2`: HTTP/2 too (h2c by prior knowledge, or ALPN over TLS), as
-    gRPC clients speak it, through zttp; otherwise HTTP/1.1 through httptools."""
+    gRPC clients speak it, through zttp; otherwise HTTP/1.1 through httptools, each response in one
+    send (`_coalesce`)."""
     config = uvicorn.Config(
         app,
         lifespan="off",
         loop="none",
-        http="zttp" if http2 else "httptools",
+        http="zttp" if http2 else CoalescingHttpToolsProtocol,
         http2=http2,
         # gRPC clients keep their connections open between calls for as long as they like.
         timeout_keep_alive=_GRPC_KEEP_ALIVE_S if http2 else 5,
         access_log=access_log,
         log_config=None,
+        # Nothing here reads X-Forwarded-* (a middleware less per request), nor says what it runs.
+        proxy_headers=False,
+        server_header=False,
         timeout_graceful_shutdown=drain_timeout_s,  # type: ignore[arg-type] - uvicorn takes floats too
         **(tls.uvicorn_options() if tls is not None else {}),
     )

@@ -8,16 +8,16 @@ from collections.abc import Awaitable, Callable
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from starlette.applications import Starlette
-from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
+from starlette.types import ASGIApp
 
 from predictors.dataplane import DataPlane
 from predictors.server._body import compress, read_body
 from predictors.server.grpc_service import grpc_routes
 from serving.auth import Guard, Scope
 from serving.auth.hosts import LoopbackHostMiddleware
-from serving.auth.rest import require_scopes, scoped_routes
+from serving.auth.rest import HotRoutes, require_scopes, scoped_routes
 from serving.errors import ErrorKind, InvalidInput, as_serving_error
 from serving.protocol import v1, v2
 from serving.protocol.rest import EXCEPTION_HANDLERS, error_response, json_response
@@ -176,7 +176,7 @@ def build_app(
     guard: Guard | None = None,
     model_control: bool = False,
     loopback_only: bool = False,
-) -> Starlette:
+) -> ASGIApp:
     """The replica's ASGI app. Every route but health goes through `guard` (None: open);
     `model_control` turns on the repository load/unload API (Triton's `--model-control-mode explicit`);
     `loopback_only` (a server bound to loopback) refuses requests addressed to other host names."""
@@ -187,12 +187,19 @@ def build_app(
     versioned = model + "/versions/{version}"
 
     route = scoped_routes(guard)
+    # gRPC's RPCs, as the gateway passes them on (HTTP/1.1, the status in the headers).
+    rpcs = grpc_routes(dataplane, max_body_bytes, guard, model_control)
+    hot = [
+        route(model + "/infer", e.v2_infer, Scope.INFER, "POST"),
+        *[r for r in rpcs if r.path.endswith("/ModelInfer")],
+        route("/v1/models/{model_name}:predict", e.v1_predict, Scope.INFER, "POST"),
+    ]
     routes = [
+        *hot,
         route("/", e.root, Scope.HEALTH),
         route("/metrics", e.metrics, Scope.METRICS),
         route("/v1/models", e.v1_models, Scope.INFER),
         route("/v1/models/{model_name}", e.v1_model, Scope.INFER),
-        route("/v1/models/{model_name}:predict", e.v1_predict, Scope.INFER, "POST"),
         route("/v2", e.server_metadata, Scope.INFER),
         route("/v2/health/live", e.live, Scope.HEALTH),
         route("/v2/health/ready", e.ready, Scope.HEALTH),
@@ -202,17 +209,12 @@ def build_app(
         route(versioned + "/config", e.model_config, Scope.INFER),
         route(model + "/ready", e.model_ready, Scope.HEALTH),
         route(versioned + "/ready", e.model_ready, Scope.HEALTH),
-        route(model + "/infer", e.v2_infer, Scope.INFER, "POST"),
         route(versioned + "/infer", e.v2_infer, Scope.INFER, "POST"),
         route("/v2/repository/index", e.repository_index, Scope.INFER, "POST"),
         route("/v2/repository/models/{model_name}/load", e.load, Scope.ADMIN, "POST"),
         route("/v2/repository/models/{model_name}/unload", e.unload, Scope.ADMIN, "POST"),
-        # gRPC's RPCs, as the gateway passes them on (HTTP/1.1, the status in the headers).
-        *grpc_routes(dataplane, max_body_bytes, guard, model_control),
+        *[r for r in rpcs if r not in hot],
     ]
     require_scopes(routes)
-    return Starlette(
-        routes=routes,
-        exception_handlers=EXCEPTION_HANDLERS,
-        middleware=[Middleware(LoopbackHostMiddleware)] if loopback_only else None,
-    )
+    app = HotRoutes(Starlette(routes=routes, exception_handlers=EXCEPTION_HANDLERS), hot, EXCEPTION_HANDLERS)
+    return LoopbackHostMiddleware(app) if loopback_only else app

@@ -12,17 +12,17 @@ from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from starlette.applications import Starlette
-from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute
+from starlette.types import ASGIApp
 
 from router.core import COMPONENT_HEADER, Router
 from serving import __version__
 from serving.auth import Guard, Scope, Target
 from serving.auth.hosts import LoopbackHostMiddleware
 from serving.auth.internal import may_skip_transformer
-from serving.auth.rest import principal_of, require_scopes, scoped_routes
+from serving.auth.rest import HotRoutes, principal_of, require_scopes, scoped_routes
 from serving.errors import ModelNotFound, PermissionDenied
 from serving.protocol.rest import EXCEPTION_HANDLERS, read_raw
 
@@ -117,7 +117,7 @@ def build_gateway_app(
     guard: Guard | None = None,
     targets: Callable[[], Mapping[str, Target]] = dict,
     loopback_only: bool = False,
-) -> Starlette:
+) -> ASGIApp:
     """The gateway's ASGI app: the data plane, `/metrics`, and `extra_routes` (control API, dashboard).
 
     Every route declares its scope and goes through `guard` (None: authentication off); `targets()`
@@ -136,10 +136,13 @@ def build_gateway_app(
     # A path that names no model or graph has no target (targets().get("") is None).
     route = scoped_routes(guard, target)
 
-    routes: list[BaseRoute] = [
+    hot = [
         route(model + "/infer", f.v2_infer, Scope.INFER, "POST"),
-        route(versioned + "/infer", f.v2_infer, Scope.INFER, "POST"),
         route("/v1/models/{model_name}:predict", f.v1_predict, Scope.INFER, "POST"),
+    ]
+    routes: list[BaseRoute] = [
+        *hot,
+        route(versioned + "/infer", f.v2_infer, Scope.INFER, "POST"),
         route("/v1/models/{model_name}:explain", f.v1_explain, Scope.INFER, "POST"),
         route("/v1/models", f.v1_models, Scope.INFER),
         route("/v1/models/{model_name}", f.v1_model, Scope.INFER),
@@ -158,8 +161,5 @@ def build_gateway_app(
         *extra_routes,
     ]
     require_scopes(routes)
-    return Starlette(
-        routes=routes,
-        exception_handlers=EXCEPTION_HANDLERS,
-        middleware=[Middleware(LoopbackHostMiddleware)] if loopback_only else None,
-    )
+    app = HotRoutes(Starlette(routes=routes, exception_handlers=EXCEPTION_HANDLERS), hot, EXCEPTION_HANDLERS)
+    return LoopbackHostMiddleware(app) if loopback_only else app

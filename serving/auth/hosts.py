@@ -26,6 +26,10 @@ _MESSAGE = (
 )
 
 
+#: how many distinct loopback Host headers are remembered (localhost:PORT, 127.0.0.1:PORT, ...).
+_REMEMBERED = 64
+
+
 def host_name(host: str) -> str:
     """The name in a Host header, without its port: `[::1]:8080` -> `[::1]`, `localhost:80` -> `localhost`."""
     if host.startswith("["):
@@ -41,20 +45,25 @@ class LoopbackHostMiddleware:
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
         self._headers = [(b"content-type", b"application/json")]
+        #: Host headers already found to name loopback: the check runs once per value, not per request.
+        self._loopback: set[bytes] = set()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] not in ("http", "websocket"):
             await self.app(scope, receive, send)
             return
-        host = None
+        raw = None
         for key, value in scope["headers"]:
             if key == b"host":
-                host = value.decode("latin-1")
+                raw = value
                 break
-        if host is None and scope.get("http_version") == "1.0":
+        if raw in self._loopback or (raw is None and scope.get("http_version") == "1.0"):
             await self.app(scope, receive, send)
             return
+        host = raw.decode("latin-1") if raw is not None else None
         if host is not None and is_loopback_host(host_name(host)):
+            if len(self._loopback) < _REMEMBERED:
+                self._loopback.add(raw)  # type: ignore[arg-type] - not None here
             await self.app(scope, receive, send)
             return
         await self._refuse(host or "", scope, receive, send)

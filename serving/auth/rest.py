@@ -4,11 +4,12 @@ apps refuse to build with one, so a route added later cannot slip through unprot
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+from starlette.applications import Starlette
 from starlette.requests import HTTPConnection
-from starlette.routing import BaseRoute, Mount, Route
+from starlette.routing import BaseRoute, Match, Mount, Route
 from starlette.types import Receive, Send
 from starlette.types import Scope as AsgiScope
 
@@ -17,7 +18,7 @@ from serving.auth.scopes import Principal, Scope, Target
 from serving.errors import ServingError
 from serving.protocol.rest import error_response
 
-__all__ = ["ScopedRoute", "principal_of", "require_scopes", "scoped_routes", "unscoped"]
+__all__ = ["HotRoutes", "ScopedRoute", "principal_of", "require_scopes", "scoped_routes", "unscoped"]
 
 #: the target of a request, from its path parameters (None: the route acts on no one resource).
 TargetOf = Callable[[dict[str, Any]], Target | None]
@@ -101,3 +102,33 @@ def require_scopes(routes: Sequence[BaseRoute]) -> None:
     missing = unscoped(routes)
     if missing:
         raise TypeError(f"routes without a declared scope: {', '.join(missing)}")
+
+
+class HotRoutes:
+    """`app` with its busiest routes (inference) tried first and run directly: no Starlette router
+    walking every route, no middleware layers. They are the app's own `ScopedRoute`s, so their
+    scopes, guard and targets are the same either way, and `exception_handlers` are the app's, so
+    errors read the same. Anything else, and a hot path with another method, goes to `app`."""
+
+    def __init__(
+        self, app: Starlette, hot: Sequence[ScopedRoute], exception_handlers: Mapping[Any, Any]
+    ) -> None:
+        self.app = app
+        self.hot = tuple(hot)
+        self._handlers = (dict(exception_handlers), {})
+
+    @property
+    def routes(self) -> list[BaseRoute]:
+        return self.app.routes
+
+    async def __call__(self, scope: AsgiScope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            for route in self.hot:
+                match, child = route.matches(scope)
+                if match is Match.FULL:
+                    scope.update(child)
+                    scope["app"] = self.app
+                    scope["starlette.exception_handlers"] = self._handlers
+                    await route.handle(scope, receive, send)
+                    return
+        await self.app(scope, receive, send)

@@ -102,7 +102,9 @@ def unframe(body: bytes, encoding: str | None = None, limit: int | None = None) 
         raise GrpcError(grpc.StatusCode.INVALID_ARGUMENT, "a unary call carries exactly one message")
     message = body[5:]
     if compressed:
-        message = _decompress(message, encoding or "identity", limit)
+        if not encoding or encoding == "identity":  # the spec's answer to a flag without an encoding
+            raise GrpcError(grpc.StatusCode.INTERNAL, "a compressed message, but no grpc-encoding")
+        message = _decompress(message, encoding, limit)
     if limit is not None and len(message) > limit:
         raise GrpcError(grpc.StatusCode.RESOURCE_EXHAUSTED, f"message larger than max ({limit} bytes)")
     return message
@@ -120,6 +122,9 @@ def _decompress(data: bytes, encoding: str, limit: int | None) -> bytes:
         raise GrpcError(grpc.StatusCode.INTERNAL, f"cannot decompress the message: {exc}") from None
     if limit is not None and len(message) > limit:
         raise GrpcError(grpc.StatusCode.RESOURCE_EXHAUSTED, f"message larger than max ({limit} bytes)")
+    if not inflater.eof or inflater.unused_data:
+        # zlib inflates a stream cut short to a prefix of the message without complaint.
+        raise GrpcError(grpc.StatusCode.INTERNAL, "cannot decompress the message: truncated or trailing data")
     return message
 
 
@@ -183,7 +188,8 @@ class GrpcEndpoint:
         for raw_key, raw_value in scope["headers"]:
             key, value = raw_key.decode("latin-1"), raw_value.decode("latin-1")
             if key == "content-type":
-                if not value.startswith(GRPC):
+                # "application/grpc" and its "+proto"-like variants; not gRPC-Web's, which differs.
+                if value != GRPC and not value.startswith((GRPC + "+", GRPC + ";")):
                     raise GrpcError(grpc.StatusCode.INVALID_ARGUMENT, f"content-type {value!r} is not gRPC")
             elif key == "grpc-timeout":
                 deadline = time.monotonic() + grpc_timeout(value)

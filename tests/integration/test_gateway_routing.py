@@ -1,4 +1,5 @@
-"""`servegate up` as clients see it: every protocol through the gateway, canary splits, promote and
+"""`servegate up` as clients see it: every protocol through the gateway (gRPC with compressed, large
+and concurrent calls, deadlines and the revision in initial metadata), canary splits, promote and
 rollback under load, rollouts, A/B experiments, shadows, concurrency limits and timeouts, manifests
 the control API refuses, and a GPU request the machine cannot place.
 
@@ -8,6 +9,7 @@ needs and deletes them afterwards, so tests share nothing but the gateway and `s
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import json
 import time
@@ -17,12 +19,16 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import grpc
 import httpx
 import numpy as np
 import onnxruntime as ort
 import pytest
 import tritonclient.grpc as grpcclient
+import tritonclient.grpc.aio as grpcaio
 import tritonclient.http as httpclient
+from tritonclient.grpc import service_pb2 as pb
+from tritonclient.grpc import service_pb2_grpc
 from tritonclient.utils import InferenceServerException
 
 from serving.engines.gpus import detect_gpus
@@ -163,6 +169,127 @@ def test_every_protocol_through_the_gateway_matches_onnxruntime(
         response = http.request(method, path, json=mlp_body())
         assert response.status_code == 404, (path, response.text)
         assert "no-such-model" in response.json()["error"]
+
+
+# -- 1b. gRPC through the gateway (an ASGI app over HTTP/2, replicas over HTTP/1.1) ---------------
+
+
+@pytest.fixture(scope="module")
+def grpc_services(api: ControlApi, model_repo: Path) -> Iterator[tuple[str, str]]:
+    """("grpc-mlp", "grpc-slow"): the ONNX MLP, and a python model taking 0.5 s a call (Sleeper)."""
+    api.apply(mlp_isvc("grpc-mlp", model_repo), python_isvc("grpc-slow", "Sleeper"))
+    try:
+        api.wait_ready("grpc-mlp")
+        api.wait_ready("grpc-slow")
+        yield "grpc-mlp", "grpc-slow"
+    finally:
+        api.delete("grpc-mlp")
+        api.delete("grpc-slow")
+
+
+def run_mlp(model_repo: Path, x: np.ndarray) -> np.ndarray:
+    """What ONNX Runtime answers for `x`, running the MLP's file directly."""
+    session = ort.InferenceSession(
+        str(model_repo / "mlp" / "1" / "model.onnx"), providers=["CPUExecutionProvider"]
+    )
+    return session.run(["output"], {"input": x})[0]
+
+
+def mlp_input(x: np.ndarray) -> grpcclient.InferInput:
+    tensor = grpcclient.InferInput("input", list(x.shape), "FP32")
+    tensor.set_data_from_numpy(x)
+    return tensor
+
+
+def test_grpc_compressed_and_large_requests_through_the_gateway(
+    gateway: GatewayProcess, grpc_services: tuple[str, str], model_repo: Path
+) -> None:
+    mlp, _ = grpc_services
+    rows = np.random.default_rng(3).normal(size=(64, MLP_X.shape[1])).astype(np.float32)
+    compressible = np.repeat(rows, 64, axis=0)  # 4096 rows, a message gzip shrinks
+    # 4 MiB in, 2 MiB out: many HTTP/2 DATA frames and window updates each way.
+    large = np.random.default_rng(4).normal(size=(4 * 1024 * 1024 // (4 * MLP_X.shape[1]), MLP_X.shape[1]))
+    large = large.astype(np.float32)
+    client = grpcclient.InferenceServerClient(gateway.grpc_url)
+    try:
+        for algorithm in ("gzip", "deflate"):
+            result = client.infer(
+                mlp, [mlp_input(compressible)], headers=gateway.headers, compression_algorithm=algorithm
+            )
+            np.testing.assert_allclose(
+                result.as_numpy("output"), run_mlp(model_repo, compressible), rtol=1e-5, atol=1e-6
+            )
+        result = client.infer(mlp, [mlp_input(large)], headers=gateway.headers)
+        assert result.as_numpy("output").shape == (large.shape[0], 4)
+        np.testing.assert_allclose(
+            result.as_numpy("output"), run_mlp(model_repo, large), rtol=1e-5, atol=1e-6
+        )
+    finally:
+        client.close()
+
+
+def test_grpc_replies_carry_the_revision_in_initial_metadata(
+    gateway: GatewayProcess, grpc_services: tuple[str, str], expected: np.ndarray
+) -> None:
+    mlp, _ = grpc_services
+    request = pb.ModelInferRequest(
+        model_name=mlp,
+        inputs=[
+            pb.ModelInferRequest.InferInputTensor(name="input", datatype="FP32", shape=list(MLP_X.shape))
+        ],
+        raw_input_contents=[MLP_X.tobytes()],
+    )
+    with grpc.insecure_channel(gateway.grpc_url) as channel:
+        stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+        reply, call = stub.ModelInfer.with_call(request, metadata=tuple(gateway.headers.items()), timeout=30)
+        ready, ready_call = stub.ModelReady.with_call(
+            pb.ModelReadyRequest(name=mlp), metadata=tuple(gateway.headers.items()), timeout=30
+        )
+    assert dict(call.initial_metadata())[REVISION] == revision(mlp, 1)
+    assert call.code() is grpc.StatusCode.OK
+    output = np.frombuffer(reply.raw_output_contents[0], dtype=np.float32).reshape(expected.shape)
+    np.testing.assert_allclose(output, expected, rtol=1e-5, atol=1e-6)
+    assert ready.ready
+    assert dict(ready_call.initial_metadata())[REVISION] == revision(mlp, 1)
+
+
+def test_grpc_deadline_shorter_than_the_model_is_deadline_exceeded(
+    gateway: GatewayProcess, grpc_services: tuple[str, str]
+) -> None:
+    _, slow = grpc_services
+    x = grpcclient.InferInput("x", [3], "FP32")
+    x.set_data_from_numpy(np.array([1.0, 2.0, 3.0], dtype=np.float32))
+    client = grpcclient.InferenceServerClient(gateway.grpc_url)
+    try:
+        with pytest.raises(InferenceServerException) as info:
+            client.infer(slow, [x], headers=gateway.headers, client_timeout=0.1)  # the model takes 0.5 s
+        assert info.value.status() == "StatusCode.DEADLINE_EXCEEDED"
+        # The abandoned call leaves the connection and the gateway serving.
+        result = client.infer(slow, [x], headers=gateway.headers, client_timeout=30)
+        assert result.as_numpy("y").tolist() == [2.0, 4.0, 6.0]
+    finally:
+        client.close()
+
+
+async def test_grpc_concurrent_calls_on_one_channel_all_answer_right(
+    gateway: GatewayProcess, grpc_services: tuple[str, str], model_repo: Path
+) -> None:
+    mlp, _ = grpc_services
+    batches = np.random.default_rng(5).normal(size=(64, 2, MLP_X.shape[1])).astype(np.float32)
+    wanted = run_mlp(model_repo, batches.reshape(-1, MLP_X.shape[1])).reshape(64, 2, -1)
+    client = grpcaio.InferenceServerClient(gateway.grpc_url)
+    try:
+        results = await asyncio.gather(
+            *(
+                client.infer(mlp, [mlp_input(batch)], headers=gateway.headers, request_id=str(i))
+                for i, batch in enumerate(batches)
+            )
+        )
+    finally:
+        await client.close()
+    for i, result in enumerate(results):
+        assert result.get_response().id == str(i)
+        np.testing.assert_allclose(result.as_numpy("output"), wanted[i], rtol=1e-5, atol=1e-6)
 
 
 # -- 2. canary -------------------------------------------------------------------------------------
@@ -392,7 +519,9 @@ def test_container_concurrency_one_queues_requests_at_the_gateway(
     assert elapsed >= 5 * 0.5 * 0.9, f"5 requests of 0.5 s took only {elapsed:.2f}s one at a time"
 
 
-def test_request_past_the_timeout_gets_504(http: httpx.Client, deploy: Deploy) -> None:
+def test_request_past_the_timeout_gets_504(
+    gateway: GatewayProcess, http: httpx.Client, deploy: Deploy
+) -> None:
     deploy(python_isvc("too-slow", "Sleeper", env={"SLEEP_SECONDS": "3"}, predictor={"timeout": 1}))
     started = time.monotonic()
     response = http.post("/v2/models/too-slow/infer", json=X_BODY)
@@ -400,6 +529,18 @@ def test_request_past_the_timeout_gets_504(http: httpx.Client, deploy: Deploy) -
     assert response.status_code == 504, response.text
     assert response.json()["error"]
     assert elapsed < 2.5, f"the 1 s timeout answered after {elapsed:.2f}s"
+
+    # Over gRPC the gateway answers the service's timeout itself, as DEADLINE_EXCEEDED.
+    x = grpcclient.InferInput("x", [3], "FP32")
+    x.set_data_from_numpy(np.array([1.0, 2.0, 3.0], dtype=np.float32))
+    client = grpcclient.InferenceServerClient(gateway.grpc_url)
+    try:
+        with pytest.raises(InferenceServerException) as info:
+            client.infer("too-slow", [x], headers=gateway.headers, client_timeout=30)
+    finally:
+        client.close()
+    assert info.value.status() == "StatusCode.DEADLINE_EXCEEDED"
+    assert "did not answer within the service's timeout" in info.value.message()
 
 
 # -- 8. bad manifests ------------------------------------------------------------------------------
