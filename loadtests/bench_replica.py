@@ -3,13 +3,14 @@
 
     python loadtests/bench_replica.py [--seconds 10] [--rounds 3] [--peers kserve,rayserve] [--json FILE]
 
-1. Protocols: an ONNX MLP 64-256-256-10 (one ONNX Runtime thread, one input row) served by
-   `servegate model serve`, loaded with 16 connections over V2 JSON, V2 binary and gRPC; KServe's
-   ModelServer and Ray Serve serve the same file (`../shared/bench/peer-serve`) and take the same
-   V2 JSON load in alternating rounds (`../shared/bench/compare`); KServe's gRPC takes the same
-   gRPC load.
-2. Batching: an ONNX MLP 256-4096-4096-10 served twice, dynamic batching off and on (32 rows,
-   5 ms), loaded with 32 connections.
+1. Protocols: an ONNX MLP 64-256-256-10 (one input row) served by `servegate model serve` with
+   its default flags (threads sized from the machine), loaded with 16 connections over V2 JSON,
+   V2 binary and gRPC; beside it, labelled "tuned", the same with `--threads 1`. KServe's
+   ModelServer and Ray Serve serve the same file (`../shared/bench/peer-serve`, one ONNX Runtime
+   thread) and take the same V2 JSON load in alternating rounds (`../shared/bench/compare`);
+   KServe's gRPC takes the same gRPC load.
+2. Batching: an ONNX MLP 256-4096-4096-10 served twice with default flags, dynamic batching off
+   and on (32 rows, 5 ms), loaded with 32 connections.
 
 Prints requests/s, p50 and p99 for each, the ratios, and whether the issue's targets are met:
 V2 JSON >= 2x KServe's throughput with a lower p99, and batching on >= 3x off.
@@ -73,25 +74,31 @@ def protocols(
     model = make_mlp_onnx(work / "mlp.onnx", SMALL)
     x = np.random.default_rng(0).normal(size=(1, SMALL[0])).astype(np.float32)
     json_body = v2_json_body("input", x)
-    http, grpc = free_port(), free_port()
+    http, grpc, tuned_port = free_port(), free_port(), free_port()
     servegate = Server("servegate", servegate_command(
+        "--model-name", "mlp", "--model-uri", str(model), "--http-port", str(http), "--grpc-port", str(grpc),
+    ))  # fmt: skip
+    tuned = Server("servegate (tuned: --threads 1)", servegate_command(
         "--model-name", "mlp", "--model-uri", str(model), "--threads", "1",
-        "--http-port", str(http), "--grpc-port", str(grpc),
+        "--http-port", str(tuned_port), "--no-grpc",
     ))  # fmt: skip
     ports = {peer: free_port() for peer in peers}
     peer_servers = [
         Server(peer, [str(args.bench_dir / "peer-serve"), peer, str(model), "mlp", str(ports[peer])],
-               env={"PEER_ORT_THREADS": "1"})
+               env={"PEER_ORT_THREADS": "1", "RAY_ADDRESS": "local"})
         for peer in peers
     ]  # fmt: skip
-    urls = {"servegate": f"http://127.0.0.1:{http}/v2/models/mlp/infer"}
+    urls = {
+        "servegate": f"http://127.0.0.1:{http}/v2/models/mlp/infer",
+        tuned.name: f"http://127.0.0.1:{tuned_port}/v2/models/mlp/infer",
+    }
     urls.update({peer: f"http://127.0.0.1:{ports[peer]}/v2/models/mlp/infer" for peer in peers})
 
-    with running(servegate, *peer_servers):
+    with running(servegate, tuned, *peer_servers):
         with console.status("starting servegate and the peers (a peer's first use installs it: minutes)"):
-            for server in (servegate, *peer_servers):
+            for server in (servegate, tuned, *peer_servers):
                 server.start(work)
-            for server in (servegate, *peer_servers):
+            for server in (servegate, tuned, *peer_servers):
                 server.wait_until_answering(urls[server.name], json_body, timeout=900)
         check_grpc(f"127.0.0.1:{grpc}", x)
 
@@ -136,7 +143,7 @@ def batching(work: Path, args: argparse.Namespace) -> dict[str, dict[str, float]
     for name, flags in settings.items():
         port = free_port()
         servers.append(Server(name, servegate_command(
-            "--model-name", "large", "--model-uri", str(model), "--threads", "1", "--no-grpc",
+            "--model-name", "large", "--model-uri", str(model), "--no-grpc",
             "--http-port", str(port), *flags,
         )))  # fmt: skip
         urls[name] = f"http://127.0.0.1:{port}/v2/models/large/infer"

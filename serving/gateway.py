@@ -27,7 +27,7 @@ from autoscaler.sources.scrape import ScrapeSource
 from predictors.server.replica import bind_socket, http_server
 from predictors.trust import TrustPolicy
 from router.core import Router
-from router.front.grpc import build_gateway_grpc_app
+from router.front.grpc import build_gateway_grpc_server
 from router.front.rest import build_gateway_app
 from router.metrics import GatewayMetrics, PoolGauge
 from serving.api import api_routes, trust_problems
@@ -38,7 +38,7 @@ from serving.auth.internal import GatewayTokens, InternalCredentials
 from serving.auth.listen import exposure_warning, is_loopback_host
 from serving.auth.storage import StoragePolicy
 from serving.auth.storage_fields import storage_problems
-from serving.auth.tls import TlsFiles
+from serving.auth.tls import TlsFiles, add_port
 from serving.auth.tokens import TokenStore
 from serving.controller.controller import Controller
 from serving.engines.base import Engine
@@ -212,16 +212,14 @@ class Gateway:
             loopback_only=is_loopback_host(opts.host),
         )
         http = http_server(app, opts.access_log, opts.drain_timeout_s, opts.tls)
-        grpc_app = build_gateway_grpc_app(
+        grpc_server = build_gateway_grpc_server(
             self.router, opts.max_body_bytes, guard, targets=lambda: controller.targets
         )
-        grpc_server = http_server(grpc_app, opts.access_log, opts.drain_timeout_s, opts.tls, http2=True)
         try:
-            grpc_sock = bind_socket(opts.host, opts.grpc_port)
-        except OSError as exc:
+            self.grpc_port = add_port(grpc_server, f"{opts.host}:{opts.grpc_port}", opts.tls)
+        except RuntimeError as exc:
             sock.close()
             raise OSError(f"cannot listen on {opts.host}:{opts.grpc_port} for gRPC: {exc}") from None
-        self.grpc_port = grpc_sock.getsockname()[1]
 
         # Prometheus (`servegate prometheus-config`) finds the replicas through this file.
         self.engine.watch(lambda _revision: self._write_targets(f"{local}:{self.http_port}"))
@@ -232,8 +230,8 @@ class Gateway:
         await self.engine.release_unclaimed()
         if resources:
             await controller.apply(resources)
+        await grpc_server.start()
         http_task = asyncio.create_task(http.serve(sockets=[sock]), name="gateway-http")
-        grpc_task = asyncio.create_task(grpc_server.serve(sockets=[grpc_sock]), name="gateway-grpc")
         log.info(
             "gateway listening: %s://%s:%s (control API /api/v1, /metrics), gRPC %s:%s%s, state in %s",
             scheme,
@@ -252,11 +250,11 @@ class Gateway:
         autoscaling = asyncio.create_task(autoscaler.run(), name="autoscaler")
         self.started.set()
         stop_task = asyncio.create_task(self._stop.wait())
-        await asyncio.wait({stop_task, http_task, grpc_task}, return_when=asyncio.FIRST_COMPLETED)
+        await asyncio.wait({stop_task, http_task}, return_when=asyncio.FIRST_COMPLETED)
 
         log.info("stopping: draining in-flight requests, then every replica")
-        http.should_exit = grpc_server.should_exit = True
-        await asyncio.gather(http_task, grpc_task, return_exceptions=True)
+        http.should_exit = True
+        await asyncio.gather(http_task, grpc_server.stop(grace=opts.drain_timeout_s), return_exceptions=True)
         autoscaling.cancel()
         await asyncio.gather(autoscaling, return_exceptions=True)
         await autoscaler.aclose()

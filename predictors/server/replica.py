@@ -94,25 +94,16 @@ def _write_port_file(path: Path, ports: dict[str, int | None]) -> None:
     os.replace(tmp, path)
 
 
-#: how long an HTTP/2 (gRPC) connection may stay idle before the server closes it.
-_GRPC_KEEP_ALIVE_S = 600
-
-
 def http_server(
-    app: Any, access_log: bool, drain_timeout_s: float, tls: TlsFiles | None = None, http2: bool = False
+    app: Any, access_log: bool, drain_timeout_s: float, tls: TlsFiles | None = None
 ) -> HttpServer:
     """uvicorn for an app served on sockets we bound, on the running loop, signals left to us;
-    HTTPS when `tls` is given. `http2`: HTTP/2 too (h2c by prior knowledge, or ALPN over TLS), as
-    gRPC clients speak it, through zttp; otherwise HTTP/1.1 through httptools, each response in one
-    send (`_coalesce`)."""
+    HTTPS when `tls` is given. HTTP/1.1 through httptools, each response in one send (`_coalesce`)."""
     config = uvicorn.Config(
         app,
         lifespan="off",
         loop="none",
-        http="zttp" if http2 else CoalescingHttpToolsProtocol,
-        http2=http2,
-        # gRPC clients keep their connections open between calls for as long as they like.
-        timeout_keep_alive=_GRPC_KEEP_ALIVE_S if http2 else 5,
+        http=CoalescingHttpToolsProtocol,
         access_log=access_log,
         log_config=None,
         # Nothing here reads X-Forwarded-* (a middleware less per request), nor says what it runs.

@@ -1,13 +1,12 @@
-"""Unary gRPC calls as ASGI apps, and the same calls over HTTP/1.1 inside servegate.
+"""Unary gRPC calls over HTTP as ASGI endpoints: how the gateway reaches its replicas' RPCs.
 
 gRPC is HTTP/2 with a 5-byte frame around each message, metadata in headers, the deadline in
-`grpc-timeout` and the status in trailers (grpc/doc/PROTOCOL-HTTP2.md). Served by uvicorn (HTTP/2
-through zttp), a unary call costs a fraction of what grpcio's asyncio server spends on it, whose
-completion-queue thread hands every event to the event loop.
-
-The gateway passes calls on to replicas over kept-alive HTTP/1.1 connections, which carry no
-trailers; a unary call's status is known before its reply is sent, so there it travels in the
-response headers (`grpc-status`, `grpc-message`), the way gRPC's own "trailers-only" replies do.
+`grpc-timeout` and the status in trailers (grpc/doc/PROTOCOL-HTTP2.md). The gateway passes calls on
+to replicas over the kept-alive HTTP/1.1 connections it uses for REST, which cost a fraction of a
+grpcio channel per call; HTTP/1.1 carries no trailers, and a unary call's status is known before
+its reply is sent, so there it travels in the response headers (`grpc-status`, `grpc-message`),
+the way gRPC's own "trailers-only" replies do. Served over HTTP/2 (an ASGI server with the trailers
+extension), an endpoint answers as gRPC has it, status in trailers.
 """
 
 from __future__ import annotations
@@ -29,7 +28,6 @@ __all__ = [
     "GrpcEndpoint",
     "GrpcError",
     "GrpcReply",
-    "GrpcServiceApp",
     "frame",
     "grpc_timeout",
     "status_of_reply",
@@ -235,23 +233,3 @@ async def _respond(
     await send({"type": "http.response.start", "status": 200, "headers": headers, "trailers": True})
     await send({"type": "http.response.body", "body": body})
     await send({"type": "http.response.trailers", "headers": status})
-
-
-class GrpcServiceApp:
-    """An ASGI app for a whole gRPC server: `/<service>/<method>` to its endpoint; any other path
-    answers UNIMPLEMENTED, as grpcio's servers do."""
-
-    def __init__(self, endpoints: Mapping[str, GrpcEndpoint]) -> None:
-        self.endpoints = dict(endpoints)  # "/package.Service/Method" -> endpoint
-
-    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
-        if scope["type"] != "http":
-            return  # lifespan and websockets: nothing to do
-        endpoint = self.endpoints.get(scope["path"])
-        if endpoint is None:
-            await _respond(
-                send, scope.get("http_version") == "2", grpc.StatusCode.UNIMPLEMENTED,
-                f"unknown method {scope['path']}", None,
-            )  # fmt: skip
-            return
-        await endpoint(scope, receive, send)

@@ -5,13 +5,11 @@ token with only that scope gets past the check. The routes are found by walking 
 it here. Then namespaces through the control API: a team's deployer token cannot see or touch
 another team's services, and the audit log names the token.
 
-All in process: Starlette's TestClient for REST; for gRPC, the replica's grpc.aio server and the
-gateway's ASGI gRPC app under uvicorn, on loopback port 0.
+All in process: Starlette's TestClient for REST, grpc.aio servers on loopback port 0 for gRPC.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import tempfile
@@ -31,10 +29,10 @@ from tritonclient.grpc import service_pb2 as pb
 
 from predictors.examples import make_mlp_onnx
 from predictors.server.grpc_service import build_grpc_server
-from predictors.server.replica import Replica, ReplicaOptions, bind_socket, http_server
+from predictors.server.replica import Replica, ReplicaOptions
 from predictors.server.rest import build_app
 from router.core import Router
-from router.front.grpc import build_gateway_grpc_app
+from router.front.grpc import build_gateway_grpc_server
 from router.front.rest import build_gateway_app
 from router.metrics import GatewayMetrics
 from serving.api import api_routes
@@ -322,9 +320,8 @@ async def _code(channel: aio.Channel, method: str, token: str | None) -> grpc.St
     return grpc.StatusCode.OK
 
 
-async def _codes(server: aio.Server | Any) -> dict[str, tuple[grpc.StatusCode, ...]]:
-    """method -> (code without a token, with an unknown one, with a lacking one, with a having one),
-    from a grpc.aio server or an ASGI gRPC app (served over HTTP/2 by uvicorn)."""
+async def _codes(server: aio.Server) -> dict[str, tuple[grpc.StatusCode, ...]]:
+    """method -> (code without a token, with an unknown one, with a lacking one, with a having one)."""
     async with _serving(server) as port, aio.insecure_channel(f"127.0.0.1:{port}") as channel:
         out = {}
         for method in SERVICE.methods:
@@ -335,26 +332,14 @@ async def _codes(server: aio.Server | Any) -> dict[str, tuple[grpc.StatusCode, .
 
 
 @contextlib.asynccontextmanager
-async def _serving(server: aio.Server | Any) -> AsyncIterator[int]:
-    """The loopback port `server` (a grpc.aio server or an ASGI app) answers on, while in the block."""
-    if isinstance(server, aio.Server):
-        port = server.add_insecure_port("127.0.0.1:0")
-        await server.start()
-        try:
-            yield port
-        finally:
-            await server.stop(None)
-        return
-    sock = bind_socket("127.0.0.1", 0)
-    http = http_server(server, False, 1.0, http2=True)
-    task = asyncio.create_task(http.serve(sockets=[sock]))
-    while not http.started:
-        await asyncio.sleep(0.01)
+async def _serving(server: aio.Server) -> AsyncIterator[int]:
+    """The loopback port `server` answers on, while in the block."""
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
     try:
-        yield sock.getsockname()[1]
+        yield port
     finally:
-        http.should_exit = True
-        await task
+        await server.stop(None)
 
 
 def test_every_grpc_method_declares_a_scope() -> None:
@@ -380,7 +365,7 @@ def _check_grpc(codes: dict[str, tuple[grpc.StatusCode, ...]], served: set[str])
 async def test_every_gateway_grpc_method_enforces_its_scope() -> None:
     router = Router(GatewayMetrics(CollectorRegistry()))
     try:
-        codes = await _codes(build_gateway_grpc_app(router, 1 << 20, _static_guard()))
+        codes = await _codes(build_gateway_grpc_server(router, 1 << 20, _static_guard()))
     finally:
         await router.close()
     served = {"ServerLive", "ServerReady", "ServerMetadata", "RepositoryIndex", "ModelInfer"}
@@ -552,9 +537,9 @@ async def test_a_grpc_call_with_a_revoked_token_is_refused(tmp_path: Path) -> No
     tokens = TokenStore(f"sqlite:///{tmp_path / 'auth.db'}")
     _, secret = tokens.create("caller", Role.PREDICTOR)
     router = Router(GatewayMetrics(CollectorRegistry()))
-    app = build_gateway_grpc_app(router, 1 << 20, Guard(tokens))
+    server = build_gateway_grpc_server(router, 1 << 20, Guard(tokens))
     try:
-        async with _serving(app) as port, aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+        async with _serving(server) as port, aio.insecure_channel(f"127.0.0.1:{port}") as channel:
             assert await _code(channel, "ServerMetadata", secret) is grpc.StatusCode.OK
             tokens.revoke("caller")
             assert await _code(channel, "ServerMetadata", secret) is grpc.StatusCode.UNAUTHENTICATED

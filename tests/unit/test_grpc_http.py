@@ -25,7 +25,6 @@ from serving.protocol.grpc_http import (
     GrpcEndpoint,
     GrpcError,
     GrpcReply,
-    GrpcServiceApp,
     frame,
     grpc_timeout,
     status_of_reply,
@@ -462,33 +461,4 @@ async def test_a_client_gone_mid_body_gets_nothing() -> None:
     ]
     exchange = await drive(GrpcEndpoint(handler, LIMIT), scope(), events)
     assert handler.calls == []
-    assert exchange.sent == []
-
-
-# -- a whole service -----------------------------------------------------------------------------------
-
-
-@HTTP_VERSIONS
-async def test_the_service_routes_by_path_and_an_unknown_method_is_unimplemented(http_version: str) -> None:
-    infer, ready = answering(GrpcReply(b"infer")), answering(GrpcReply(b"ready"))
-    app = GrpcServiceApp(
-        {
-            PATH: GrpcEndpoint(infer, LIMIT),
-            "/inference.GRPCInferenceService/ModelReady": GrpcEndpoint(ready, LIMIT),
-        }
-    )
-    exchange = await drive(app, scope(http_version), body_events(frame(b"")))
-    assert exchange.body == frame(b"infer") and len(infer.calls) == 1 and ready.calls == []
-
-    unknown = await drive(
-        app, scope(http_version, path="/inference.GRPCInferenceService/Nope"), body_events(b"")
-    )
-    assert unknown.status == (Code.UNIMPLEMENTED, "unknown method /inference.GRPCInferenceService/Nope")
-    assert unknown.body == b""
-
-
-async def test_the_service_ignores_lifespan() -> None:
-    app = GrpcServiceApp({})
-    exchange = Exchange([{"type": "lifespan.startup"}])
-    await app({"type": "lifespan"}, exchange.receive, exchange.send)
     assert exchange.sent == []
