@@ -63,7 +63,6 @@ class Pool:
         self.revision = revision
         #: what every call to this pool's replicas carries: its internal token (none: replicas are open).
         self.auth_headers: dict[str, str] = {"authorization": f"Bearer {token}"} if token else {}
-        self.auth_metadata: tuple[tuple[str, str], ...] = tuple(self.auth_headers.items())
         self.container_concurrency = container_concurrency
         self.queue_limit = queue_limit
         #: told (with the revision) when a request waits and no replica is ready: scale from zero.
