@@ -32,7 +32,6 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-import tritonclient.grpc as grpcclient
 from rich.console import Console
 from rich.table import Table
 
@@ -42,6 +41,7 @@ from loadtests.harness import (
     Server,
     admin_headers,
     benchmark_arguments,
+    check_grpc,
     chosen_peers,
     compare,
     free_port,
@@ -173,14 +173,6 @@ def run(work: Path, args: argparse.Namespace, peers: list[str]) -> dict[str, dic
                 grpc_body("mlp", "input", x), 1, args.seconds, args.rounds, header=header,
             )  # fmt: skip
     return figures
-
-
-def check_grpc(address: str, x: np.ndarray, headers: dict[str, str]) -> None:
-    """One real call through tritonclient: the call must answer OK, not only HTTP 200."""
-    with grpcclient.InferenceServerClient(address) as client:
-        tensor = grpcclient.InferInput("input", list(x.shape), "FP32")
-        tensor.set_data_from_numpy(x)
-        client.infer("mlp", [tensor], headers=headers)
 
 
 def shared_admin_token(*state_dirs: Path) -> dict[str, str]:

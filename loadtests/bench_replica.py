@@ -26,7 +26,6 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-import tritonclient.grpc as grpcclient
 from rich.console import Console
 from rich.table import Table
 
@@ -35,6 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from loadtests.harness import (
     Server,
     benchmark_arguments,
+    check_grpc,
     chosen_peers,
     compare,
     free_port,
@@ -122,14 +122,6 @@ def protocols(
                     address, grpc_body("mlp", "input", x), 16, args.seconds, args.rounds
                 )
     return figures
-
-
-def check_grpc(address: str, x: np.ndarray) -> None:
-    """One real call, so that h2load's HTTP-level success also means gRPC-level success."""
-    with grpcclient.InferenceServerClient(address) as client:
-        tensor = grpcclient.InferInput("input", list(x.shape), "FP32")
-        tensor.set_data_from_numpy(x)
-        client.infer("mlp", [tensor])
 
 
 def batching(work: Path, args: argparse.Namespace) -> dict[str, dict[str, float]]:

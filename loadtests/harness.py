@@ -27,11 +27,13 @@ from pathlib import Path
 
 import httpx
 import numpy as np
+import tritonclient.grpc as grpcclient
 from tritonclient.grpc import service_pb2 as pb
 
 __all__ = [
     "Server",
     "benchmark_arguments",
+    "check_grpc",
     "chosen_peers",
     "compare",
     "free_port",
@@ -190,6 +192,15 @@ def grpc_body(model: str, name: str, x: np.ndarray) -> bytes:
     request.raw_input_contents.append(np.ascontiguousarray(x, dtype=np.float32).tobytes())
     message = request.SerializeToString()
     return b"\x00" + struct.pack(">I", len(message)) + message
+
+
+def check_grpc(address: str, x: np.ndarray, headers: dict[str, str] | None = None) -> None:
+    """One real ModelInfer call on model "mlp" through tritonclient, so that h2load's HTTP-level
+    success also means the calls answer OK (a gRPC error is an HTTP 200 too)."""
+    with grpcclient.InferenceServerClient(address) as client:
+        tensor = grpcclient.InferInput("input", list(x.shape), "FP32")
+        tensor.set_data_from_numpy(x)
+        client.infer("mlp", [tensor], headers=headers)
 
 
 def admin_headers(state_dir: Path, timeout: float = 60.0) -> dict[str, str]:
