@@ -36,7 +36,7 @@ from serving.registry.uris import is_registry_uri
 from serving.spec import InferenceService, ManifestError, Problem, TrainedModel, load_manifests
 from serving.spec.manifests import ManifestTooLarge, Resource
 
-__all__ = ["KINDS", "api_routes", "trust_problems"]
+__all__ = ["KINDS", "api_routes", "resource_target", "trust_problems", "visible_to"]
 
 #: URL plural -> manifest kind.
 KINDS = {
@@ -222,10 +222,7 @@ class _Api:
 
     async def list(self, request: Request) -> Response:
         items = self.controller.list(self._kind(request))
-        namespaces = principal_of(request).namespaces
-        if namespaces is not None:  # a namespaced token sees its namespaces only
-            items = [i for i in items if i.get("metadata", {}).get("namespace", "default") in namespaces]
-        return JSONResponse({"items": items})
+        return JSONResponse({"items": visible_to(principal_of(request), items)})
 
     async def get(self, request: Request) -> Response:
         return JSONResponse(self.controller.get(self._kind(request), request.path_params["name"]))
@@ -252,6 +249,14 @@ class _Api:
         except ValueError as exc:
             return _error(str(exc), 409)
         return JSONResponse({"name": request.path_params["name"], "message": message})
+
+
+def visible_to(principal: Principal, items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The resources of `items` a token limited to some namespaces may see (all for others)."""
+    namespaces = principal.namespaces
+    if namespaces is None:
+        return items
+    return [i for i in items if i.get("metadata", {}).get("namespace", "default") in namespaces]
 
 
 def trust_problems(resources: list[Resource], trust: TrustPolicy, registry: Any = None) -> list[Problem]:
@@ -333,7 +338,7 @@ def api_routes(controller: Controller, guard: Guard) -> list[Mount]:
     from starlette.applications import Starlette
 
     route = scoped_routes(guard)
-    target = functools.partial(_target, controller)
+    target = functools.partial(resource_target, controller)
     app = Starlette(
         routes=[
             # apply checks each manifest's namespace itself: the body names them.
@@ -350,7 +355,7 @@ def api_routes(controller: Controller, guard: Guard) -> list[Mount]:
     return [Mount("/api/v1", app=app)]
 
 
-def _target(controller: Controller, params: dict[str, Any]) -> Target | None:
+def resource_target(controller: Controller, params: dict[str, Any]) -> Target | None:
     """The stored resource a request names, as a permission target (None when it does not exist:
     the endpoint then answers 404 to whoever may use the route at all)."""
     kind = KINDS.get(params.get("plural", "inferenceservices"))

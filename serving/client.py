@@ -1,8 +1,8 @@
 """`serving.Client`: the Python SDK for a running `servegate up` gateway.
 
-It speaks the control API under `/api/v1` (apply, get, list, delete, promote, rollback, events), the
-model registry under `/api/registry` (`client.registry`), and the data plane (KServe V1, Open
-Inference Protocol V2 over REST and gRPC), like the CLI does.
+It speaks the control API under `/api/v1` (apply, get, list, delete, promote, rollback, events;
+pipeline runs and lineage), the model registry under `/api/registry` (`client.registry`), and the
+data plane (KServe V1, Open Inference Protocol V2 over REST and gRPC), like the CLI does.
 
     with Client("http://127.0.0.1:8080") as client:
         client.apply_files(["iris.yaml"])
@@ -284,6 +284,23 @@ class Client:
                     f"InferenceService '{name}' not ready after {timeout:.3g}s: {'; '.join(not_ready(isvc))}"
                 )
             time.sleep(min(poll, max(deadline - time.monotonic(), 0.0)))
+
+    # -- pipelines (read-only) --------------------------------------------------------------------
+
+    def pipeline_runs(self, limit: int = 50, pipeline: str | None = None) -> builtins.list[dict[str, Any]]:
+        """The newest `limit` (at most 500) pipeline runs the gateway's metadata store holds, of
+        `pipeline` if given: id, pipeline, status, executor, started, finished, duration_s, steps."""
+        params: dict[str, Any] = {"limit": limit} | ({"pipeline": pipeline} if pipeline else {})
+        return list(self._call("GET", "/api/v1/pipelines/runs", params=params).get("items", []))
+
+    def pipeline_run(self, run_id: str) -> dict[str, Any]:
+        """One run (or the one whose id starts with `run_id`) with its steps and DAG edges."""
+        return self._call("GET", f"/api/v1/pipelines/runs/{_segment(run_id)}")
+
+    def lineage(self, target: str, direction: str = "up") -> dict[str, Any]:
+        """The lineage graph of a registry version (NAME@VERSION), an artifact sha256 or a run id,
+        "up" to its data or "down" to what came of it, with the services serving its versions."""
+        return self._call("GET", "/api/v1/lineage", params={"target": target, "direction": direction})
 
     # -- tokens (admin) ---------------------------------------------------------------------------
 

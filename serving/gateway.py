@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from prometheus_client import CollectorRegistry
+from starlette.routing import BaseRoute
 
 from autoscaler.config import GlobalScalingDefaults
 from autoscaler.metrics import AutoscalerMetrics
@@ -36,20 +37,25 @@ from serving.auth.api import token_routes
 from serving.auth.files import ADMIN_TOKEN_FILE, INTERNAL_KEY_FILE, METRICS_TOKEN_FILE, write_secret
 from serving.auth.internal import GatewayTokens, InternalCredentials
 from serving.auth.listen import exposure_warning, is_loopback_host
+from serving.auth.sessions import Sessions
 from serving.auth.storage import StoragePolicy
 from serving.auth.storage_fields import storage_problems
 from serving.auth.tls import TlsFiles, add_port
 from serving.auth.tokens import TokenStore
 from serving.controller.controller import Controller
+from serving.dashboard.collectors import PipelineRunsCollector, RegistryCollector
+from serving.dashboard.history import MetricHistory
+from serving.dashboard.routes import Dashboard
 from serving.engines.base import Engine
 from serving.engines.process import ProcessEngine
 from serving.monitoring import ReplicaTarget, targets_path, write_targets
+from serving.pipelines.api import StoreOpener, pipeline_routes
 from serving.registry.api import registry_routes
 from serving.registry.registry import Registry, RegistryConfig
 from serving.spec import ManifestError, load_manifests, read_manifest_paths
 from serving.store import Store
 
-__all__ = ["Gateway", "GatewayOptions"]
+__all__ = ["Gateway", "GatewayOptions", "gateway_routes"]
 
 log = logging.getLogger(__name__)
 
@@ -115,6 +121,23 @@ def _engine(options: GatewayOptions, credentials: InternalCredentials) -> Engine
     if options.engine != "process":
         raise ValueError(f"unknown engine {options.engine!r}: use process or ray")
     return ProcessEngine(options.state_dir, **settings)
+
+
+def gateway_routes(
+    controller: Controller,
+    guard: Guard,
+    model_registry: Registry,
+    tokens: TokenStore | None,
+    dashboard: Dashboard,
+    pipelines: list[BaseRoute],
+    policy: StoragePolicy | None = None,
+) -> list[BaseRoute]:
+    """Everything the gateway's HTTP port serves beside the data plane, in the order Starlette tries
+    them: the token, dashboard and pipeline routes before the control API, whose `/api/v1/{plural}`
+    would match their paths too; then the model registry."""
+    token_api = token_routes(tokens, guard) if tokens is not None else []
+    registry_api = registry_routes(model_registry, guard, policy=policy)
+    return token_api + dashboard.routes() + pipelines + api_routes(controller, guard) + registry_api
 
 
 class Gateway:
@@ -198,10 +221,26 @@ class Gateway:
             tick_s=opts.autoscale_tick_s,
         )
         self.router.metrics.watch_pools(self._pool_gauges)
-        # The token routes first: the control API's /api/v1/{plural} would match /api/v1/tokens too.
-        token_api = token_routes(self.tokens, guard) if self.tokens is not None else []
-        registry_api = registry_routes(model_registry, guard, policy=self.storage_policy)
-        routes = token_api + api_routes(controller, guard) + registry_api
+        # Registry and pipeline activity for the Grafana dashboard, read at scrape time.
+        self.registry.register(RegistryCollector(model_registry))
+        # The store `servegate pipeline run` records into, opened on first use (none yet: no runs).
+        pipelines_store = StoreOpener.for_state_dir(opts.state_dir)
+        self.registry.register(PipelineRunsCollector(pipelines_store))
+        history = MetricHistory(
+            self.router.metrics.requests,
+            self.router.metrics.request_seconds,
+            lambda: [(g[0], g[1], g[4], g[5]) for g in self._pool_gauges()],
+        )
+        dashboard = Dashboard(controller, guard, history)
+        pipelines = pipeline_routes(
+            pipelines_store,
+            guard,
+            state_dir=opts.state_dir,
+            services=lambda: controller.list("InferenceService"),
+        )
+        routes = gateway_routes(
+            controller, guard, model_registry, self.tokens, dashboard, pipelines, self.storage_policy
+        )
         app = build_gateway_app(
             self.router,
             self.registry,
@@ -248,21 +287,25 @@ class Gateway:
         # full passes, which otherwise pause the event loop long enough to show in p99 latency.
         gc.freeze()
         autoscaling = asyncio.create_task(autoscaler.run(), name="autoscaler")
+        sampling = asyncio.create_task(dashboard.run(), name="dashboard-history")
+        log.info("dashboard: %s/", f"{scheme}://{local}:{self.http_port}")
         self.started.set()
         stop_task = asyncio.create_task(self._stop.wait())
         await asyncio.wait({stop_task, http_task}, return_when=asyncio.FIRST_COMPLETED)
 
         log.info("stopping: draining in-flight requests, then every replica")
+        dashboard.close()  # its live streams would hold the HTTP server's shutdown
         http.should_exit = True
         await asyncio.gather(http_task, grpc_server.stop(grace=opts.drain_timeout_s), return_exceptions=True)
         autoscaling.cancel()
-        await asyncio.gather(autoscaling, return_exceptions=True)
+        await asyncio.gather(autoscaling, sampling, return_exceptions=True)
         await autoscaler.aclose()
         await controller.close()
         await self.engine.close()
         await self.router.close()
         self.store.close()
         model_registry.close()
+        pipelines_store.close()
         if self.tokens is not None:
             self.tokens.close()
         stop_task.cancel()
@@ -281,7 +324,8 @@ class Gateway:
         else:
             log.info("admin token: %s", admin_file)
         authenticator = GatewayTokens(self.credentials, self.tokens)
-        return Guard(authenticator, anonymous_inference=opts.anonymous_inference)
+        sessions = Sessions(self.tokens)  # the dashboard's: users log in, never the gateway's own parts
+        return Guard(authenticator, anonymous_inference=opts.anonymous_inference, sessions=sessions)
 
     def _write_targets(self, gateway: str) -> None:
         controller = self.controller

@@ -8,17 +8,22 @@ from __future__ import annotations
 
 import hmac
 from collections.abc import Mapping
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from serving.auth.scopes import Principal, Scope, Target, refusal
 from serving.errors import PermissionDenied, Unauthenticated
 
+if TYPE_CHECKING:
+    from serving.auth.sessions import SessionCookie, Sessions
+
 __all__ = ["ANONYMOUS", "Authenticator", "Guard", "StaticTokens", "bearer"]
 
-#: who calls when authentication is off (or a health endpoint is called without a token).
+#: who calls when authentication is off (or an open route is called without a token).
 ANONYMOUS = Principal("anonymous", frozenset(Scope))
 _ANONYMOUS_PREDICTOR = Principal("anonymous", frozenset({Scope.INFER}))
 _HOW = "send 'Authorization: Bearer <token>' (gRPC metadata 'authorization')"
+#: routes anyone may call: health checks, and the dashboard's page, files and login, which hold no data.
+_OPEN = frozenset({Scope.HEALTH, Scope.PAGE})
 
 
 class Authenticator(Protocol):
@@ -60,17 +65,32 @@ class Guard:
     everything (only allowed on loopback, or with --insecure). `anonymous_inference`: the data plane
     of every service is open, as KServe's is."""
 
-    def __init__(self, authenticator: Authenticator | None, *, anonymous_inference: bool = False) -> None:
+    def __init__(
+        self,
+        authenticator: Authenticator | None,
+        *,
+        anonymous_inference: bool = False,
+        sessions: Sessions | None = None,
+    ) -> None:
         self.authenticator = authenticator
         self.anonymous_inference = anonymous_inference
+        #: the dashboard's browser sessions, accepted where no Authorization header is sent.
+        self.sessions = sessions
 
     @property
     def enabled(self) -> bool:
         return self.authenticator is not None
 
-    def check(self, scope: Scope, authorization: str | None, target: Target | None = None) -> Principal:
-        """The caller, allowed `scope` on `target`; raises Unauthenticated or PermissionDenied."""
-        if self.authenticator is None or scope is Scope.HEALTH:
+    def check(
+        self,
+        scope: Scope,
+        authorization: str | None,
+        target: Target | None = None,
+        cookie: SessionCookie | None = None,
+    ) -> Principal:
+        """The caller, allowed `scope` on `target`; raises Unauthenticated or PermissionDenied.
+        `cookie`: the dashboard session a browser presents, used when `authorization` is None."""
+        if self.authenticator is None or scope in _OPEN:
             return ANONYMOUS
         if (
             scope is Scope.INFER
@@ -78,7 +98,10 @@ class Guard:
             and (self.anonymous_inference or (target is not None and target.anonymous_inference))
         ):
             return _ANONYMOUS_PREDICTOR
-        principal = self.authenticator.authenticate(bearer(authorization))
+        if authorization is None and cookie is not None and self.sessions is not None:
+            principal = self.sessions.principal(cookie)
+        else:
+            principal = self.authenticator.authenticate(bearer(authorization))
         reason = refusal(principal, scope, target)
         if reason is not None:
             raise PermissionDenied(reason)

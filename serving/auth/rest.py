@@ -15,10 +15,19 @@ from starlette.types import Scope as AsgiScope
 
 from serving.auth.guard import ANONYMOUS, Guard
 from serving.auth.scopes import Principal, Scope, Target
+from serving.auth.sessions import CSRF_HEADER, SAFE_METHODS, SESSION_COOKIE, SessionCookie
 from serving.errors import ServingError
 from serving.protocol.rest import error_response
 
-__all__ = ["HotRoutes", "ScopedRoute", "principal_of", "require_scopes", "scoped_routes", "unscoped"]
+__all__ = [
+    "HotRoutes",
+    "ScopedRoute",
+    "principal_of",
+    "require_scopes",
+    "scoped_routes",
+    "session_cookie",
+    "unscoped",
+]
 
 #: the target of a request, from its path parameters (None: the route acts on no one resource).
 TargetOf = Callable[[dict[str, Any]], Target | None]
@@ -44,21 +53,36 @@ class ScopedRoute(Route):
         self.target = target
 
     async def handle(self, scope: AsgiScope, receive: Receive, send: Send) -> None:
-        authorization = None
+        authorization = cookie = None
         for key, value in scope["headers"]:
             if key == b"authorization":
                 authorization = value.decode("latin-1")
                 break
+            if key == b"cookie":
+                cookie = value
         try:
             # Only an enabled guard reads the target: with authentication off it costs nothing.
             named = self.target is not None and self.guard.enabled
             target = self.target(scope.get("path_params", {})) if named else None
-            principal = self.guard.check(self.required, authorization, target)
+            session = None
+            if authorization is None and cookie is not None and self.guard.sessions is not None:
+                session = session_cookie(scope)
+            principal = self.guard.check(self.required, authorization, target, session)
         except ServingError as exc:
             await error_response(exc)(scope, receive, send)
             return
         scope.setdefault("state", {})["principal"] = principal
         await super().handle(scope, receive, send)
+
+
+def session_cookie(scope: AsgiScope) -> SessionCookie | None:
+    """The dashboard session a request presents in its cookie (with its CSRF header), or None."""
+    connection = HTTPConnection(scope)
+    session_id = connection.cookies.get(SESSION_COOKIE)
+    if not session_id:
+        return None
+    unsafe = scope.get("method", "GET") not in SAFE_METHODS
+    return SessionCookie(session_id, unsafe, connection.headers.get(CSRF_HEADER))
 
 
 def scoped_routes(guard: Guard, target: TargetOf | None = None) -> Callable[..., ScopedRoute]:

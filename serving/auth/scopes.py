@@ -18,6 +18,9 @@ class Scope(enum.Enum):
 
     #: liveness and readiness: open to everyone (load balancers and kubelets carry no token).
     HEALTH = "health"
+    #: the dashboard's page, its static files and its login form: open to everyone, they hold no
+    #: data (what the page shows comes from routes with their own scopes).
+    PAGE = "page"
     #: Prometheus exposition.
     METRICS = "metrics"
     #: read status, events, the registry and pipeline records.
@@ -39,9 +42,9 @@ class Role(enum.Enum):
 
 #: what each role may do. A deployer also reads and predicts: it has to check what it rolled out.
 ROLE_SCOPES: dict[Role, frozenset[Scope]] = {
-    Role.VIEWER: frozenset({Scope.READ, Scope.METRICS}),
-    Role.PREDICTOR: frozenset({Scope.INFER}),
-    Role.DEPLOYER: frozenset({Scope.READ, Scope.METRICS, Scope.INFER, Scope.DEPLOY}),
+    Role.VIEWER: frozenset({Scope.PAGE, Scope.READ, Scope.METRICS}),
+    Role.PREDICTOR: frozenset({Scope.PAGE, Scope.INFER}),
+    Role.DEPLOYER: frozenset({Scope.PAGE, Scope.READ, Scope.METRICS, Scope.INFER, Scope.DEPLOY}),
     Role.ADMIN: frozenset(Scope),
 }
 
@@ -110,6 +113,7 @@ def refusal(principal: Principal, scope: Scope, target: Target | None = None) ->
 
 _VERBS = {
     Scope.HEALTH: "check health",
+    Scope.PAGE: "open the dashboard",
     Scope.METRICS: "read metrics",
     Scope.READ: "read status",
     Scope.INFER: "send inference requests",

@@ -7,6 +7,7 @@ import os
 import click
 
 from serving import __version__
+from serving.cli.grafana import grafana_dashboard_command
 from serving.cli.model import model
 from serving.cli.pipeline import pipeline_group
 from serving.cli.prometheus import prometheus_config
@@ -28,6 +29,7 @@ cli.add_command(model)
 cli.add_command(pipeline_group)
 cli.add_command(up)
 cli.add_command(prometheus_config)
+cli.add_command(grafana_dashboard_command)
 cli.add_command(registry)
 cli.add_command(token_group)
 for command in RESOURCE_COMMANDS:

@@ -111,6 +111,10 @@ class ReplicaRun(ABC):
     async def stop(self, grace_s: float) -> str | None:
         """Stop it: SIGTERM, `grace_s` seconds to finish, then SIGKILL. How it ended, if known."""
 
+    async def log_lines(self, lines: int) -> list[str]:
+        """The last `lines` lines it logged (its stdout and stderr), oldest first."""
+        return []
+
 
 @dataclass(eq=False)
 class Replica:
@@ -289,6 +293,13 @@ class PoolEngine(Engine):
 
     def watch(self, listener: Callable[[str], None]) -> None:
         self._listeners.append(listener)
+
+    async def replica_log(self, revision: str, replica_id: str, lines: int) -> list[str] | None:
+        pool = self._pools.get(revision)
+        found = next((r for r in pool.replicas if r.id == replica_id), None) if pool else None
+        if found is None:
+            return None
+        return await found.run.log_lines(lines) if found.run is not None else []
 
     async def close(self) -> None:
         self._closing = True

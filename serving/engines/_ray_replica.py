@@ -102,6 +102,10 @@ class ReplicaActor:
             "log": proc.log_tail(self.log) if code is not None else "",
         }
 
+    async def log_lines(self, lines: int) -> list[str]:
+        """The last `lines` lines the replica process logged."""
+        return proc.tail_lines(self.log, lines)
+
     async def wait(self) -> dict[str, Any]:
         """Return `info()` once the process has exited."""
         while self.process is not None and self.process.poll() is None:

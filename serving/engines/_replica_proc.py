@@ -22,6 +22,7 @@ __all__ = [
     "serve_command",
     "spawn",
     "stop_process",
+    "tail_lines",
 ]
 
 
@@ -142,10 +143,16 @@ def log_size(path: Path) -> int:
 def log_tail(path: Path, lines: int = 5, start: int = 0, max_bytes: int = 16384) -> str:
     """The last `lines` non-empty lines of a log after byte `start` (so one run's output, not an
     earlier run's), joined with " | " ("" when there is none)."""
+    return " | ".join(line.strip() for line in tail_lines(path, lines, start, max_bytes) if line.strip())
+
+
+def tail_lines(path: Path, lines: int, start: int = 0, max_bytes: int = 262144) -> list[str]:
+    """The last `lines` lines of a log after byte `start`, reading at most `max_bytes` ([] when the
+    file cannot be read)."""
     try:
         with path.open("rb") as f:
             f.seek(max(start, f.seek(0, os.SEEK_END) - max_bytes))
             text = f.read().decode(errors="replace")
     except OSError:
-        return ""
-    return " | ".join([line.strip() for line in text.splitlines() if line.strip()][-lines:])
+        return []
+    return [line for line in text.splitlines() if line.strip()][-lines:]

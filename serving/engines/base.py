@@ -138,6 +138,11 @@ class Engine(ABC):
         """Stop managing replicas (used when `servegate up` stops): engines whose replicas die with
         the gateway drain and stop them; engines whose replicas outlive it (Ray) leave them running."""
 
+    async def replica_log(self, revision: str, replica_id: str, lines: int) -> list[str] | None:
+        """The last `lines` lines replica `replica_id` of `revision` logged, oldest first; None when
+        the engine runs no such replica."""
+        return None
+
     def gateway_host(self, listen_host: str) -> str:
         """The address replicas reach a gateway listening on `listen_host` at: loopback for a
         wildcard (replicas run on this machine); engines with replicas elsewhere say otherwise."""

@@ -74,6 +74,9 @@ class _ProcessRun(ReplicaRun):
     async def stop(self, grace_s: float) -> str | None:
         return exit_text(await proc.stop_process(self.process, grace_s))
 
+    async def log_lines(self, lines: int) -> list[str]:
+        return await asyncio.to_thread(proc.tail_lines, self.log, lines)
+
 
 class ProcessEngine(PoolEngine):
     """Replicas as local processes.

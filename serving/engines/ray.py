@@ -40,6 +40,8 @@ log = logging.getLogger(__name__)
 _PENDING_GRACE_S = 3.0
 #: seconds a stop call on an actor may take beyond the replica's drain time before the actor is killed.
 _STOP_SLACK_S = 10.0
+#: how long the dashboard waits for a replica actor to hand over its log tail.
+_LOG_TIMEOUT_S = 5.0
 _OWNER_FILE = "ray-engine.json"
 
 
@@ -104,6 +106,14 @@ class _RayRun(ReplicaRun):
             return "removed before Ray placed it"
         code = await _stop_actor(self.actor, grace_s)
         return exit_text(code) if code is not None else "its Ray actor was killed"
+
+    async def log_lines(self, lines: int) -> list[str]:
+        if not self.placed():
+            return []
+        try:
+            return await asyncio.wait_for(_future(self.actor.log_lines.remote(lines)), _LOG_TIMEOUT_S)
+        except Exception as exc:  # a dead or unreachable actor: say so rather than fail the page
+            return [f"(the replica's log cannot be read: {_death_cause(exc)})"]
 
 
 async def _stop_actor(actor: Any, grace_s: float) -> int | None:

@@ -90,6 +90,7 @@ __all__ = [
     "Registration",
     "RunNotFound",
     "RunSummary",
+    "RunTotals",
     "RunView",
     "StepRow",
     "cache_key",
@@ -135,6 +136,16 @@ def cache_key(
     except TypeError as exc:
         raise MetadataError(f"cannot make a cache key of these parameters: {exc}") from None
     return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+class RunTotals(NamedTuple):
+    """How many runs of `pipeline` are in `status` (RUNNING, SUCCEEDED, FAILED), and when the
+    latest of them started (Unix seconds)."""
+
+    pipeline: str
+    status: str
+    runs: int
+    last_started: float
 
 
 # -- the store ------------------------------------------------------------------------------------
@@ -363,6 +374,17 @@ class MetadataStore:
             query = query.where(runs_table.c.pipeline == pipeline)
         with sqldb.reading(self._engine) as conn:
             return _summaries(conn, conn.execute(query.limit(limit)).all())
+
+    def run_totals(self) -> list[RunTotals]:
+        """Runs counted per pipeline and status, in one grouped query (what `/metrics` exports)."""
+        c = runs_table.c
+        query = (
+            sa.select(c.pipeline, c.status, sa.func.count(), sa.func.max(c.started))
+            .group_by(c.pipeline, c.status)
+            .order_by(c.pipeline, c.status)
+        )
+        with sqldb.reading(self._engine) as conn:
+            return [RunTotals(p, s, int(n), float(t)) for p, s, n, t in conn.execute(query)]
 
     def run(self, run_id: str) -> RunView:
         """Everything about run `run_id`, or about the one run whose id starts with it."""

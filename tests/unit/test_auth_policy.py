@@ -43,9 +43,9 @@ def _target(namespace: str | None, *names: str) -> Target:
 @pytest.mark.parametrize(
     ("role", "allowed"),
     [
-        (Role.VIEWER, {Scope.READ, Scope.METRICS}),
-        (Role.PREDICTOR, {Scope.INFER}),
-        (Role.DEPLOYER, {Scope.READ, Scope.METRICS, Scope.INFER, Scope.DEPLOY}),
+        (Role.VIEWER, {Scope.PAGE, Scope.READ, Scope.METRICS}),
+        (Role.PREDICTOR, {Scope.PAGE, Scope.INFER}),
+        (Role.DEPLOYER, {Scope.PAGE, Scope.READ, Scope.METRICS, Scope.INFER, Scope.DEPLOY}),
         (Role.ADMIN, set(Scope)),
     ],
 )

@@ -35,16 +35,17 @@ from router.core import Router
 from router.front.grpc import build_gateway_grpc_server
 from router.front.rest import build_gateway_app
 from router.metrics import GatewayMetrics
-from serving.api import api_routes
 from serving.auth import Guard, Principal, Role, Scope, StaticTokens
-from serving.auth.api import token_routes
 from serving.auth.grpc import METHOD_SCOPES
 from serving.auth.internal import GatewayTokens, InternalCredentials
 from serving.auth.rest import ScopedRoute, unscoped
 from serving.auth.tokens import TokenStore
 from serving.controller.controller import Controller
+from serving.dashboard.history import MetricHistory
+from serving.dashboard.routes import Dashboard
 from serving.engines.process import ProcessEngine
-from serving.registry.api import registry_routes
+from serving.gateway import gateway_routes
+from serving.pipelines.api import StoreOpener, pipeline_routes
 from serving.registry.registry import Registry, RegistryConfig
 from serving.store import Store
 
@@ -57,7 +58,15 @@ PATH_VALUES = {
     "plural": "inferenceservices",
     "name": "nothing-here",
     "alias": "prod",
+    "path:path": "app.js",
+    "replica": "nothing-here-1",
+    "run_id": "no-such-run",
+    "step_id": "train",
 }
+#: scopes the guard opens to everyone.
+OPEN = (Scope.HEALTH, Scope.PAGE)
+#: the dashboard's "who am I": open to everyone, and it answers 401 to whoever is nobody.
+WHO_AM_I = "/api/v1/session"
 #: the statuses that mean the guard refused; anything else means the request got past it.
 REFUSED = (401, 403)
 REFUSED_GRPC = (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED)
@@ -106,7 +115,7 @@ class GatewayParts:
 
 def build_gateway(tmp: Path, guard_of: Callable[[TokenStore], Guard]) -> GatewayParts:
     """The gateway's HTTP app over a controller that is never started (no reconciling, no replicas):
-    token routes first, then the control API and the registry API, as `Gateway.run` puts them."""
+    its routes in the order `Gateway.run` puts them (`gateway_routes`)."""
     router = Router(GatewayMetrics(CollectorRegistry()))
     store = Store(tmp / "state.db")
     controller = Controller(store, ProcessEngine(tmp), router, "http://127.0.0.1:1")
@@ -116,7 +125,11 @@ def build_gateway(tmp: Path, guard_of: Callable[[TokenStore], Guard]) -> Gateway
     controller.registry = registry
     tokens = TokenStore(f"sqlite:///{tmp / 'auth.db'}")
     guard = guard_of(tokens)
-    routes = token_routes(tokens, guard) + api_routes(controller, guard) + registry_routes(registry, guard)
+    history = MetricHistory(router.metrics.requests, router.metrics.request_seconds, list)
+    dashboard = Dashboard(controller, guard, history)
+    dashboard.close()  # its live stream then ends after its first event, as at a gateway's shutdown
+    pipelines = pipeline_routes(StoreOpener.for_state_dir(tmp), guard, state_dir=tmp)
+    routes = gateway_routes(controller, guard, registry, tokens, dashboard, pipelines)
     app = build_gateway_app(
         router, CollectorRegistry(), 1 << 20, routes, guard=guard, targets=lambda: controller.targets
     )
@@ -212,8 +225,10 @@ def check_endpoint(client: TestClient, app: Starlette, endpoint: str) -> None:
     scope = route.required
 
     anonymous = client.request(method, path)
-    if scope is Scope.HEALTH:
-        assert anonymous.status_code not in REFUSED, anonymous.text
+    if scope in OPEN:
+        assert anonymous.status_code != 403 and (anonymous.status_code != 401 or path == WHO_AM_I), (
+            anonymous.text
+        )
     else:
         assert anonymous.status_code == 401, anonymous.text
         assert anonymous.headers["www-authenticate"].startswith("Bearer")
@@ -223,7 +238,7 @@ def check_endpoint(client: TestClient, app: Starlette, endpoint: str) -> None:
         assert unknown.headers["www-authenticate"].startswith("Bearer")
 
     lacking = client.request(method, path, headers=_bearer(_lacks(scope)))
-    if scope is Scope.HEALTH:
+    if scope in OPEN:
         assert lacking.status_code not in REFUSED, lacking.text
     else:
         assert lacking.status_code == 403, lacking.text
