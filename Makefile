@@ -31,8 +31,12 @@ test: lint test-tools
 # on a free loopback port). Recommends are skipped: they would pull in and start a node exporter.
 # The registry tests run a real PostgreSQL the same way (initdb in a temporary folder): the
 # createcluster.d file stops the package from creating, and starting, its own "main" cluster.
+# The dashboard's browser tests drive Debian's Chromium through Playwright (which downloads nothing).
 SUDO = $(shell [ "$$(id -u)" != 0 ] && command -v sudo)
 test-tools:
+	@command -v chromium >/dev/null || \
+		($(SUDO) apt-get update -qq && \
+		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium fonts-dejavu-core)
 	@command -v prometheus >/dev/null || \
 		($(SUDO) apt-get update -qq && \
 		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus)

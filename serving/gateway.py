@@ -207,6 +207,8 @@ class Gateway:
         guard = self._guard()
         controller.scaling_defaults = opts.scaling
         controller.activation_timeout_s = opts.activation_timeout_s
+        # One client for the autoscaler's PromQL metrics and the dashboard's charts; the autoscaler closes it.
+        prometheus = PromQLSource(opts.prometheus_url) if opts.prometheus_url else None
         autoscaler = controller.autoscaler = Autoscaler(
             controller.scale_targets,
             controller.resize,
@@ -216,7 +218,7 @@ class Gateway:
                 verify=opts.tls.self_context() if opts.tls is not None else True,
                 token=self.credentials.metrics_token,
             ),
-            promql=PromQLSource(opts.prometheus_url) if opts.prometheus_url else None,
+            promql=prometheus,
             metrics=AutoscalerMetrics(self.registry),
             tick_s=opts.autoscale_tick_s,
         )
@@ -231,7 +233,7 @@ class Gateway:
             self.router.metrics.request_seconds,
             lambda: [(g[0], g[1], g[4], g[5]) for g in self._pool_gauges()],
         )
-        dashboard = Dashboard(controller, guard, history)
+        dashboard = Dashboard(controller, guard, history, prometheus=prometheus)
         pipelines = pipeline_routes(
             pipelines_store,
             guard,

@@ -195,3 +195,33 @@ def skipped(count: int = 2):
     numbers = make_numbers(count=count)
     with Condition(numbers.output > 100):
         echo(text="never")
+
+
+@component
+def train_mlp(data: Input[Dataset], model: Output[Model]) -> float:
+    """An ONNX MLP (the tests' sizes) standing for a trained model; its "accuracy"."""
+    from predictors.examples import make_mlp_onnx
+
+    rows = len(json.loads(data.path.read_text()))
+    print(f"training on {rows} rows")
+    make_mlp_onnx(model.path, (8, 16, 4))
+    return 0.93
+
+
+@component
+def register_mlp(model: Input[Model], data: Input[Dataset], accuracy: float, name: str) -> str:
+    """Into the registry of the state dir the pipeline runs with, this run and its data recorded."""
+    from serving.pipelines.registration import register_model
+
+    version = register_model(model, name, format="onnx", metrics={"accuracy": accuracy}, dataset=data)
+    print(f"registered {version.uri}")
+    return version.uri
+
+
+@pipeline
+def train_and_register(name: str = "mlp", rows: int = 12):
+    numbers = make_numbers(count=rows)
+    trained = train_mlp(data=numbers.outputs["numbers"])
+    register_mlp(
+        model=trained.outputs["model"], data=numbers.outputs["numbers"], accuracy=trained.output, name=name
+    )

@@ -90,6 +90,31 @@ class PromQLSource:
             raise MetricSourceError(f"query {expr!r} returned {value}, not a finite number")
         return value
 
+    async def query_range(
+        self, expr: str, start: float, end: float, step: float
+    ) -> list[tuple[dict[str, str], list[tuple[float, float]]]]:
+        """`expr` evaluated every `step` seconds from `start` to `end` (Unix seconds): each series'
+        labels and its (time, value) points. Values that are not finite (a quantile of no requests)
+        are left out. MetricSourceError when Prometheus fails or answers something else."""
+        params = {
+            "query": expr,
+            "start": repr(float(start)),
+            "end": repr(float(end)),
+            "step": repr(float(step)),
+        }
+        body = await self._get_api("/api/v1/query_range", params, expr)
+        if body.get("status") != "success":
+            raise MetricSourceError(f"query {expr!r} failed at {self.url}: {_error_text(body)}")
+        if body["data"]["resultType"] != "matrix":
+            raise MetricSourceError(
+                f"range query {expr!r} returned {body['data']['resultType']}, not a matrix"
+            )
+        out = []
+        for series in body["data"]["result"]:
+            points = [(float(t), float(v)) for t, v in series["values"] if math.isfinite(float(v))]
+            out.append((series["metric"], points))
+        return out
+
     async def check(self, expr: str) -> str | None:
         """Why Prometheus rejects `expr` (its parse error), or None when the query is usable.
 
@@ -123,8 +148,11 @@ class PromQLSource:
         params = {"query": expr}
         if at is not None:
             params["time"] = repr(float(at))
+        return await self._get_api("/api/v1/query", params, expr)
+
+    async def _get_api(self, path: str, params: dict[str, str], expr: str) -> dict[str, Any]:
         try:
-            response = await self._client.get("/api/v1/query", params=params)
+            response = await self._client.get(path, params=params)
         except httpx.TimeoutException as exc:
             raise MetricSourceError(
                 f"Prometheus at {self.url} did not answer query {expr!r} within {self.timeout_s}s"

@@ -13,6 +13,7 @@ import contextlib
 import functools
 import json
 import mimetypes
+import re
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -22,6 +23,8 @@ from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response, StreamingResponse
 from starlette.routing import BaseRoute
 
+from autoscaler.sources import MetricSourceError
+from autoscaler.sources.promql import PromQLSource
 from serving.api import resource_target, visible_to
 from serving.auth import Guard, Scope
 from serving.auth.guard import ANONYMOUS, bearer
@@ -30,6 +33,7 @@ from serving.auth.scopes import Principal
 from serving.auth.sessions import SESSION_COOKIE, SessionCookie
 from serving.controller.controller import Controller, NotFound
 from serving.dashboard.history import MetricHistory
+from serving.dashboard.prom_history import prometheus_series
 from serving.errors import InvalidInput, ServingError, Unauthenticated
 from serving.protocol.rest import error_response
 
@@ -39,8 +43,7 @@ STATIC_DIR = Path(__file__).resolve().parent / "static"
 #: what the page may load: its own files only, nothing from another origin, never framed.
 SECURITY_HEADERS = {
     "content-security-policy": (
-        "default-src 'self'; img-src 'self' data:; style-src 'self' 'unsafe-inline'; "
-        "frame-ancestors 'none'; base-uri 'none'; form-action 'self'"
+        "default-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'"
     ),
     "x-content-type-options": "nosniff",
     "x-frame-options": "DENY",
@@ -48,14 +51,18 @@ SECURITY_HEADERS = {
 }
 _LOGIN_BODY_LIMIT = 4096
 _MAX_MINUTES = 60
+#: a week: Prometheus keeps 15 days by default.
+_MAX_MINUTES_PROMETHEUS = 7 * 24 * 60
 _MAX_LOG_LINES = 2000
 
 
 class Dashboard:
     """The page's routes, the metric history behind its charts and the live feed.
 
-    history: sampled by `run()` while the gateway runs; live_interval_s: how often an open page gets
-    the services' state (one computation per interval, shared by every open page).
+    history: sampled by `run()` while the gateway runs, what the charts show without a Prometheus;
+    prometheus: where the charts come from when the gateway has one (`--prometheus-url`), for
+    windows up to a week; live_interval_s: how often an open page gets the services' state (one
+    computation per interval, shared by every open page).
     """
 
     def __init__(
@@ -64,6 +71,7 @@ class Dashboard:
         guard: Guard,
         history: MetricHistory,
         *,
+        prometheus: PromQLSource | None = None,
         static_dir: Path = STATIC_DIR,
         live_interval_s: float = 2.0,
         clock: Callable[[], float] = time.time,
@@ -71,6 +79,7 @@ class Dashboard:
         self.controller = controller
         self.guard = guard
         self.history = history
+        self.prometheus = prometheus
         self.live_interval_s = live_interval_s
         self._clock = clock
         self._files = _static_files(static_dir)
@@ -198,12 +207,20 @@ class Dashboard:
 
     async def live(self, request: Request) -> Response:
         """Server-sent events: `services` (the InferenceService list, as `GET /api/v1/inferenceservices`
-        answers it) every `live_interval_s`, until the page goes or the gateway stops."""
+        answers it) every `live_interval_s`, until the page goes, its session or token ends (a last
+        `ended` event), or the gateway stops."""
         principal = principal_of(request)
+        authorization = request.headers.get("authorization")
+        cookie = session_cookie(request.scope) if authorization is None else None
 
         async def events() -> AsyncIterator[str]:
             yield f"retry: {int(self.live_interval_s * 1000)}\n\n"
             while True:
+                try:  # a token revoked, a session logged out or expired: the stream ends with it
+                    self.guard.check(Scope.READ, authorization, None, cookie)
+                except ServingError as exc:
+                    yield f"event: ended\ndata: {json.dumps({'error': exc.message})}\n\n"
+                    return
                 items = visible_to(principal, self._services())
                 yield f"event: services\ndata: {json.dumps({'items': items}, separators=(',', ':'))}\n\n"
                 with contextlib.suppress(TimeoutError):
@@ -227,13 +244,22 @@ class Dashboard:
 
     async def service_history(self, request: Request) -> Response:
         name = request.path_params["name"]
+        longest = _MAX_MINUTES_PROMETHEUS if self.prometheus is not None else _MAX_MINUTES
         try:
-            minutes = _bounded_int(request, "minutes", 60, 1, _MAX_MINUTES)
+            minutes = _bounded_int(request, "minutes", 60, 1, longest)
             self.controller.get("InferenceService", name)
         except (InvalidInput, NotFound) as exc:
             return _failure(exc)
-        since = self._clock() - minutes * 60
-        out = self.history.series(name, since)
+        now = self._clock()
+        since = now - minutes * 60
+        out: dict[str, Any] = {}
+        if self.prometheus is not None:
+            try:
+                out = await prometheus_series(self.prometheus, name, since, now) | {"source": "prometheus"}
+            except MetricSourceError as exc:
+                out = {"warning": f"{exc}; showing the gateway's own history (the last hour)"}
+        if "source" not in out:
+            out |= self.history.series(name, since) | {"source": "gateway"}
         out["decisions"] = [
             decision
             for event in self.controller.events("InferenceService", name)
@@ -292,19 +318,26 @@ def _failure(exc: Exception) -> Response:
     return JSONResponse({"error": str(exc.args[0]) if exc.args else "not found"}, 404)
 
 
+_CHANGE = re.compile(r"(?P<start>\d+) -> (?P<end>\d+)")
+
+
 def _decision(event: dict[str, Any]) -> dict[str, Any] | None:
-    """A `Scaled` event ("<revision>: <reason>: <from> -> <to>") as a chart marker."""
+    """A `Scaled` event ("<revision>: <the autoscaler's reason>") as a chart marker.
+
+    The reason names the change as "<from> -> <to>" ("1 -> 3 replicas") or ends "scale to zero".
+    """
     revision, _, reason = event["message"].partition(": ")
-    head, _, counts = reason.rpartition(": ")
-    before, arrow, after = counts.partition(" -> ")
-    if not arrow or not before.strip().isdigit() or not after.strip().isdigit():
+    if change := _CHANGE.search(reason):
+        start, end = int(change["start"]), int(change["end"])
+    elif reason.endswith("scale to zero"):
+        start, end = None, 0
+    else:
         return None
-    start, end = int(before), int(after)
     return {
         "t": event["time"],
         "revision": revision,
-        "direction": "up" if end > start else "down",
+        "direction": "down" if start is None or end < start else "up",
         "from": start,
         "to": end,
-        "reason": head or reason,
+        "reason": reason,
     }

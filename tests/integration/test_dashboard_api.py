@@ -5,14 +5,15 @@ history and a replica's log. The page in a browser is tested in test_dashboard_b
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import Iterator
 
 import httpx
 import pytest
 
-from tests.gateway_helpers import MLP_X, ControlApi, mlp_body, mlp_isvc, revision
-from tests.servers import GatewayProcess, until
+from tests.gateway_helpers import MLP_X, ControlApi, gateway_process, mlp_body, mlp_isvc, revision
+from tests.servers import GatewayProcess, free_port, until
 
 pytestmark = pytest.mark.integration
 
@@ -162,6 +163,19 @@ def test_live_updates_stream_the_services(
         assert anonymous.get("/ui/live").status_code == 401
 
 
+def test_the_live_stream_ends_with_the_session(gateway: GatewayProcess, http: httpx.Client) -> None:
+    with _browser(gateway) as browser:
+        browser.post("/ui/login", json={"token": _token(http, "dash-live", "viewer")})
+        seen: list[str] = []
+        with browser.stream("GET", "/ui/live") as stream:
+            for line in stream.iter_lines():
+                if line.startswith("event: "):
+                    seen.append(line.removeprefix("event: "))
+                    if seen == ["services"]:
+                        assert http.delete("/api/v1/tokens/dash-live").status_code == 200
+    assert seen[0] == "services" and seen[-1] == "ended"
+
+
 def test_a_services_history_shows_its_traffic(
     gateway: GatewayProcess, deployer: tuple[httpx.Client, str], served: str
 ) -> None:
@@ -220,3 +234,26 @@ def test_a_replicas_log_tail(
     body = tail.json()
     assert body["revision"] == revision(served, 1)
     assert body["lines"] == [f"line {i} of the test" for i in (7, 8, 9)]
+
+
+def test_charts_fall_back_to_the_gateways_history_when_prometheus_is_down(
+    tmp_path_factory: pytest.TempPathFactory, model_repo: object
+) -> None:
+    state = tmp_path_factory.mktemp("dash-prom") / "state"
+    down = f"http://127.0.0.1:{free_port()}"
+    started = contextlib.contextmanager(gateway_process)
+    with started(state, "--prometheus-url", down, storage_root=tmp_path_factory.getbasetemp()) as gateway:
+        api = ControlApi(gateway.url, gateway.token)
+        try:
+            api.apply(mlp_isvc("charted", model_repo))  # type: ignore[arg-type]
+        finally:
+            api.close()
+        with httpx.Client(
+            base_url=gateway.url, headers=gateway.headers, trust_env=False, timeout=30
+        ) as client:
+            charts = client.get("/api/v1/inferenceservices/charted/history?minutes=600")
+            assert charts.status_code == 200, charts.text  # Prometheus keeps more than an hour
+            body = charts.json()
+            assert body["source"] == "gateway"
+            assert "unreachable" in body["warning"]
+            assert client.get("/api/v1/inferenceservices/charted/history?minutes=20000").status_code == 400

@@ -8,7 +8,9 @@ autoscaler scale the revision up, so every row of the dashboard has something to
 
 from __future__ import annotations
 
+import asyncio
 import re
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -16,9 +18,11 @@ from typing import Any
 import httpx
 import pytest
 
+from autoscaler.sources.promql import PromQLSource
 from predictors.examples import make_mlp_onnx
 from predictors.gpu_metrics import gpu_collector
 from serving.dashboard.grafana import grafana_dashboard
+from serving.dashboard.prom_history import prometheus_series
 from serving.engines.gpus import detect_gpus
 from serving.monitoring import scrape_config
 from serving.pipelines.metadata import MetadataStore
@@ -97,6 +101,29 @@ def record_activity(state_dir: Path) -> None:
         store.finish_run(run, "SUCCEEDED")
 
 
+def _charted(prometheus: str) -> bool:
+    """Whether the dashboard's Prometheus-backed charts of SERVICE show its traffic and replicas."""
+
+    async def ask() -> dict[str, Any]:
+        async with PromQLSource(prometheus) as source:
+            return await prometheus_series(source, SERVICE, time.time() - 300, time.time())
+
+    charts = asyncio.run(ask())
+    lines = [s for s in charts["series"] if s["revision"] == revision(SERVICE, 1)]
+    ready = [r for r in charts["replicas"] if r["revision"] == revision(SERVICE, 1)]
+    if not lines:
+        return False
+    line = lines[0]
+    return (
+        len(line["t"]) == len(line["rps"]) == len(line["p99"])
+        and any(v is not None and v > 0 for v in line["rps"])
+        and any(v is not None and v > 0 for v in line["p50"])
+        and any(v is not None and v > 0 for v in line["errorRate"])  # the bad requests' share
+        and bool(ready)
+        and any(v is not None and v >= 1 for v in ready[0]["ready"])
+    )
+
+
 def test_every_panel_query_returns_data(gateway: GatewayProcess, api: ControlApi, prometheus: str) -> None:
     gpu_missing, gpu = _gpu_ids()
     services = [SERVICE] if gpu is None else [SERVICE, GPU_SERVICE]
@@ -143,6 +170,8 @@ def test_every_panel_query_returns_data(gateway: GatewayProcess, api: ControlApi
                 if variable["type"] == "query":
                     listed = label_values(prometheus, variable, values)
                     assert set(values[variable["name"]].split("|")) <= set(listed), variable["name"]
+            # The dashboard's own charts read the same series when the gateway has --prometheus-url.
+            until(lambda: _charted(prometheus), 20, "the service's charts from Prometheus")
         assert {o.status for o in load.snapshot()} == {200}, load.failures()[:3]
         assert {o.status for o in bad.snapshot()} == {400}, bad.snapshot()[:3]
     finally:
