@@ -55,6 +55,7 @@ bench-tools:
 bench: install bench-tools
 	$(BIN)/python loadtests/bench_replica.py
 	$(BIN)/python loadtests/bench_gateway.py
+	$(BIN)/python loadtests/bench_dashboard.py
 	$(BIN)/python loadtests/bench_autoscale.py
 	$(BIN)/python loadtests/bench_registry.py
 	$(BIN)/python loadtests/bench_pipeline.py

@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import functools
 import json
+import logging
 import mimetypes
 import re
 import time
@@ -35,9 +36,11 @@ from serving.controller.controller import Controller, NotFound
 from serving.dashboard.history import MetricHistory
 from serving.dashboard.prom_history import prometheus_series
 from serving.errors import InvalidInput, ServingError, Unauthenticated
-from serving.protocol.rest import error_response
+from serving.protocol.rest import error_response, query_int
 
 __all__ = ["STATIC_DIR", "Dashboard"]
+
+log = logging.getLogger(__name__)
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 #: what the page may load: its own files only, nothing from another origin, never framed.
@@ -155,7 +158,9 @@ class Dashboard:
         try:
             session, principal = sessions.open(token.strip())
         except ServingError as exc:
+            log.warning("dashboard: a login from %s failed: %s", _client(request), exc.message)
             return error_response(exc)
+        log.info("dashboard: %s logged in from %s", principal.name, _client(request))
         response = JSONResponse(_who(principal, session.csrf, auth=True))
         response.set_cookie(
             SESSION_COOKIE,
@@ -246,7 +251,7 @@ class Dashboard:
         name = request.path_params["name"]
         longest = _MAX_MINUTES_PROMETHEUS if self.prometheus is not None else _MAX_MINUTES
         try:
-            minutes = _bounded_int(request, "minutes", 60, 1, longest)
+            minutes = query_int(request, "minutes", 60, 1, longest)
             self.controller.get("InferenceService", name)
         except (InvalidInput, NotFound) as exc:
             return _failure(exc)
@@ -271,7 +276,7 @@ class Dashboard:
     async def replica_log(self, request: Request) -> Response:
         name, replica = request.path_params["name"], request.path_params["replica"]
         try:
-            lines = _bounded_int(request, "lines", 200, 1, _MAX_LOG_LINES)
+            lines = query_int(request, "lines", 200, 1, _MAX_LOG_LINES)
             self.controller.get("InferenceService", name)
         except (InvalidInput, NotFound) as exc:
             return _failure(exc)
@@ -289,6 +294,10 @@ def _static_files(root: Path) -> dict[str, Path]:
     return {p.relative_to(root).as_posix(): p for p in root.rglob("*") if p.is_file()}
 
 
+def _client(request: Request) -> str:
+    return request.client.host if request.client is not None else "?"
+
+
 def _who(principal: Principal, csrf: str, *, auth: bool) -> dict[str, Any]:
     return {
         "name": principal.name,
@@ -297,19 +306,6 @@ def _who(principal: Principal, csrf: str, *, auth: bool) -> dict[str, Any]:
         "canDeploy": Scope.DEPLOY in principal.scopes,
         "auth": auth,
     }
-
-
-def _bounded_int(request: Request, name: str, default: int, low: int, high: int) -> int:
-    raw = request.query_params.get(name)
-    if raw is None:
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        value = low - 1
-    if not low <= value <= high:
-        raise InvalidInput(f"'{name}' must be a whole number from {low} to {high}, not '{raw}'")
-    return value
 
 
 def _failure(exc: Exception) -> Response:

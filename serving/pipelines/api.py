@@ -48,6 +48,7 @@ from serving.auth.guard import Guard
 from serving.auth.rest import principal_of, scoped_routes
 from serving.auth.scopes import Scope
 from serving.auth.storage import StoragePolicy, StorageRefused
+from serving.errors import InvalidInput
 from serving.pipelines._views import lineage_target, lineage_view, run_detail, run_summary
 from serving.pipelines.metadata import (
     Ambiguous,
@@ -60,7 +61,7 @@ from serving.pipelines.metadata import (
     StepRow,
     default_url,
 )
-from serving.protocol.rest import json_response
+from serving.protocol.rest import json_response, query_int
 
 __all__ = [
     "LINEAGE_PATH",
@@ -152,6 +153,8 @@ def _answering_errors(endpoint: Endpoint) -> Endpoint:
             return await endpoint(request)
         except _Refused as exc:
             return _error(exc.status, exc.message)
+        except InvalidInput as exc:  # a bad query parameter
+            return _error(400, exc.message)
         except NotFound as exc:  # RunNotFound too
             return _error(404, str(exc))
         except Ambiguous as exc:
@@ -168,19 +171,6 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     return json_response({"error": exc.detail}, exc.status_code)
 
 
-def _count(request: Request, name: str, default: int, maximum: int) -> int:
-    raw = request.query_params.get(name)
-    if raw is None:
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        value = 0
-    if not 1 <= value <= maximum:
-        raise _Refused(400, f"{name} must be a whole number from 1 to {maximum}, not {raw[:40]!r}")
-    return value
-
-
 # -- the API --------------------------------------------------------------------------------------
 
 
@@ -191,7 +181,7 @@ class _Api:
         self.logs_root = state_dir / "pipelines" / "logs"  # where the executor puts them (executor._Run)
 
     async def runs(self, request: Request) -> Response:
-        limit = _count(request, "limit", 50, MAX_RUNS)
+        limit = query_int(request, "limit", 50, 1, MAX_RUNS)
         pipeline = request.query_params.get("pipeline") or None
 
         def read() -> list[dict[str, Any]]:
@@ -206,7 +196,7 @@ class _Api:
 
     async def log(self, request: Request) -> Response:
         run_id, step_id = request.path_params["run_id"], request.path_params["step_id"]
-        lines = _count(request, "lines", 200, MAX_LOG_LINES)
+        lines = query_int(request, "lines", 200, 1, MAX_LOG_LINES)
 
         def read() -> dict[str, Any]:
             view = self._view(run_id)

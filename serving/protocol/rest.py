@@ -13,13 +13,14 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 
-from serving.errors import ErrorKind, PayloadTooLarge, ServingError, as_serving_error
+from serving.errors import ErrorKind, InvalidInput, PayloadTooLarge, ServingError, as_serving_error
 
 __all__ = [
     "EXCEPTION_HANDLERS",
     "TRACE_HEADERS",
     "error_response",
     "json_response",
+    "query_int",
     "read_raw",
     "too_large",
     "validation_problems",
@@ -41,6 +42,21 @@ def error_response(error: ServingError) -> Response:
     if error.kind is ErrorKind.UNAUTHENTICATED:
         response.headers["WWW-Authenticate"] = 'Bearer realm="servegate"'
     return response
+
+
+def query_int(request: Request, name: str, default: int, low: int, high: int) -> int:
+    """The whole number a query parameter gives, `default` when absent; InvalidInput outside
+    `low..high` or not a number."""
+    raw = request.query_params.get(name)
+    if raw is None:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        value = low - 1
+    if not low <= value <= high:
+        raise InvalidInput(f"{name} must be a whole number from {low} to {high}, not {raw[:40]!r}")
+    return value
 
 
 def too_large(limit: int) -> PayloadTooLarge:

@@ -62,6 +62,10 @@ def test_the_page_and_its_files_load_without_a_token_and_forbid_outside_content(
             assert browser.get(path).status_code == 404, path
 
 
+def test_servegate_up_prints_the_dashboards_address(gateway: GatewayProcess) -> None:
+    until(lambda: f"dashboard: {gateway.url}/" in gateway.output(), 10, "the dashboard's address")
+
+
 def test_login_makes_a_strict_httponly_session_cookie(gateway: GatewayProcess) -> None:
     with _browser(gateway) as browser:
         assert browser.get("/api/v1/session").status_code == 401

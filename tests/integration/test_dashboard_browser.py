@@ -1,9 +1,10 @@
 """The dashboard in a real browser (Debian's Chromium, headless, through Playwright) against a real
 `servegate up`: log in with a token, see the services and a canary split, promote it and watch the
 traffic bars move, open a pipeline run's graph and a step's log, a registry version's lineage back to
-its run and forward to the service that serves it; a viewer sees no action buttons, a forged POST
-without the CSRF token is refused, a revoked token's page goes back to the login form, unknown pages
-say so, and the page holds at 320 px wide and with 200 services.
+its run and forward to the service that serves it, an InferenceGraph drawn with its service; a
+viewer sees no action buttons, a forged POST without the CSRF token is refused, a revoked token's
+page goes back to the login form, unknown pages say so, and the page holds at 320 px wide and with
+200 services.
 
 Screenshots of each page land in `$SERVEGATE_TEST_ARTIFACTS/dashboard` (default
 `test-artifacts/dashboard`), for a person to look at."""
@@ -21,6 +22,7 @@ from typing import Any
 
 import httpx
 import pytest
+from playwright.sync_api import expect
 
 from tests.browser import chromium
 from tests.gateway_helpers import ControlApi, mlp_isvc, revision
@@ -28,8 +30,6 @@ from tests.servers import GatewayProcess
 
 pytestmark = pytest.mark.integration
 
-playwright_api = pytest.importorskip("playwright.sync_api")
-expect = playwright_api.expect
 expect.set_options(timeout=30_000)
 
 ARTIFACTS = Path(os.environ.get("SERVEGATE_TEST_ARTIFACTS", "test-artifacts")) / "dashboard"
@@ -196,6 +196,28 @@ def test_a_registry_versions_lineage_reaches_its_run_and_its_service(
         expect(lineage.locator('[data-testid="lineage-node"][data-kind="service"]')).to_have_count(1)
         expect(page.by("version-metrics")).to_contain_text("0.93")
         page.shot("registry-version")
+        assert page.problems == [], "\n".join(page.problems)
+
+
+def test_an_inference_graph_is_drawn_with_its_services(
+    browser: Any, gateway: GatewayProcess, api: ControlApi, canary: dict[str, int]
+) -> None:
+    step = {"serviceName": SERVICE, "name": "score", "data": "$request"}
+    api.apply({
+        "apiVersion": "serving.kserve.io/v1alpha1",
+        "kind": "InferenceGraph",
+        "metadata": {"name": "pipeline"},
+        "spec": {"nodes": {"root": {"routerType": "Sequence", "steps": [step]}}},
+    })  # fmt: skip
+    with Page(browser, gateway) as page:
+        page.log_in(gateway.token or "")
+        page.open("#/graphs")
+        page.by("graph-row", name="pipeline").locator("a").first.click()
+        expect(page.by("graph-node", node="root")).to_be_visible()
+        expect(page.by("graph-service", service=SERVICE)).to_contain_text("Ready")
+        page.shot("inference-graph")
+        page.by("graph-service", service=SERVICE).click()
+        expect(page.page).to_have_url(f"{gateway.url}/#/services/default/{SERVICE}")
         assert page.problems == [], "\n".join(page.problems)
 
 

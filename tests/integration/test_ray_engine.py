@@ -200,6 +200,12 @@ def test_gpu_replicas_land_on_two_nodes_and_answer_every_protocol(
     described = _cli(env, "describe", "isvc", "gpu", "--url", gateway.url)
     assert "Replicas (predictor):" in described and replicas[0]["node"] in described
 
+    # The dashboard reads a replica's log tail from its actor, on whichever node it runs.
+    log_url = f"{gateway.url}/api/v1/inferenceservices/gpu/replicas/{replicas[0]['id']}/log?lines=50"
+    tail = httpx.get(log_url, headers=gateway.headers, trust_env=False, timeout=30)
+    assert tail.status_code == 200, tail.text
+    assert tail.json()["revision"] == rev and 0 < len(tail.json()["lines"]) <= 50
+
 
 def _cli(env: dict[str, str], *args: str) -> str:
     done = subprocess.run(
