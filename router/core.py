@@ -16,6 +16,7 @@ import uuid
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 
+from router.agreement import NotComparable, answers_agree, outputs_of
 from router.balancer import Pool
 from router.forward import (
     AddressCheck,
@@ -30,7 +31,9 @@ from router.payload_logger import PayloadLogger
 from router.policies.traffic import pick_weighted, sticky_point, take_shadow
 from router.replica_client import ReplicaClient
 from router.routes import Backend, RoutingTable, ServiceRoute, Split
-from serving.errors import InferenceTimeout, ModelNotFound, ServerUnavailable
+from router.samples import RevisionSamples
+from serving.errors import InferenceTimeout, ModelNotFound, ServerUnavailable, ServingError
+from serving.protocol.grpc_http import GrpcError
 
 __all__ = ["COMPONENT_HEADER", "REVISION_HEADER", "VARIANT_HEADER", "Decision", "Router"]
 
@@ -85,6 +88,8 @@ class Router:
         self._rng = rng or random.Random()
         self._shadows: set[asyncio.Task[None]] = set()
         self.placer = Placer(self.http)
+        #: what canary analysis reads: revisions' outcomes and mirrored answers' agreement.
+        self.samples = RevisionSamples()
         self.payload_logger = PayloadLogger(self.external, metrics.logged_events)
 
     def set_table(self, table: RoutingTable) -> None:
@@ -182,40 +187,61 @@ class Router:
         inflight = self.metrics.inflight_child(route.service)
         inflight.inc()
         status = "ok"
+        reply = None
         try:
             reply = await send(backend, asyncio.get_running_loop().time() + route.timeout_s)
             status = status_for_http(reply.status)
             return reply
         except Exception as exc:
-            status = getattr(getattr(exc, "kind", None), "name", "model_failure").lower()
+            status = _status_of(exc)
             raise
         finally:
             inflight.dec()
+            elapsed = time.perf_counter() - started
             self.metrics.count_child(
                 route.service, backend.revision, decision.variant, protocol, status
             ).inc()
-            self.metrics.latency_child(route.service, backend.revision, decision.variant).observe(
-                time.perf_counter() - started
-            )
+            self.metrics.latency_child(route.service, backend.revision, decision.variant).observe(elapsed)
+            self.samples.record(backend.revision, status == "ok", elapsed)
             if decision.shadow is not None:
-                self._mirror(route, decision.shadow, send)
+                answered = reply if status == "ok" else None
+                self._mirror(route, decision.shadow, send, answered, protocol)
 
-    def _mirror(self, route: ServiceRoute, shadow: Backend, send: Send) -> None:
+    def _mirror(
+        self, route: ServiceRoute, shadow: Backend, send: Send, answered: HttpReply | None, protocol: str
+    ) -> None:
         if len(self._shadows) >= SHADOW_LIMIT:
             self.metrics.shadow_requests.labels(route.service, shadow.revision, "dropped").inc()
             return
-        task = asyncio.create_task(self._shadow(route, shadow, send))
+        task = asyncio.create_task(self._shadow(route, shadow, send, answered, protocol))
         self._shadows.add(task)
         task.add_done_callback(self._shadows.discard)
 
-    async def _shadow(self, route: ServiceRoute, shadow: Backend, send: Send) -> None:
-        status = "ok"
+    async def _shadow(
+        self, route: ServiceRoute, shadow: Backend, send: Send, answered: HttpReply | None, protocol: str
+    ) -> None:
+        """Send the copy; count its outcome, and compare its answer with the client's when a rollout
+        judges the shadow's agreement."""
+        status, reply = "ok", None
+        started = time.perf_counter()
         try:
             reply = await send(shadow, asyncio.get_running_loop().time() + route.timeout_s)
             status = status_for_http(reply.status)
         except Exception as exc:  # a shadow's failure is only ever counted
-            status = getattr(getattr(exc, "kind", None), "name", "model_failure").lower()
+            status = _status_of(exc)
         self.metrics.shadow_requests.labels(route.service, shadow.revision, status).inc()
+        self.samples.record(shadow.revision, status == "ok", time.perf_counter() - started)
+        window = self.samples.compares(shadow.revision)
+        if window is None or answered is None or reply is None or status != "ok":
+            return
+        try:
+            agreed, compared = answers_agree(
+                outputs_of(answered, protocol), outputs_of(reply, protocol), window.tolerance
+            )
+        except (NotComparable, ServingError, GrpcError, ValueError) as exc:
+            self.samples.record_problem(shadow.revision, str(exc))
+            return
+        self.samples.record_agreement(shadow.revision, agreed, compared)
 
     async def deliver(
         self,
@@ -309,3 +335,8 @@ class Router:
             return await self.deliver(backend, deadline, attempt)
 
         return send
+
+
+def _status_of(exc: Exception) -> str:
+    """A failed request's status label: its error kind (`timeout`, `unavailable`, ...)."""
+    return getattr(getattr(exc, "kind", None), "name", "model_failure").lower()

@@ -43,6 +43,7 @@ from serving.auth.storage_fields import storage_problems
 from serving.auth.tls import TlsFiles, add_port
 from serving.auth.tokens import TokenStore
 from serving.controller.controller import Controller
+from serving.controller.rollouts import RolloutMetrics, Rollouts
 from serving.dashboard.collectors import PipelineRunsCollector, RegistryCollector
 from serving.dashboard.history import MetricHistory
 from serving.dashboard.routes import Dashboard
@@ -222,6 +223,10 @@ class Gateway:
             metrics=AutoscalerMetrics(self.registry),
             tick_s=opts.autoscale_tick_s,
         )
+        # Rollout strategies: their checks read the router's samples (and Prometheus for promql checks).
+        rollouts = controller.rollouts = Rollouts(
+            controller, self.router.samples, prometheus=prometheus, metrics=RolloutMetrics(self.registry)
+        )
         self.router.metrics.watch_pools(self._pool_gauges)
         # Registry and pipeline activity for the Grafana dashboard, read at scrape time.
         self.registry.register(RegistryCollector(model_registry))
@@ -290,6 +295,7 @@ class Gateway:
         gc.freeze()
         autoscaling = asyncio.create_task(autoscaler.run(), name="autoscaler")
         sampling = asyncio.create_task(dashboard.run(), name="dashboard-history")
+        rolling = asyncio.create_task(rollouts.run(), name="rollouts")
         log.info("dashboard: %s/", f"{scheme}://{local}:{self.http_port}")
         self.started.set()
         stop_task = asyncio.create_task(self._stop.wait())
@@ -300,7 +306,8 @@ class Gateway:
         http.should_exit = True
         await asyncio.gather(http_task, grpc_server.stop(grace=opts.drain_timeout_s), return_exceptions=True)
         autoscaling.cancel()
-        await asyncio.gather(autoscaling, sampling, return_exceptions=True)
+        rolling.cancel()
+        await asyncio.gather(autoscaling, sampling, rolling, return_exceptions=True)
         await autoscaler.aclose()
         await controller.close()
         await self.engine.close()

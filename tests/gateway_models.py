@@ -98,3 +98,36 @@ class ScaleAndLabel(Transformer):
 
     def postprocess(self, result: dict[str, np.ndarray], context: Context) -> dict[str, np.ndarray]:
         return {"output": result["output"], "label": result["output"].argmax(axis=1)}
+
+
+# -- rollout models --------------------------------------------------------------------------------
+
+__all__ += ["Scorer"]
+
+
+class Scorer(PythonModel):
+    """A three-class classifier of `x` (each element a row): one-hot scores of `int(x) % 3`.
+
+    Knobs for the rollout tests: `SHUFFLE=1` answers the next class (a retrained model whose labels
+    were shuffled: it never agrees), `FAIL_SHARE` fails that share of requests at random (a 500),
+    `SLEEP_MS` sleeps that long (with `JITTER_MS` more at random) in every request.
+    """
+
+    inputs = _X
+    outputs = (TensorSpec("scores", "FP32", (-1, 3)),)
+
+    def __init__(self, name: str, options: Mapping[str, Any]) -> None:
+        super().__init__(name, options)
+        self.shift = int(os.environ.get("SHUFFLE", "0"))
+        self.fail_share = _seconds("FAIL_SHARE", 0.0)
+        self.sleep_s = _seconds("SLEEP_MS", 0.0) / 1000
+        self.jitter_s = _seconds("JITTER_MS", 0.0) / 1000
+        self.rng = np.random.default_rng()
+
+    def predict(self, data: dict[str, np.ndarray], context: Context) -> dict[str, np.ndarray]:
+        if self.sleep_s or self.jitter_s:
+            time.sleep(self.sleep_s + self.jitter_s * self.rng.random())
+        if self.rng.random() < self.fail_share:
+            raise RuntimeError("a failure the rollout test asked for")
+        classes = (data["x"].astype(np.int64) + self.shift) % 3
+        return {"scores": np.eye(3, dtype=np.float32)[classes]}

@@ -32,9 +32,7 @@ from serving.spec.rollout import RolloutCheck
 
 __all__ = [
     "Counts",
-    "NotComparable",
     "Verdict",
-    "agreeing_rows",
     "agreement",
     "error_rate",
     "latency",
@@ -75,10 +73,6 @@ class Verdict:
             "pValue": self.p_value,
             "message": self.message,
         }
-
-
-class NotComparable(ValueError):
-    """Two revisions' answers that cannot be compared (different shapes, labels without a tolerance)."""
 
 
 def look_alpha(confidence: float, looks: int, final: bool) -> float:
@@ -196,33 +190,6 @@ def threshold(check: RolloutCheck, value: float | None) -> Verdict:
     if check.min is not None and value < check.min:
         return Verdict(check.label, "fail", figures, None, f"{value:g} is below {check.min:g}")
     return Verdict(check.label, "pass", figures, None, f"{value:g} is within bounds")
-
-
-def agreeing_rows(stable: np.ndarray, canary: np.ndarray, tolerance: float | None) -> tuple[int, int]:
-    """(rows that agree, rows compared) between two answers to the same request.
-
-    Without a tolerance the answers are a classifier's: class scores (rows of two or more) agree on
-    their argmax, integer labels must be equal. With one, numbers agree within it (absolute, or
-    relative to the stable answer's size, whichever is larger), every value of a row.
-    """
-    if stable.shape != canary.shape:
-        raise NotComparable(f"answers of different shapes: {list(stable.shape)} and {list(canary.shape)}")
-    rows = stable.shape[0] if stable.ndim else 1
-    if rows == 0:
-        return 0, 0
-    s = stable.reshape(rows, -1)
-    c = canary.reshape(rows, -1)
-    if tolerance is not None:
-        if not (np.issubdtype(s.dtype, np.number) and np.issubdtype(c.dtype, np.number)):
-            raise NotComparable(f"a tolerance compares numbers, not {s.dtype} and {c.dtype}")
-        sf, cf = s.astype(float), c.astype(float)
-        bound = np.maximum(tolerance, tolerance * np.abs(sf))
-        return int(np.all(np.abs(sf - cf) <= bound, axis=1).sum()), rows
-    if s.shape[1] >= 2 and np.issubdtype(s.dtype, np.floating):
-        return int((s.argmax(axis=1) == c.argmax(axis=1)).sum()), rows
-    if np.issubdtype(s.dtype, np.integer) or s.dtype.kind in "OUSb":
-        return int(np.all(s == c, axis=1).sum()), rows
-    raise NotComparable("one number per row is a regressor's answer: give the agreement check a tolerance")
 
 
 def _samples(canary: Counts, stable: Counts, wanted: int) -> str:

@@ -15,7 +15,7 @@ import logging
 import time
 from collections.abc import Coroutine
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from autoscaler.config import ConfigError, GlobalScalingDefaults, ScalingConfig
 from autoscaler.runner import ScaleTarget
@@ -38,6 +38,9 @@ from serving.spec import isvc as isvc_spec
 from serving.spec.isvc import SERVER_METADATA
 from serving.spec.manifests import Resource
 from serving.store import ResourceRow, RevisionRow, Rollout, Store
+
+if TYPE_CHECKING:
+    from serving.controller.rollouts import Rollouts
 
 __all__ = ["Controller", "NotFound"]
 
@@ -118,6 +121,8 @@ class Controller:
         self.storage_policy: StoragePolicy | None = None
         #: set by the gateway: the sources whose models may run code as they load (its --trust-source).
         self.trust = TrustPolicy()
+        #: set by the gateway: runs the services' rollout strategies (None: canaries wait for a person).
+        self.rollouts: Rollouts | None = None
 
     # -- lifecycle --------------------------------------------------------------------------------
 
@@ -206,8 +211,9 @@ class Controller:
         if how == "promote":
             moved = policy.promote(current, latest_ready)
         else:
-            traffic = state.plan.traffic if state else ()
-            moved = policy.rollback(current, canary=traffic[-1][0] if len(traffic) > 1 else None)
+            # A canary: the newest ready revision, newer than the rolled-out one (in a rollout's
+            # shadow phase it takes no live traffic yet).
+            moved = policy.rollback(current, canary=latest_ready)
         serving = next((r for r in state.revisions if r.name == moved.latest), None) if state else None
         if serving is not None and self._follower is not None:
             await self._follower.sync_aliases(
@@ -336,6 +342,8 @@ class Controller:
                 self._to_retire.add(revision)
             self._states.pop(name, None)
             self._clock.forget(name)
+            if self.rollouts is not None:
+                self.rollouts.forget(name)
             return
         states = {}
         for kind, component in isvc.components().items():
@@ -351,7 +359,15 @@ class Controller:
         if pinned is not None:  # None: the registry cannot say what to run now; keep what runs
             current = self._revise(name, kind, pinned, revisions, current)
         ready = {r.name for r in revisions if self._counts_as_ready(r.name)}
-        plan = policy.plan([r.name for r in revisions], ready, current, component.canary_traffic_percent)
+        names = [r.name for r in revisions]
+        canary_percent = component.canary_traffic_percent
+        strategy = self.services[name].spec.rollout
+        if kind == "predictor" and strategy is not None and self.rollouts is not None:
+            candidate = policy.canary(names, ready, current)
+            canary_percent = self.rollouts.canary_percent(
+                name, strategy, canary_percent, candidate, current.latest if candidate else None
+            )
+        plan = policy.plan(names, ready, current, canary_percent)
         if plan.rollout != current:
             self.store.set_rollout(name, kind, plan.rollout)
         for change in plan.changes:
@@ -396,6 +412,17 @@ class Controller:
         )
         revisions.append(row)
         return self.store.rollout(name, kind)  # a new revision clears a rollback's pin
+
+    def is_ready(self, revision: str) -> bool:
+        return self._counts_as_ready(revision)
+
+    def rolled_out(self, name: str) -> str | None:
+        """The predictor revision that takes the traffic of service `name` (KServe's rolled-out one)."""
+        return self.store.rollout(name, "predictor").latest
+
+    def mark(self, name: str) -> None:
+        """Reconcile service `name` again soon (its traffic or routes changed)."""
+        self._mark(name)
 
     def _counts_as_ready(self, revision: str) -> bool:
         """Ready: replicas answer, or the autoscaler took a once-ready revision to zero (it is still
@@ -633,6 +660,11 @@ class Controller:
         )
 
     def _shadow(self, name: str, isvc: InferenceService) -> Shadow | None:
+        """The spec's shadow; while a rollout mirrors requests to its canary, that instead."""
+        mirrored = self.rollouts.shadow(name) if self.rollouts is not None else None
+        if mirrored is not None:
+            canary, percent = mirrored
+            return Shadow(percent, self._split(name, ((canary, 100),)) if canary in self.pools else Split())
         spec = isvc.spec.shadow
         if spec is None:
             return None

@@ -17,7 +17,7 @@ from dataclasses import dataclass, replace
 
 from serving.store import Rollout
 
-__all__ = ["Plan", "plan", "promote", "rollback"]
+__all__ = ["Plan", "canary", "plan", "promote", "rollback"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,6 +52,15 @@ def plan(revisions: Sequence[str], ready: set[str], rollout: Rollout, canary_per
         return Plan(rollout, ((latest_ready, 100),), latest_ready, tuple(changes))
     traffic = ((rollout.latest, 100 - canary_percent), (latest_ready, canary_percent))
     return Plan(rollout, tuple((r, p) for r, p in traffic if p > 0), latest_ready, ())
+
+
+def canary(revisions: Sequence[str], ready: set[str], rollout: Rollout) -> str | None:
+    """The revision a canary split would give traffic to: the newest ready one, newer than the
+    rolled-out revision, unless a rollback pinned the traffic. `revisions` oldest first."""
+    latest_ready = next((r for r in reversed(revisions) if r in ready), None)
+    if latest_ready is None or rollout.latest not in revisions or rollout.pinned:
+        return None
+    return latest_ready if revisions.index(latest_ready) > revisions.index(rollout.latest) else None
 
 
 def promote(rollout: Rollout, latest_ready: str | None) -> Rollout:

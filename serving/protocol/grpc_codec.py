@@ -18,7 +18,7 @@ from serving.errors import InvalidInput
 from serving.protocol.datatypes import element_count, from_raw, numpy_dtype, to_raw, validate_shape
 from serving.protocol.types import InferRequest, InferResponse, InferTensor, RequestedOutput
 
-__all__ = ["decode_request", "encode_response", "from_parameters", "to_parameters"]
+__all__ = ["decode_request", "decode_response", "encode_response", "from_parameters", "to_parameters"]
 
 #: datatype -> the typed `InferTensorContents` field that may carry it (FP16/BF16 travel raw only).
 _CONTENTS_FIELD = {
@@ -102,6 +102,20 @@ def decode_request(message: pb.ModelInferRequest, deadline: float | None = None)
         parameters={k: v for k, v in parameters.items() if k not in _PROTOCOL_PARAMETERS},
         deadline=deadline,
     )
+
+
+def decode_response(message: pb.ModelInferResponse) -> dict[str, np.ndarray]:
+    """A ModelInferResponse's outputs by name (raw or typed contents)."""
+    raw_contents = message.raw_output_contents
+    outputs = {}
+    for index, tensor in enumerate(message.outputs):
+        what = f"output '{tensor.name}'"
+        shape = validate_shape(list(tensor.shape), what)
+        if index < len(raw_contents):
+            outputs[tensor.name] = from_raw(raw_contents[index], tensor.datatype, shape, what)
+        else:
+            outputs[tensor.name] = _from_contents(tensor, shape, what)
+    return outputs
 
 
 def _from_contents(tensor: Any, shape: tuple[int, ...], what: str) -> np.ndarray:

@@ -11,13 +11,14 @@ from __future__ import annotations
 import time
 from typing import Any
 
+import numpy as np
 import orjson
 
 from serving.errors import InvalidInput
 from serving.protocol.datatypes import from_json_data, from_raw, to_json_data, to_raw, validate_shape
 from serving.protocol.types import InferRequest, InferResponse, InferTensor, RequestedOutput
 
-__all__ = ["HEADER_LENGTH", "decode_request", "encode_response", "loads_object"]
+__all__ = ["HEADER_LENGTH", "decode_request", "decode_response", "encode_response", "loads_object"]
 
 HEADER_LENGTH = "inference-header-content-length"
 #: request parameters that steer the protocol or the server rather than the model.
@@ -44,15 +45,7 @@ def decode_request(
     header_length: int | None = None,
 ) -> InferRequest:
     """Decode a V2 REST inference request (JSON, or JSON header + binary tensors)."""
-    if header_length is None:
-        header, binary = body, memoryview(b"")
-    else:
-        if header_length < 0 or header_length > len(body):
-            raise InvalidInput(
-                f"Inference-Header-Content-Length is {header_length} but the body has only {len(body)} bytes"
-            )
-        view = memoryview(body)
-        header, binary = view[:header_length], view[header_length:]
+    header, binary = _split_body(body, header_length)
     doc = loads_object(header, "inference request")
 
     raw_inputs = doc.get("inputs")
@@ -81,6 +74,34 @@ def decode_request(
         parameters={k: v for k, v in parameters.items() if k not in _PROTOCOL_PARAMETERS},
     )
     return request
+
+
+def _split_body(body: bytes, header_length: int | None) -> tuple[bytes | memoryview, memoryview]:
+    """(the JSON header, the binary tensors after it)."""
+    if header_length is None:
+        header, binary = body, memoryview(b"")
+    else:
+        if header_length < 0 or header_length > len(body):
+            raise InvalidInput(
+                f"Inference-Header-Content-Length is {header_length} but the body has only {len(body)} bytes"
+            )
+        view = memoryview(body)
+        header, binary = view[:header_length], view[header_length:]
+    return header, binary
+
+
+def decode_response(body: bytes, header_length: int | None = None) -> dict[str, np.ndarray]:
+    """A V2 REST inference answer's outputs by name (JSON, or JSON header + binary tensors)."""
+    header, binary = _split_body(body, header_length)
+    raw_outputs = loads_object(header, "inference response").get("outputs")
+    if not isinstance(raw_outputs, list):
+        raise InvalidInput("inference response needs an 'outputs' list")
+    outputs, offset = {}, 0
+    for index, raw in enumerate(raw_outputs):
+        tensor, size = _decode_input(raw, index, binary, offset)
+        outputs[tensor.name] = tensor.data
+        offset += size
+    return outputs
 
 
 def _decode_input(raw: object, index: int, binary: memoryview, offset: int) -> tuple[InferTensor, int]:

@@ -24,6 +24,7 @@ from serving.spec.common import (
     parse_quantity,
     unknown_fields,
 )
+from serving.spec.rollout import RolloutStrategy
 
 if TYPE_CHECKING:
     # autoscaler.config reads serving.spec.common: importing it here at load time would be circular.
@@ -396,6 +397,8 @@ class InferenceServiceSpec(KModel):
     explainer: dict[str, Any] | None = None
     experiment: ExperimentSpec | None = None
     shadow: ShadowSpec | None = None
+    #: servegate's progressive delivery: stages, checks and what ends the rollout (rollout.py).
+    rollout: RolloutStrategy | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -491,6 +494,12 @@ class InferenceService(KModel):
             problems += spec.experiment.problems("spec.experiment")
         if spec.shadow is not None:
             problems += spec.shadow.problems("spec.shadow")
+        if spec.rollout is not None:
+            problems += spec.rollout.problems("spec.rollout", spec.predictor.canary_traffic_percent)
+            if spec.experiment is not None:
+                problems.append(
+                    Problem("spec.rollout", "a rollout and an A/B experiment cannot share the traffic")
+                )
         if not problems:
             from autoscaler.config import ConfigError
 

@@ -6,10 +6,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from router.agreement import NotComparable, agreeing_rows, answers_agree
 from serving.controller.analysis import (
     Counts,
-    NotComparable,
-    agreeing_rows,
     agreement,
     error_rate,
     latency,
@@ -116,6 +115,12 @@ def test_answers_agree_by_argmax_labels_or_tolerance() -> None:
         agreeing_rows(values, values, None)
     with pytest.raises(NotComparable, match="shapes"):
         agreeing_rows(scores, scores[:2], None)
+    # rows agree when every output both answers have agrees
+    stable = {"scores": scores, "label": np.array([1, 0, 0])}
+    canary = {"scores": shifted, "label": np.array([1, 1, 1]), "extra": np.zeros(3)}
+    assert answers_agree(stable, canary, None) == (1, 3)
+    with pytest.raises(NotComparable, match="no output in common"):
+        answers_agree({"a": scores}, {"b": scores}, None)
 
 
 def test_the_looks_of_a_step_spend_no_more_than_one_minus_confidence() -> None:
