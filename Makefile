@@ -56,6 +56,7 @@ bench: install bench-tools
 	$(BIN)/python loadtests/bench_replica.py
 	$(BIN)/python loadtests/bench_gateway.py
 	$(BIN)/python loadtests/bench_dashboard.py
+	$(BIN)/python loadtests/bench_rollout.py
 	$(BIN)/python loadtests/bench_autoscale.py
 	$(BIN)/python loadtests/bench_registry.py
 	$(BIN)/python loadtests/bench_pipeline.py

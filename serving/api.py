@@ -1,5 +1,6 @@
 """The control API under `/api/v1`: apply manifests, list/get/delete resources, promote, rollback,
-events. The CLI and `serving.Client` speak only this.
+events, and a service's rollout (its status; pause, resume, abort). The CLI and `serving.Client`
+speak only this.
 
 Errors are `{"error": message}` like the data plane; a rejected apply adds
 `"problems": [{"path", "message"}, ...]`, one per thing wrong, and changes nothing.
@@ -9,7 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import functools
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -30,11 +32,14 @@ from serving.auth import Guard, Principal, Scope, Target, refusal
 from serving.auth.rest import principal_of, scoped_routes
 from serving.auth.storage_fields import storage_problems
 from serving.controller.controller import Controller, NotFound
-from serving.errors import PermissionDenied, ServingError
+from serving.errors import PermissionDenied, ServerUnavailable, ServingError
 from serving.registry.types import RegistryError
 from serving.registry.uris import is_registry_uri
 from serving.spec import InferenceService, ManifestError, Problem, TrainedModel, load_manifests
 from serving.spec.manifests import ManifestTooLarge, Resource
+
+if TYPE_CHECKING:
+    from serving.controller.rollouts import Rollouts
 
 __all__ = ["KINDS", "api_routes", "resource_target", "trust_problems", "visible_to"]
 
@@ -47,7 +52,7 @@ KINDS = {
 MAX_MANIFEST_BYTES = 4 * 1024 * 1024
 #: why a manifest may not name trusted sources itself.
 _OPERATORS = "is the operator's to give (servegate up --trust-source), not a manifest's"
-NO_PROMETHEUS = "a custom (PromQL) metric needs a Prometheus server: start servegate up with --prometheus-url"
+NO_PROMETHEUS = "a PromQL query needs a Prometheus server: start servegate up with --prometheus-url"
 
 
 def _error(message: str, status: int, problems: list[Problem] | None = None) -> JSONResponse:
@@ -164,22 +169,28 @@ class _Api:
             if not isinstance(r, InferenceService):
                 continue
             name = r.metadata.name
+            queries = []
             for kind in r.components():
                 config = r.scaling(kind)
-                if config.metric != "custom" or config.query is None:
-                    continue
-                where = f"InferenceService/{name}: spec.{kind}.autoScaling.metrics[0].external.metric.query"
+                if config.metric == "custom" and config.query is not None:
+                    where = f"spec.{kind}.autoScaling.metrics[0].external.metric.query"
+                    queries.append((where, config.query, f"{name}-{kind}-00001"))
+            if r.spec.rollout is not None:
+                for i, check in enumerate(r.spec.rollout.checks or ()):
+                    if check.metric == "promql" and check.query is not None:
+                        queries.append(
+                            (f"spec.rollout.checks[{i}].query", check.query, f"{name}-predictor-00002")
+                        )
+            for where, query, revision in queries:
                 if promql is None:
-                    problems.append(Problem(where, NO_PROMETHEUS))
+                    problems.append(Problem(f"InferenceService/{name}: {where}", NO_PROMETHEUS))
                     continue
                 try:
-                    error = await promql.check(
-                        render(config.query, revision=f"{name}-{kind}-00001", service=name)
-                    )
+                    error = await promql.check(render(query, revision=revision, service=name))
                 except (MetricSourceError, ValueError) as exc:
                     error = str(exc)
                 if error:
-                    problems.append(Problem(where, error))
+                    problems.append(Problem(f"InferenceService/{name}: {where}", error))
         return problems
 
     async def _storage(self, resources: list[Resource]) -> list[Problem]:
@@ -243,7 +254,30 @@ class _Api:
     async def rollback(self, request: Request) -> Response:
         return await self._move(request, self.controller.rollback)
 
-    async def _move(self, request: Request, how: Any) -> Response:
+    async def rollout(self, request: Request) -> Response:
+        name = request.path_params["name"]
+        try:
+            return JSONResponse(self._rollouts(name).status(name))
+        except ValueError as exc:  # no rollout strategy
+            return _error(str(exc), 409)
+
+    async def pause_rollout(self, request: Request) -> Response:
+        return await self._move(request, self._rollouts(request.path_params["name"]).pause)
+
+    async def resume_rollout(self, request: Request) -> Response:
+        return await self._move(request, self._rollouts(request.path_params["name"]).resume)
+
+    async def abort_rollout(self, request: Request) -> Response:
+        return await self._move(request, self._rollouts(request.path_params["name"]).abort)
+
+    def _rollouts(self, name: str) -> Rollouts:
+        rollouts = self.controller.rollouts
+        if rollouts is None:  # a controller the gateway did not set up (tests, embedding)
+            self.controller.get("InferenceService", name)  # an unknown service is still a 404
+            raise ServerUnavailable("this gateway runs no rollout strategies")
+        return rollouts
+
+    async def _move(self, request: Request, how: Callable[..., Awaitable[str]]) -> Response:
         try:
             message = await how(request.path_params["name"], actor=principal_of(request).name)
         except ValueError as exc:
@@ -335,6 +369,7 @@ def api_routes(controller: Controller, guard: Guard) -> list[Mount]:
     are checked against the resource's (`_target`)."""
     a = _Api(controller)
     item = "/{plural}/{name}"
+    rollout = "/inferenceservices/{name}/rollout"
     from starlette.applications import Starlette
 
     route = scoped_routes(guard)
@@ -349,6 +384,10 @@ def api_routes(controller: Controller, guard: Guard) -> list[Mount]:
             route(item + "/events", a.events, Scope.READ, target=target),
             route("/inferenceservices/{name}/promote", a.promote, Scope.DEPLOY, "POST", target),
             route("/inferenceservices/{name}/rollback", a.rollback, Scope.DEPLOY, "POST", target),
+            route(rollout, a.rollout, Scope.READ, target=target),
+            route(rollout + "/pause", a.pause_rollout, Scope.DEPLOY, "POST", target),
+            route(rollout + "/resume", a.resume_rollout, Scope.DEPLOY, "POST", target),
+            route(rollout + "/abort", a.abort_rollout, Scope.DEPLOY, "POST", target),
         ],
         exception_handlers={NotFound: _not_found, ServingError: _serving_error},
     )

@@ -1,8 +1,9 @@
 """`serving.Client`: the Python SDK for a running `servegate up` gateway.
 
-It speaks the control API under `/api/v1` (apply, get, list, delete, promote, rollback, events;
-pipeline runs and lineage), the model registry under `/api/registry` (`client.registry`), and the
-data plane (KServe V1, Open Inference Protocol V2 over REST and gRPC), like the CLI does.
+It speaks the control API under `/api/v1` (apply, get, list, delete, promote, rollback, events,
+rollouts; pipeline runs and lineage), the model registry under `/api/registry`
+(`client.registry`), and the data plane (KServe V1, Open Inference Protocol V2 over REST and
+gRPC), like the CLI does.
 
     with Client("http://127.0.0.1:8080") as client:
         client.apply_files(["iris.yaml"])
@@ -254,6 +255,27 @@ class Client:
     def rollback(self, name: str) -> str:
         """Pin all traffic to the previous rolled-out revision; returns the gateway's message."""
         return str(self._call("POST", f"/api/v1/inferenceservices/{_segment(name)}/rollback")["message"])
+
+    def rollout_status(self, name: str) -> dict[str, Any]:
+        """The rollout of an InferenceService with a rollout strategy: canary and stable revisions,
+        state, stages (the current one `stage`, counted from 0), failures, and each check's verdict."""
+        return self._call("GET", f"/api/v1/inferenceservices/{_segment(name)}/rollout")
+
+    def rollout_pause(self, name: str) -> str:
+        """Hold an InferenceService's running rollout at its stage; returns the gateway's message."""
+        return self._rollout("pause", name)
+
+    def rollout_resume(self, name: str) -> str:
+        """Go on with a paused rollout (its stage's hold starts again); returns the gateway's message."""
+        return self._rollout("resume", name)
+
+    def rollout_abort(self, name: str) -> str:
+        """Stop a rollout and send all traffic back to the stable revision; returns the gateway's message."""
+        return self._rollout("abort", name)
+
+    def _rollout(self, command: str, name: str) -> str:
+        path = f"/api/v1/inferenceservices/{_segment(name)}/rollout/{command}"
+        return str(self._call("POST", path)["message"])
 
     def events(self, kind: str, name: str) -> builtins.list[dict[str, Any]]:
         """A resource's recent events, oldest first: {time (epoch seconds), type, reason, message}."""

@@ -13,6 +13,7 @@ from serving.cli.pipeline import pipeline_group
 from serving.cli.prometheus import prometheus_config
 from serving.cli.registry import registry
 from serving.cli.resources import RESOURCE_COMMANDS
+from serving.cli.rollout import rollout_group
 from serving.cli.token import token_group
 from serving.cli.up import up
 
@@ -32,6 +33,7 @@ cli.add_command(prometheus_config)
 cli.add_command(grafana_dashboard_command)
 cli.add_command(registry)
 cli.add_command(token_group)
+cli.add_command(rollout_group)
 for command in RESOURCE_COMMANDS:
     cli.add_command(command)
 

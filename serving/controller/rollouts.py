@@ -258,6 +258,8 @@ class Rollouts:
                     )
                 )
             elif check.metric == "latency":
+                if stage.kind == "shadow":  # mirrored after the client's answer, at another concurrency
+                    continue
                 verdicts.append(
                     analysis.latency(
                         check, canary.latencies_ms, stable.latencies_ms, alpha, strategy.min_samples

@@ -6,6 +6,7 @@ its shadow phase before it serves a live request, and leaves a noisy but equal c
 from __future__ import annotations
 
 import contextlib
+import json
 from typing import Any
 
 import pytest
@@ -144,3 +145,52 @@ def test_noisy_but_equal_canaries_are_not_rolled_back(gateway: GatewayProcess, a
 
         endings = until(ended, 90, "the noisy rollouts to end")
     assert [e["reason"] for e in endings] == ["RolloutSucceeded"] * 3, [e["message"] for e in endings]
+
+
+def test_a_person_pauses_resumes_and_aborts_a_rollout(gateway: GatewayProcess, api: ControlApi) -> None:
+    strategy = _strategy(steps=[{"weight": 20, "hold": "5m"}])
+    api.apply(python_isvc("manual", "Scorer", rollout=strategy))
+    api.wait_ready("manual")
+    assert api.http.get("/inferenceservices/manual/rollout").json()["state"] == "none"
+    api.apply(python_isvc("manual", "Scorer", env={"VERSION": "2"}, rollout=strategy))
+    api.wait_traffic("manual", {revision("manual", 1): 80, revision("manual", 2): 20})
+    status = api.http.get("/inferenceservices/manual/rollout").json()
+    assert (status["state"], status["canary"], status["traffic"]) == (
+        "running",
+        revision("manual", 2),
+        {"live": 20, "shadow": 0},
+    )
+    for action, state in (("pause", "paused"), ("resume", "running")):
+        assert api.http.post(f"/inferenceservices/manual/rollout/{action}").status_code == 200
+        assert api.http.get("/inferenceservices/manual/rollout").json()["state"] == state
+    assert api.http.post("/inferenceservices/manual/rollout/resume").status_code == 409  # not paused
+    assert api.http.post("/inferenceservices/manual/rollout/abort").status_code == 200
+    api.wait_traffic("manual", {revision("manual", 1): 100})
+    assert "aborted by admin" in _events(api, "manual", "RolloutAborted")[0]["message"]
+
+
+@pytest.mark.parametrize(
+    ("rollout", "path"),
+    [
+        (
+            {"steps": [{"weight": 50, "hold": "1m"}, {"weight": 20, "hold": "1m"}]},
+            "spec.rollout.steps[1].weight",
+        ),
+        ({"steps": [{"weight": 20, "hold": "0s"}]}, "spec.rollout.steps[0].hold"),
+        (
+            {"steps": [{"weight": 20, "hold": "1m"}], "checks": [{"metric": "cpu"}]},
+            "spec.rollout.checks[0].metric",
+        ),
+        (
+            {
+                "steps": [{"weight": 20, "hold": "1m"}],
+                "checks": [{"metric": "promql", "query": "up", "max": 1}],
+            },
+            "spec.rollout.checks[0].query",  # this gateway has no Prometheus to ask
+        ),
+    ],
+)
+def test_a_bad_strategy_is_refused_at_apply(api: ControlApi, rollout: dict[str, Any], path: str) -> None:
+    refused = api.apply_text(json.dumps(python_isvc("refused", "Scorer", rollout=rollout)))
+    assert refused.status_code == 400, refused.text
+    assert any(path in p["path"] for p in refused.json()["problems"]), refused.json()

@@ -260,6 +260,8 @@ def test_the_walk_finds_every_part_of_the_gateway() -> None:
         "POST /api/v1/apply",
         "DELETE /api/v1/{plural}/{name}",
         "POST /api/v1/inferenceservices/{name}/promote",
+        "GET /api/v1/inferenceservices/{name}/rollout",
+        "POST /api/v1/inferenceservices/{name}/rollout/abort",
         "POST /api/registry/models/{name}/versions",
         "GET /api/v1/tokens",
         "DELETE /api/v1/tokens/{name}",
