@@ -257,6 +257,8 @@ class Controller:
             out["status"] = service_status(
                 name, self._states.get(name, {}), self.engine, self.gateway_url, self._clock, autoscaling
             )
+            if self.rollouts is not None and (rolling := self.rollouts.condition(name)) is not None:
+                out["status"]["conditions"].append(rolling)
         elif kind == "TrainedModel":
             host = row.manifest["spec"]["inferenceService"]
             ready = self.router.table.services.get(host) is not None and host in self._states

@@ -175,6 +175,23 @@ class Rollouts:
             "checks": [v.as_dict() for v in p.verdicts],
         }
 
+    def condition(self, name: str) -> dict[str, Any] | None:
+        """The service's `RolloutSucceeded` condition: Unknown while its rollout runs (the reason
+        says where), True once promoted, False once rolled back; None without a rollout."""
+        current = self._rollouts.get(name)
+        if current is None:
+            return None
+        p = current.progress
+        status = {"succeeded": "True", "aborted": "False"}.get(p.state, "Unknown")
+        when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(p.stage_started))
+        return {
+            "type": "RolloutSucceeded",
+            "status": status,
+            "reason": p.state.capitalize(),
+            "message": f"{p.canary}: stage {p.stage + 1}/{len(current.plan)}: {p.reason}",
+            "lastTransitionTime": when,
+        }
+
     async def pause(self, name: str, actor: str = "") -> str:
         current = self._running(name)
         current.progress = progressive.pause(current.progress, actor or "someone")

@@ -162,6 +162,7 @@ def test_gpu_replicas_land_on_two_nodes_and_answer_every_protocol(
     api.apply(mlp_isvc("gpu", model_repo, model=GPU, predictor={"minReplicas": 2, "maxReplicas": 2}))
     status = api.wait_ready("gpu", timeout=120)
     rev = revision("gpu", 1)
+    wait_pool(api, "gpu", rev, ready=2, desired=2)  # Ready needs one replica; this test wants both
     replicas = ready_replicas(api, "gpu", rev)
     assert len(replicas) == 2
     assert {node_label(ray_gateway.cluster, r["node"]) for r in replicas} == {"a", "b"}

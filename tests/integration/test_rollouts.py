@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from tests.gateway_helpers import ControlApi, Load, python_isvc, revision, traffic
+from tests.gateway_helpers import ControlApi, Load, condition, python_isvc, revision, traffic
 from tests.servers import GatewayProcess, until
 
 pytestmark = pytest.mark.integration
@@ -54,8 +54,8 @@ def _roll(
 
 def test_a_good_canary_walks_every_step_and_is_promoted(gateway: GatewayProcess, api: ControlApi) -> None:
     strategy = _strategy(
-        shadow={"percent": 100, "hold": "3s"},
-        steps=[{"weight": 20, "hold": "3s"}, {"weight": 50, "hold": "3s"}],
+        shadow={"percent": 100, "hold": "2s"},
+        steps=[{"weight": 20, "hold": "2s"}, {"weight": 50, "hold": "2s"}],
         checks=[
             {"metric": "errorRate"},
             {"metric": "latency", "quantile": "p99", "maxRatio": 2},
@@ -66,7 +66,9 @@ def test_a_good_canary_walks_every_step_and_is_promoted(gateway: GatewayProcess,
     with load:
         load.wait_for(revision("good", 2))
     assert "every step passed" in message
-    assert traffic(api.status("good")) == {revision("good", 2): 100}
+    status = api.status("good")
+    assert traffic(status) == {revision("good", 2): 100}
+    assert condition(status, "RolloutSucceeded")["status"] == "True"
     stepped = [e["message"] for e in _events(api, "good", "RolloutStepped")]
     assert len(stepped) == 2 and "shadow 100% passed" in stepped[0], stepped
     assert load.failures() == []
@@ -127,7 +129,7 @@ def test_noisy_but_equal_canaries_are_not_rolled_back(gateway: GatewayProcess, a
     noisy = {"JITTER_MS": "6", "FAIL_SHARE": "0.01"}
     names = [f"noisy-{i}" for i in range(3)]
     strategy = _strategy(
-        steps=[{"weight": 50, "hold": "6s"}],
+        steps=[{"weight": 50, "hold": "4s"}],
         checks=[{"metric": "errorRate"}, {"metric": "latency", "quantile": "p99", "maxRatio": 1.5}],
     )
     api.apply(*(python_isvc(name, "Scorer", env=noisy, rollout=strategy) for name in names))
@@ -167,6 +169,7 @@ def test_a_person_pauses_resumes_and_aborts_a_rollout(gateway: GatewayProcess, a
     assert api.http.post("/inferenceservices/manual/rollout/abort").status_code == 200
     api.wait_traffic("manual", {revision("manual", 1): 100})
     assert "aborted by admin" in _events(api, "manual", "RolloutAborted")[0]["message"]
+    assert condition(api.status("manual"), "RolloutSucceeded")["status"] == "False"
 
 
 @pytest.mark.parametrize(
