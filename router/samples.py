@@ -8,7 +8,7 @@ lookup per request.
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 __all__ = ["LATENCY_SAMPLES", "RevisionSamples", "Window"]
 
@@ -32,10 +32,7 @@ class Window:
     problem: str | None = None
 
     def copy(self) -> Window:
-        return Window(
-            self.compare, self.tolerance, self.requests, self.errors, list(self.latencies_ms),
-            self.agreed, self.compared, self.problem,
-        )  # fmt: skip
+        return replace(self, latencies_ms=list(self.latencies_ms))
 
 
 class RevisionSamples:

@@ -31,7 +31,7 @@ from serving.auth.internal import CALLER_ENV, GATEWAY_CERT_ENV, InternalCredenti
 from serving.auth.storage import StoragePolicy
 from serving.controller import rollout as policy
 from serving.controller.following import RegistryFollower, uses_registry
-from serving.controller.status import ConditionClock, service_status
+from serving.controller.status import ConditionClock, rfc3339, service_status
 from serving.engines.base import Engine, ReplicaSpec, ServedModelRef
 from serving.spec import Component, InferenceService, TrainedModel
 from serving.spec import isvc as isvc_spec
@@ -246,7 +246,7 @@ class Controller:
         """A stored resource as the API shows it: the manifest, server metadata and status."""
         kind, name = row.kind, row.name
         out = dict(row.manifest)
-        created = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(row.created))
+        created = rfc3339(row.created)
         out["metadata"] = {
             **out.get("metadata", {}),
             "generation": row.generation,

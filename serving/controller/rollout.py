@@ -42,8 +42,7 @@ def plan(revisions: Sequence[str], ready: set[str], rollout: Rollout, canary_per
         changes.append(f"revision {latest_ready} rolled out (100%)")
         return Plan(rollout, ((latest_ready, 100),), latest_ready, tuple(changes))
 
-    newer = latest_ready is not None and revisions.index(latest_ready) > revisions.index(rollout.latest)
-    if not newer or rollout.pinned:
+    if canary(revisions, ready, rollout) is None:
         return Plan(rollout, ((rollout.latest, 100),), latest_ready, ())
     assert latest_ready is not None
     if canary_percent is None or canary_percent >= 100:

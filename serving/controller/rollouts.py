@@ -27,6 +27,7 @@ from router.samples import RevisionSamples, Window
 from serving.controller import analysis, progressive
 from serving.controller.analysis import Counts, Verdict
 from serving.controller.progressive import Progress, Stage
+from serving.controller.status import rfc3339
 from serving.spec.rollout import RolloutCheck, RolloutStrategy, duration_s
 
 if TYPE_CHECKING:
@@ -183,13 +184,12 @@ class Rollouts:
             return None
         p = current.progress
         status = {"succeeded": "True", "aborted": "False"}.get(p.state, "Unknown")
-        when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(p.stage_started))
         return {
             "type": "RolloutSucceeded",
             "status": status,
             "reason": p.state.capitalize(),
             "message": f"{p.canary}: stage {p.stage + 1}/{len(current.plan)}: {p.reason}",
-            "lastTransitionTime": when,
+            "lastTransitionTime": rfc3339(p.stage_started),
         }
 
     async def pause(self, name: str, actor: str = "") -> str:

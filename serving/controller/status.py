@@ -14,7 +14,7 @@ from typing import Any, Protocol
 
 from serving.engines.base import Engine, PoolStatus, ReplicaState
 
-__all__ = ["ConditionClock", "service_status"]
+__all__ = ["ConditionClock", "rfc3339", "service_status"]
 
 
 class _State(Protocol):
@@ -24,6 +24,11 @@ class _State(Protocol):
     def plan(self) -> Any: ...
     @property
     def component(self) -> Any: ...
+
+
+def rfc3339(seconds: float) -> str:
+    """Unix seconds as Kubernetes writes times (`2026-12-04T12:23:13Z`)."""
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(seconds))
 
 
 class ConditionClock:
@@ -37,7 +42,7 @@ class ConditionClock:
         last = self._seen.get(key)
         if last is None or last[0] != ok:
             last = self._seen[key] = (ok, time.time())
-        return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(last[1]))
+        return rfc3339(last[1])
 
     def forget(self, service: str) -> None:
         for key in [k for k in self._seen if k[0] == service]:
