@@ -6,7 +6,7 @@ requests a bad version answers (and fails) before it is stopped.
 
 `servegate up` (tokens on) serves a three-class classifier (`tests.gateway_models:Scorer`) as a
 stable revision under continuous V2 JSON load, then rolls out a new version with this strategy,
-written as a user would (only the holds shortened so the run takes minutes):
+written as a user would, with shorter holds and 2 s looks (default 10 s) so the run takes minutes:
 
     rollout:
       shadow: {percent: 100, hold: HOLD}
