@@ -133,11 +133,16 @@ class _GrpcFront:
                 headers = {**forward, **backend.pool.auth_headers, "content-type": GRPC}
 
                 async def attempt(http_url: str, _grpc: str | None, timeout: float) -> HttpReply:
-                    if (remaining := call.time_remaining()) is not None:
-                        timeout = min(timeout, remaining)
+                    service_bound = True  # the service's timeout, not the client's deadline, is sooner
+                    if (remaining := call.time_remaining()) is not None and remaining < timeout:
+                        timeout, service_bound = remaining, False
                     headers["grpc-timeout"] = f"{min(_MAX_TIMEOUT_MS, max(1, int(timeout * 1000)))}m"
                     reply = await self.router.http.request("POST", http_url + path, body, headers, timeout)
                     code, message = status_of_reply(reply.status, reply.headers, reply.body)
+                    if code is grpc.StatusCode.DEADLINE_EXCEEDED and service_bound:
+                        # The replica ran out of the service's timeout a moment before the gateway's
+                        # own timer: the same timeout, answered as the gateway answers it.
+                        raise TimeoutError
                     if code is grpc.StatusCode.OK:
                         return HttpReply(200, reply.body)
                     # As an HTTP status, so metrics, retries and evictions read it like REST's.
