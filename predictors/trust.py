@@ -35,6 +35,7 @@ __all__ = [
     "TrustPolicy",
     "is_python_file",
     "local_needs_trust",
+    "local_path",
     "needs_trust",
     "require_trust",
     "source_of",
@@ -141,7 +142,7 @@ def local_needs_trust(fmt: str | None, uri: str) -> bool:
     zip directories only; a missing or unreadable artifact is left to the runtime."""
     if needs_trust(fmt, uri):
         return True
-    path = _local_path(uri)
+    path = local_path(uri)
     if path is None or _format(fmt, uri) == "python":
         return False
     from predictors.runtimes import model_file  # imported here: see _format
@@ -242,7 +243,7 @@ def _suffix(artifact: str) -> str:
     return PurePosixPath(path).suffix.lower()
 
 
-def _local_path(uri: str) -> Path | None:
+def local_path(uri: str) -> Path | None:
     """The local path `uri` names (a plain path or file:// URI), else None."""
     if "://" not in uri and not uri.startswith("file:"):
         return Path(uri).expanduser()
@@ -258,7 +259,7 @@ def _key(uri: str) -> tuple[str, ...] | None:
     uri = uri.strip()
     if not uri:
         return None
-    local = _local_path(uri)
+    local = local_path(uri)
     if local is not None:
         # resolve(): `..` and symlinks as the loader will meet them, relative paths from the cwd.
         return ("file", "", *local.resolve().parts[1:])

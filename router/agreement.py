@@ -3,7 +3,8 @@ against the answer the client got from the stable revision (the rollout's agreem
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 from tritonclient.grpc import service_pb2 as pb
@@ -12,7 +13,11 @@ from router.forward import HttpReply
 from serving.protocol import grpc_codec, v2
 from serving.protocol.grpc_http import unframe
 
-__all__ = ["NotComparable", "agreeing_rows", "answers_agree", "outputs_of"]
+__all__ = ["NotComparable", "agreeing_rows", "answers_agree", "outputs_of", "signatures_problem"]
+
+#: V2 datatypes whose values a tolerance can compare, and those that hold class scores.
+_NUMBERS = frozenset({"UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16", "INT32", "INT64"})
+_FLOATS = frozenset({"FP16", "FP32", "FP64", "BF16"})
 
 
 class NotComparable(ValueError):
@@ -64,6 +69,47 @@ def answers_agree(
         agree = rows if agree is None else agree & rows
     assert agree is not None
     return int(agree.sum()), int(agree.size)
+
+
+def signatures_problem(
+    stable: Sequence[Mapping[str, Any]], canary: Sequence[Mapping[str, Any]], tolerance: float | None
+) -> str | None:
+    """Why `answers_agree` could never compare the answers of two models with these outputs (their
+    signatures: `{"name", "datatype", "shape"}` each, -1 for a dimension known only at run time), or
+    None when it can, or when only their answers can tell. The same rules as `_row_agreement`,
+    judged before either model answers."""
+    s = {o["name"]: o for o in stable}
+    c = {o["name"]: o for o in canary}
+    names = sorted(set(s) & set(c))
+    if not names:
+        return f"the models have no output in common: {sorted(s)} and {sorted(c)}"
+    for name in names:
+        a, b = s[name], c[name]
+        types = {a["datatype"], b["datatype"]}
+        if not _shapes_may_match(a["shape"], b["shape"]):
+            shapes = f"{list(a['shape'])} in one model and {list(b['shape'])} in the other"
+            return f"output '{name}' has shape {shapes}"
+        if tolerance is not None:
+            if not types <= _NUMBERS | _FLOATS:
+                return f"a tolerance compares numbers, and output '{name}' is {' and '.join(sorted(types))}"
+        elif "BYTES" in types and len(types) > 1:
+            return f"output '{name}' is labels of different types: {' and '.join(sorted(types))}"
+        elif types <= _FLOATS and _row_size(a["shape"]) == 1 == _row_size(b["shape"]):
+            return (
+                f"output '{name}' is one number per row, a regressor's answer: "
+                "give the agreement check a tolerance"
+            )
+    return None
+
+
+def _shapes_may_match(a: Sequence[int], b: Sequence[int]) -> bool:
+    return len(a) == len(b) and all(x == y or -1 in (x, y) for x, y in zip(a, b, strict=True))
+
+
+def _row_size(shape: Sequence[int]) -> int | None:
+    """Values per row (the first axis), None when a dimension is known only at run time."""
+    rest = shape[1:]
+    return None if any(d < 0 for d in rest) else int(np.prod(rest, dtype=np.int64))
 
 
 def outputs_of(reply: HttpReply, protocol: str) -> dict[str, np.ndarray]:

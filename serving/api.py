@@ -31,6 +31,7 @@ from predictors.trust import (
 from serving.auth import Guard, Principal, Scope, Target, refusal
 from serving.auth.rest import principal_of, scoped_routes
 from serving.auth.storage_fields import storage_problems
+from serving.controller.comparable import agreement_problems
 from serving.controller.controller import Controller, NotFound
 from serving.errors import PermissionDenied, ServerUnavailable, ServingError
 from serving.registry.types import RegistryError
@@ -89,6 +90,7 @@ class _Api:
                 + await self._models(resources)
                 + await self._storage(resources)
                 + await self._trust(resources)
+                + await self._comparable(resources)
             )
             if problems:
                 raise ManifestError(problems)
@@ -224,6 +226,13 @@ class _Api:
                 if fmt and _format(fmt) != version.format:
                     problems.append(Problem(where, f"{version.uri} is a {version.format} model, not {fmt}"))
         return problems
+
+    async def _comparable(self, resources: list[Resource]) -> list[Problem]:
+        """Agreement checks between models whose answers could never be compared (see comparable.py)."""
+        c = self.controller
+        return await asyncio.to_thread(
+            agreement_problems, resources, c.serving_component, c.registry, c.storage_policy
+        )
 
     async def _trust(self, resources: list[Resource]) -> list[Problem]:
         """Models that run code as they load, from sources nobody trusted (see `trust_problems`)."""

@@ -422,6 +422,12 @@ class Controller:
         """The predictor revision that takes the traffic of service `name` (KServe's rolled-out one)."""
         return self.store.rollout(name, "predictor").latest
 
+    def serving_component(self, name: str, kind: str = "predictor") -> Component | None:
+        """What the rolled-out revision of service `name` runs; None before one is rolled out."""
+        latest = self.store.rollout(name, kind).latest
+        row = next((r for r in self.store.revisions(name, kind) if r.name == latest), None)
+        return _component_from(row.spec) if row is not None else None
+
     def mark(self, name: str) -> None:
         """Reconcile service `name` again soon (its traffic or routes changed)."""
         self._mark(name)

@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import contextlib
 import json
+from pathlib import Path
 from typing import Any
 
 import pytest
 
+from predictors.examples import make_mlp_onnx
 from tests.gateway_helpers import ControlApi, Load, condition, python_isvc, revision, traffic
 from tests.servers import GatewayProcess, until
 
@@ -120,8 +122,49 @@ def test_a_disagreeing_canary_stops_in_its_shadow_phase_without_serving(
     assert [o for o in load.snapshot() if o.revision == revision("shuffled", 2)] == []
     assert load.failures() == []
     status = api.http.get("/inferenceservices/shuffled/rollout")
-    if status.status_code == 200:  # the rollout API (its own tests cover it)
-        assert status.json()["state"] == "aborted"
+    assert status.status_code == 200 and status.json()["state"] == "aborted", status.text
+
+
+def test_agreement_between_models_without_comparable_outputs_is_refused_at_apply(
+    gateway: GatewayProcess, api: ControlApi, tmp_path: Path
+) -> None:
+    """A regressor (one number per row) cannot be compared with a model answering other outputs, nor
+    with another regressor without a tolerance: both are refused by field path before anything
+    runs; with a tolerance the refitted regressor is taken."""
+    regressor = make_mlp_onnx(tmp_path / "regressor.onnx", (4, 8, 1))
+    renamed = make_mlp_onnx(tmp_path / "renamed.onnx", (4, 8, 1), output_name="value")
+    refitted = make_mlp_onnx(tmp_path / "refitted.onnx", (4, 8, 1), seed=1)
+
+    def isvc(model: Path, **check: Any) -> dict[str, Any]:
+        strategy = _strategy(
+            shadow={"hold": "2s"},
+            steps=[{"weight": 50, "hold": "2s"}],
+            checks=[{"metric": "agreement", "minShare": 0.9, **check}],
+        )
+        return _isvc_of("compared", model, rollout=strategy)
+
+    api.apply(isvc(regressor))
+    api.wait_ready("compared")
+    for model, why in [(renamed, "no output in common"), (refitted, "give the agreement check a tolerance")]:
+        response = api.apply_text(json.dumps(isvc(model)))
+        assert response.status_code == 400, response.text
+        [problem] = response.json()["problems"]
+        assert problem["path"] == "InferenceService/compared: spec.rollout.checks[0]", problem
+        assert why in problem["message"] and str(regressor) in problem["message"], problem
+    assert api.apply_text(json.dumps(isvc(refitted, tolerance=0.5))).status_code == 200
+    api.delete("compared")
+
+
+def _isvc_of(name: str, model: Path, **spec: Any) -> dict[str, Any]:
+    predictor = {
+        "model": {"modelFormat": {"name": "onnx"}, "protocolVersion": "v2", "storageUri": str(model)}
+    }
+    return {
+        "apiVersion": "serving.kserve.io/v1beta1",
+        "kind": "InferenceService",
+        "metadata": {"name": name},
+        "spec": {"predictor": predictor, **spec},
+    }
 
 
 def test_noisy_but_equal_canaries_are_not_rolled_back(gateway: GatewayProcess, api: ControlApi) -> None:
