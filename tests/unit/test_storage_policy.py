@@ -21,7 +21,6 @@ from predictors.examples import make_mlp_onnx
 from predictors.metrics import ReplicaMetrics
 from predictors.model import ModelState
 from predictors.repository import ModelRepository
-from predictors.spec import TrustPolicy
 from predictors.storage import StorageConfig, StorageError, _PolicyBackend, fetch
 from serving.api import api_routes
 from serving.auth import Guard
@@ -38,6 +37,7 @@ from serving.auth.storage_fields import storage_problems
 from serving.errors import ErrorKind, InvalidInput, ModelNotReady
 from serving.spec import load_manifests
 from serving.store import Store
+from tests.control_fakes import ApplyOnlyController
 from tests.servers import FileServer, serve_files
 
 PUBLIC = "93.184.216.34"
@@ -549,28 +549,11 @@ def test_env_and_args_cannot_point_a_replica_elsewhere(root: Path) -> None:
     ]
 
 
-class _Controller:
-    """What the apply endpoint reads of a Controller."""
-
-    def __init__(self, store: Store, policy: StoragePolicy) -> None:
-        self.store = store
-        self.services: dict[str, Any] = {}
-        self.autoscaler = None
-        self.registry = None
-        self.storage_policy = policy
-        self.trust = TrustPolicy()
-        self.applied: list[Any] = []
-
-    async def apply(self, resources: list[Any], **_: Any) -> list[dict[str, str]]:
-        self.applied += resources
-        return [{"kind": r.kind, "name": r.metadata.name, "action": "created"} for r in resources]
-
-
 def test_apply_refuses_a_manifest_that_breaks_the_policy(tmp_path: Path, root: Path) -> None:
     import json
 
     store = Store(tmp_path / "state.db")
-    controller = _Controller(store, StoragePolicy((root,)))
+    controller = ApplyOnlyController(store, StoragePolicy((root,)))
     app = Starlette(routes=api_routes(controller, Guard(None)))  # type: ignore[arg-type]
     try:
         with TestClient(app) as client:

@@ -46,6 +46,7 @@ from serving.registry.client import RegistryClient
 from serving.spec import load_manifests
 from serving.spec.isvc import Component
 from serving.store import RevisionRow, Store
+from tests.control_fakes import ApplyOnlyController
 
 # -- the rule -------------------------------------------------------------------------------------
 
@@ -675,27 +676,10 @@ def test_registry_versions_need_an_admins_trust(
     assert trust_problems(resources, TrustPolicy(), None) == []  # no registry: not checked here
 
 
-class _Controller:
-    """What the apply endpoint reads of a Controller."""
-
-    def __init__(self, store: Store, trust: TrustPolicy) -> None:
-        self.store = store
-        self.services: dict[str, Any] = {}
-        self.autoscaler = None
-        self.registry = None
-        self.storage_policy = None
-        self.trust = trust
-        self.applied: list[Any] = []
-
-    async def apply(self, resources: list[Any], **_: Any) -> list[dict[str, str]]:
-        self.applied += resources
-        return [{"kind": r.kind, "name": r.metadata.name, "action": "created"} for r in resources]
-
-
 def test_the_issues_attack_is_refused_at_apply(tmp_path: Path, trusted: Path) -> None:
     """One unauthenticated apply of a python model at /any/path/evil.py:Evil changes nothing."""
     store = Store(tmp_path / "state.db")
-    controller = _Controller(store, TrustPolicy((str(trusted),)))
+    controller = ApplyOnlyController(store, trust=TrustPolicy((str(trusted),)))
     app = Starlette(routes=api_routes(controller, Guard(None)))  # type: ignore[arg-type]
     try:
         with TestClient(app) as client:
