@@ -85,7 +85,8 @@ class _Api:
             resources = load_manifests(text, request.query_params.get("source", "<request>"))
             _check_namespaces(principal_of(request), resources)
             problems = (
-                self._references(resources)
+                self.controller.manifest_problems(resources)
+                + self._references(resources)
                 + await self._queries(resources)
                 + await self._models(resources)
                 + await self._storage(resources)

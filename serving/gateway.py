@@ -89,6 +89,11 @@ class GatewayOptions:
     engine: str = "process"
     #: the Ray cluster of the ray engine (HOST:PORT of its GCS); None: a local Ray for this run.
     ray_address: str | None = None
+    #: the kubernetes engine's cluster: a kubeconfig file (None: in-cluster, else ~/.kube/config),
+    #: its namespace, and the image its replicas run.
+    kubeconfig: str | None = None
+    namespace: str = "default"
+    image: str | None = None
     #: a Prometheus server's base URL, for custom (PromQL) autoscaling metrics; None: scraping only.
     prometheus_url: str | None = None
     #: cluster-wide autoscaling defaults (each service may override them).
@@ -119,9 +124,26 @@ def _engine(options: GatewayOptions, credentials: InternalCredentials) -> Engine
         from serving.engines.ray import RayEngine
 
         return RayEngine(options.state_dir, address=options.ray_address, **settings)
+    if options.engine == "kubernetes":
+        return _kubernetes_engine(options, credentials)
     if options.engine != "process":
-        raise ValueError(f"unknown engine {options.engine!r}: use process or ray")
+        raise ValueError(f"unknown engine {options.engine!r}: use process, ray or kubernetes")
     return ProcessEngine(options.state_dir, **settings)
+
+
+def _kubernetes_engine(options: GatewayOptions, credentials: InternalCredentials) -> Engine:
+    from serving.engines.kubernetes.api import KubeApi, owner_id
+    from serving.engines.kubernetes.engine import KubernetesEngine
+    from serving.engines.kubernetes.names import IMAGE
+    from serving.engines.kubernetes.render import Placement
+
+    placement = Placement(
+        namespace=options.namespace,
+        image=options.image or IMAGE,
+        owner=owner_id(options.state_dir),
+        drain_timeout_s=options.drain_timeout_s,
+    )
+    return KubernetesEngine(KubeApi.from_config(options.kubeconfig), placement, credentials)
 
 
 def gateway_routes(

@@ -25,6 +25,9 @@ class ApplyOnlyController:
         self.trust = trust or TrustPolicy()
         self.applied: list[Any] = []
 
+    def manifest_problems(self, resources: list[Any]) -> list[Any]:
+        return []
+
     def serving_component(self, name: str, kind: str = "predictor") -> Component | None:
         return None
 

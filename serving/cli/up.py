@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import sys
 from pathlib import Path
 
@@ -13,6 +14,8 @@ from serving.cli._options import listen_options, policy_options, security_option
 __all__ = ["up"]
 
 #: GlobalScalingDefaults field -> the flag that sets it (to name a rejected value by its flag).
+#: a Kubernetes namespace's name (an RFC 1123 label).
+_DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
 _SCALING_FLAGS = {
     "target_utilization": "--target-utilization",
     "stable_window_s": "--stable-window",
@@ -55,16 +58,34 @@ _SCALING_FLAGS = {
 @policy_options("manifests, registrations and load requests", "the working directory and the state dir")
 @click.option(
     "--engine",
-    type=click.Choice(["process", "ray"]),
+    type=click.Choice(["process", "ray", "kubernetes"]),
     default="process",
     show_default=True,
-    help="Where replicas run: local processes, or Ray actors spread over a Ray cluster.",
+    help="Where replicas run: local processes, Ray actors spread over a Ray cluster, or Pods of "
+    "Deployments in a Kubernetes cluster.",
 )
 @click.option(
     "--ray-address",
     envvar="SERVEGATE_RAY_ADDRESS",
     help="The Ray cluster of --engine ray: its head's GCS address, HOST:PORT [default: a local Ray "
     "started for this run, stopped with it].",
+)
+@click.option(
+    "--kubeconfig",
+    type=click.Path(dir_okay=False, exists=True),
+    envvar="KUBECONFIG",
+    help="The cluster of --engine kubernetes [default: the pod's service account inside a cluster, "
+    "else ~/.kube/config].",
+)
+@click.option(
+    "--namespace",
+    default="default",
+    show_default=True,
+    help="The namespace --engine kubernetes runs revisions in.",
+)
+@click.option(
+    "--image",
+    help="The image --engine kubernetes runs replicas from [default: servegate's, this version].",
 )
 @click.option(
     "--registry-url",
@@ -161,6 +182,9 @@ def up(
     trusted_sources: tuple[str, ...],
     engine: str,
     ray_address: str | None,
+    kubeconfig: str | None,
+    namespace: str,
+    image: str | None,
     registry_url: str | None,
     artifacts: str | None,
     max_body_size: int,
@@ -185,6 +209,7 @@ def up(
     servegate up --http-port 9000 --grpc-port 9001 --state-dir /var/lib/servegate
     servegate up --host 0.0.0.0 --tls-cert cert.pem --tls-key key.pem
     servegate up --engine ray --ray-address 10.0.0.5:6379
+    servegate up --engine kubernetes --namespace models --host 0.0.0.0
     """
     from autoscaler.config import ConfigError, GlobalScalingDefaults
     from predictors.trust import TrustPolicy
@@ -192,6 +217,7 @@ def up(
     from serving.auth.storage import StoragePolicy
     from serving.auth.tls import tls_files
     from serving.cli._serve import prepare_process
+    from serving.engines.kubernetes.api import KubernetesUnavailable
     from serving.gateway import Gateway, GatewayOptions
     from serving.raycluster import RayUnavailable
     from serving.registry import RegistryConfig, RegistryError
@@ -217,6 +243,13 @@ def up(
         raise click.UsageError(refusal)
     if ray_address is not None and engine != "ray":
         raise click.UsageError("--ray-address needs --engine ray")
+    if engine != "kubernetes" and (image is not None or namespace != "default"):
+        raise click.UsageError("--namespace and --image need --engine kubernetes")
+    if not _DNS_LABEL.fullmatch(namespace):
+        raise click.BadParameter(
+            f"'{namespace}' is not a namespace name (lower-case letters, digits and '-', at most 63)",
+            param_hint="--namespace",
+        )
     try:
         tls = tls_files(tls_cert, tls_key)
     except ValueError as exc:
@@ -250,6 +283,9 @@ def up(
         activation_timeout_s=activation_timeout,
         engine=engine,
         ray_address=ray_address,
+        kubeconfig=kubeconfig if engine == "kubernetes" else None,
+        namespace=namespace,
+        image=image,
     )
     try:
         uvloop.run(Gateway(options).run())
@@ -264,3 +300,5 @@ def up(
         raise click.ClickException(f"model registry: {exc.message}") from None
     except RayUnavailable as exc:
         raise click.ClickException(f"--engine ray: {exc}") from None
+    except KubernetesUnavailable as exc:
+        raise click.ClickException(f"--engine kubernetes: {exc}") from None

@@ -35,6 +35,7 @@ from serving.controller.status import ConditionClock, rfc3339, service_status
 from serving.engines.base import Engine, ReplicaSpec, ServedModelRef
 from serving.spec import Component, InferenceService, TrainedModel
 from serving.spec import isvc as isvc_spec
+from serving.spec.common import Problem
 from serving.spec.isvc import SERVER_METADATA
 from serving.spec.manifests import Resource
 from serving.store import ResourceRow, RevisionRow, Rollout, Store
@@ -422,6 +423,10 @@ class Controller:
         """The predictor revision that takes the traffic of service `name` (KServe's rolled-out one)."""
         return self.store.rollout(name, "predictor").latest
 
+    def manifest_problems(self, resources: list[Resource]) -> list[Problem]:
+        """What the engine could not run in `resources` (see Engine.manifest_problems)."""
+        return self.engine.manifest_problems(resources)
+
     def serving_component(self, name: str, kind: str = "predictor") -> Component | None:
         """What the rolled-out revision of service `name` runs; None before one is rolled out."""
         latest = self.store.rollout(name, kind).latest
@@ -508,7 +513,6 @@ class Controller:
 
     def _replica_spec(self, service: str, row: RevisionRow) -> ReplicaSpec:
         c = _component_from(row.spec)
-        models = (ServedModelRef(service, c.storage_uri, c.format),) if c.storage_uri else ()
         env = c.env
         if self._follower is not None:  # replicas resolve registry:// URIs themselves (and verify them)
             env += self._follower.env()
@@ -524,20 +528,7 @@ class Controller:
             env += tuple(self.storage_policy.to_env().items())
         # Always, and after the manifest's env: the operator names trusted sources, not a manifest.
         env += tuple(self.trust.env().items())
-        return ReplicaSpec(
-            revision=row.name,
-            models=models,
-            max_batch_size=c.max_batch_size,
-            max_latency_ms=c.max_latency_ms,
-            gpus=c.gpus,
-            cpus=c.cpus,
-            memory_bytes=c.memory_bytes,
-            env=env,
-            args=c.args,
-            image=_image(c),
-            node_selector=c.node_selector,
-            threads=c.threads,
-        )
+        return dataclasses.replace(replica_spec(service, row.component, row.name, c), env=env)
 
     async def _scale(self, service: str, row: RevisionRow, count: int) -> None:
         revision = row.name
@@ -695,6 +686,28 @@ def _logger(component: Component) -> LoggerSpec | None:
     if not component.logger_url:
         return None
     return LoggerSpec(component.logger_url, component.logger_mode)
+
+
+def replica_spec(service: str, kind: str, revision: str, c: Component) -> ReplicaSpec:
+    """What every replica of `revision` (component `kind` of `service`) runs, from the manifest alone;
+    the controller adds the variables only a running gateway knows."""
+    return ReplicaSpec(
+        revision=revision,
+        models=(ServedModelRef(service, c.storage_uri, c.format),) if c.storage_uri else (),
+        max_batch_size=c.max_batch_size,
+        max_latency_ms=c.max_latency_ms,
+        gpus=c.gpus,
+        cpus=c.cpus,
+        memory_bytes=c.memory_bytes,
+        env=c.env,
+        args=c.args,
+        image=_image(c),
+        node_selector=c.node_selector,
+        threads=c.threads,
+        service=service,
+        component=kind,
+        pod=c.pod,
+    )
 
 
 def _component_from(spec: dict[str, Any]) -> Component:

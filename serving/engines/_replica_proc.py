@@ -19,6 +19,7 @@ __all__ = [
     "log_tail",
     "read_port_file",
     "replica_env",
+    "serve_args",
     "serve_command",
     "spawn",
     "stop_process",
@@ -46,7 +47,16 @@ def serve_command(
 ) -> list[str]:
     """The `servegate model serve` command line of one replica of `spec`, on free ports of `host`
     (loopback unless the gateway reaches it from another machine), that may use `cpus` CPUs (its
-    limit or its engine's share of the machine; None: the replica assumes every core).
+    limit or its engine's share of the machine; None: the replica assumes every core)."""
+    ports = ["--http-port", "0", "--grpc-port", "0", "--port-file", str(port_file)]
+    serving = serve_args(spec, drain_timeout_s, model_repository, cpus)
+    return [python, "-m", "serving", "model", "serve", "--host", host, *ports, *serving]
+
+
+def serve_args(
+    spec: ReplicaSpec, drain_timeout_s: float, model_repository: Path | None = None, cpus: float | None = None
+) -> list[str]:
+    """What `servegate model serve` runs for `spec`, after where it listens (every engine's replicas).
 
     The replica sizes its thread pools from `--cpus`; `--threads` is passed only for an explicit
     count (`spec.threads`). The manifest's `args` come last, so they override either.
@@ -54,10 +64,8 @@ def serve_command(
     The CLI takes no `--model-format`, one for all, or one per model; a format is passed for every
     model only when every model has one (otherwise the replica infers each from its artifact).
     """
-    command = [python, "-m", "serving", "model", "serve", "--host", host]
-    command += ["--http-port", "0", "--grpc-port", "0", "--port-file", str(port_file)]
     # The gateway loads TrainedModels onto replicas; only it holds the pool token that may.
-    command += ["--model-control", "explicit"]
+    command = ["--model-control", "explicit"]
     with_formats = bool(spec.models) and all(m.format for m in spec.models)
     for m in spec.models:
         command += ["--model-name", m.name, "--model-uri", m.uri]

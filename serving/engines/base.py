@@ -12,6 +12,11 @@ import enum
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from serving.spec.common import Problem
+    from serving.spec.manifests import Resource
 
 __all__ = ["Engine", "PoolStatus", "ReplicaInfo", "ReplicaSpec", "ReplicaState", "ServedModelRef"]
 
@@ -58,6 +63,11 @@ class ReplicaSpec:
     #: intra-op threads of its runtimes (the `serving.servegate.io/threads` annotation); None sizes
     #: them from the CPUs the replica may use.
     threads: int | None = None
+    #: the InferenceService and component ("predictor", "transformer") the revision belongs to.
+    service: str = ""
+    component: str = ""
+    #: what only a Kubernetes pod uses (Component.pod, canonical JSON); other engines ignore it.
+    pod: str | None = None
 
 
 class ReplicaState(enum.Enum):
@@ -147,6 +157,11 @@ class Engine(ABC):
         """The address replicas reach a gateway listening on `listen_host` at: loopback for a
         wildcard (replicas run on this machine); engines with replicas elsewhere say otherwise."""
         return "127.0.0.1" if listen_host in ("0.0.0.0", "::") else listen_host
+
+    def manifest_problems(self, resources: list[Resource]) -> list[Problem]:
+        """What this engine could not run in `resources`, by field path, found at apply before
+        anything is stored (e.g. names a cluster would refuse); none by default."""
+        return []
 
     async def release_unclaimed(self) -> None:  # noqa: B027 - only engines that re-attach need it
         """Called once the controller has restored every stored resource: replicas an earlier gateway

@@ -133,6 +133,8 @@ class _ContainerFields(KModel):
     resources: ResourceRequirements | None = None
     env: list[EnvVar] = Field(default_factory=list)
     args: list[str] = Field(default_factory=list)
+    #: mounts of the pod's `volumes` (the Kubernetes engine only).
+    volume_mounts: list[dict[str, Any]] | None = None
     # Container fields servegate does not act on; declared so they are not reported.
     name: Any | None = None
     image: Any | None = None
@@ -230,7 +232,8 @@ class ComponentExtension(KModel):
     #: labels a node must carry to run this component's replicas: Ray node labels on the ray engine
     #: (`ray start --labels`); the process engine has one machine and ignores it.
     node_selector: dict[str, str] | None = None
-    # Pod-level fields KServe allows; servegate runs no pods, so they are accepted silently.
+    # Pod-level fields KServe allows: the Kubernetes engine passes them on (Component.pod); the
+    # other engines run no pods and ignore them.
     service_account_name: Any | None = None
     tolerations: Any | None = None
     affinity: Any | None = None
@@ -441,6 +444,9 @@ class Component:
     node_selector: tuple[tuple[str, str], ...] = ()
     #: intra-op threads of its runtimes (THREADS_ANNOTATION); None: sized from each replica's CPUs.
     threads: int | None = None
+    #: what only a Kubernetes pod uses, as KServe passes it on (`POD_FIELDS`, the model container's
+    #: `resources` as written, env from secrets and config maps): canonical JSON; None when none.
+    pod: str | None = None
 
     def revision_key(self) -> str:
         """A short stable hash of what runs: 12 hex digits of the sha256 of canonical JSON."""
@@ -450,6 +456,8 @@ class Component:
             del what["node_selector"]
         if self.threads is None:
             del what["threads"]
+        if self.pod is None:
+            del what["pod"]
         text = json.dumps(what, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(text.encode()).hexdigest()[:12]
 
@@ -634,7 +642,36 @@ def _component(kind: str, spec: PredictorSpec | TransformerSpec) -> Component:
         logger_url=logger.url if logger else None,
         logger_mode=logger.mode if logger else "all",
         node_selector=tuple(sorted((spec.node_selector or {}).items())),
+        pod=_pod(spec, fields),
     )
+
+
+#: component fields that only a Kubernetes pod uses (manifest spelling -> Python name).
+POD_FIELDS = {
+    "serviceAccountName": "service_account_name",
+    "tolerations": "tolerations",
+    "affinity": "affinity",
+    "imagePullSecrets": "image_pull_secrets",
+    "volumes": "volumes",
+    "annotations": "annotations",
+    "labels": "labels",
+}
+
+
+def _pod(spec: PredictorSpec | TransformerSpec, fields: _ContainerFields | None) -> str | None:
+    given = {alias: getattr(spec, name) for alias, name in POD_FIELDS.items()}
+    pod = {alias: value for alias, value in given.items() if value is not None}
+    if spec.containers:
+        pod["containers"] = spec.containers
+    if fields is not None:
+        if fields.resources is not None and (fields.resources.limits or fields.resources.requests):
+            pod["resources"] = fields.resources.model_dump(mode="json", exclude_defaults=True)
+        refs = [{"name": e.name, "valueFrom": e.value_from} for e in fields.env if e.value_from is not None]
+        if refs:
+            pod["envFrom"] = refs
+        if fields.volume_mounts is not None:
+            pod["volumeMounts"] = fields.volume_mounts
+    return _canonical(pod) if pod else None
 
 
 def _threads(annotations: Mapping[str, str]) -> int | None:

@@ -198,6 +198,9 @@ class FakeController(Controller):
         super().__init__(store, engine=None, router=None, gateway_url="http://127.0.0.1:1")  # type: ignore[arg-type]
         self.applied: list[Any] = []
 
+    def manifest_problems(self, resources: list[Any]) -> list[Any]:
+        return []  # no engine: each engine's own checks are tested with it
+
     async def apply(self, resources: list[Any], **_: Any) -> list[dict[str, str]]:
         self.applied += resources
         results = []
