@@ -94,6 +94,8 @@ class GatewayOptions:
     kubeconfig: str | None = None
     namespace: str = "default"
     image: str | None = None
+    #: the ports replica containers listen on in their pods (http, grpc).
+    pod_ports: tuple[int, int] = (8080, 8081)
     #: a Prometheus server's base URL, for custom (PromQL) autoscaling metrics; None: scraping only.
     prometheus_url: str | None = None
     #: cluster-wide autoscaling defaults (each service may override them).
@@ -142,6 +144,8 @@ def _kubernetes_engine(options: GatewayOptions, credentials: InternalCredentials
         image=options.image or IMAGE,
         owner=owner_id(options.state_dir),
         drain_timeout_s=options.drain_timeout_s,
+        http_port=options.pod_ports[0],
+        grpc_port=options.pod_ports[1],
     )
     return KubernetesEngine(KubeApi.from_config(options.kubeconfig), placement, credentials)
 

@@ -8,10 +8,12 @@ import click
 
 from serving import __version__
 from serving.cli.grafana import grafana_dashboard_command
+from serving.cli.install import install_command
 from serving.cli.model import model
 from serving.cli.pipeline import pipeline_group
 from serving.cli.prometheus import prometheus_config
 from serving.cli.registry import registry
+from serving.cli.render import render_command
 from serving.cli.resources import RESOURCE_COMMANDS
 from serving.cli.rollout import rollout_group
 from serving.cli.token import token_group
@@ -31,9 +33,11 @@ cli.add_command(pipeline_group)
 cli.add_command(up)
 cli.add_command(prometheus_config)
 cli.add_command(grafana_dashboard_command)
+cli.add_command(install_command)
 cli.add_command(registry)
 cli.add_command(token_group)
 cli.add_command(rollout_group)
+cli.add_command(render_command)
 for command in RESOURCE_COMMANDS:
     cli.add_command(command)
 

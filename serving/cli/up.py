@@ -88,6 +88,13 @@ _SCALING_FLAGS = {
     help="The image --engine kubernetes runs replicas from [default: servegate's, this version].",
 )
 @click.option(
+    "--pod-ports",
+    metavar="HTTP,GRPC",
+    default="8080,8081",
+    show_default=True,
+    help="The ports --engine kubernetes replicas listen on, in their pods.",
+)
+@click.option(
     "--registry-url",
     envvar="SERVEGATE_REGISTRY_URL",
     help="Model registry database (SQLAlchemy URL, e.g. postgresql+psycopg://...) "
@@ -185,6 +192,7 @@ def up(
     kubeconfig: str | None,
     namespace: str,
     image: str | None,
+    pod_ports: str,
     registry_url: str | None,
     artifacts: str | None,
     max_body_size: int,
@@ -243,8 +251,9 @@ def up(
         raise click.UsageError(refusal)
     if ray_address is not None and engine != "ray":
         raise click.UsageError("--ray-address needs --engine ray")
-    if engine != "kubernetes" and (image is not None or namespace != "default"):
-        raise click.UsageError("--namespace and --image need --engine kubernetes")
+    if engine != "kubernetes" and (image is not None or namespace != "default" or pod_ports != "8080,8081"):
+        raise click.UsageError("--namespace, --image and --pod-ports need --engine kubernetes")
+    ports = _ports(pod_ports)
     if not _DNS_LABEL.fullmatch(namespace):
         raise click.BadParameter(
             f"'{namespace}' is not a namespace name (lower-case letters, digits and '-', at most 63)",
@@ -286,6 +295,7 @@ def up(
         kubeconfig=kubeconfig if engine == "kubernetes" else None,
         namespace=namespace,
         image=image,
+        pod_ports=ports,
     )
     try:
         uvloop.run(Gateway(options).run())
@@ -302,3 +312,15 @@ def up(
         raise click.ClickException(f"--engine ray: {exc}") from None
     except KubernetesUnavailable as exc:
         raise click.ClickException(f"--engine kubernetes: {exc}") from None
+
+
+def _ports(text: str) -> tuple[int, int]:
+    try:
+        http, grpc = (int(part) for part in text.split(","))
+    except ValueError:
+        raise click.BadParameter(
+            f"'{text}' is not HTTP,GRPC (two port numbers)", param_hint="--pod-ports"
+        ) from None
+    if not (0 < http < 65536 and 0 < grpc < 65536) or http == grpc:
+        raise click.BadParameter(f"'{text}': two different ports from 1 to 65535", param_hint="--pod-ports")
+    return http, grpc

@@ -4,6 +4,7 @@ manifest (found at apply), and what a Pod is as a replica."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -14,6 +15,7 @@ from serving.engines.kubernetes.admission import MAX_SERVICE_NAME, manifest_prob
 from serving.engines.kubernetes.pods import replica_of, unschedulable
 from serving.engines.kubernetes.render import Placement, credentials_secret, revision_objects
 from serving.spec import InferenceService, load_manifests
+from tests.kube_schemas import validate
 
 POD_FIELDS = {
     "serviceAccountName": "reader",
@@ -43,6 +45,30 @@ def rendered(manifest: dict[str, Any], placement: Placement | None = None) -> li
         spec = replica_spec(r.metadata.name, kind, f"{r.metadata.name}-{kind}-00001", component)
         objects += revision_objects(spec, placement or Placement(namespace="models"))
     return objects
+
+
+def _every_manifest() -> list[InferenceService]:
+    paths = sorted(Path("examples").glob("*.yaml")) + sorted(Path("tests/manifests").glob("*.yaml"))
+    found = [r for path in paths for r in load_manifests(path.read_text(), str(path))]
+    pods = isvc("pods", predictor={**isvc()["spec"]["predictor"], **POD_FIELDS})
+    containers = isvc("custom", predictor={"containers": [{"name": "server", "image": "example.com/server:1"}]})
+    found += load_manifests(json.dumps({"apiVersion": "v1", "kind": "List", "items": [pods, containers]}))
+    return [r for r in found if isinstance(r, InferenceService)]
+
+
+def test_every_rendered_object_validates_against_the_kubernetes_schemas() -> None:
+    services = _every_manifest()
+    assert len(services) >= 8
+    for r in services:
+        for kind, component in r.components().items():
+            spec = replica_spec(r.metadata.name, kind, f"{r.metadata.name}-{kind}-00001", component)
+            tokens = {"replica-token": "t", "metrics-token": "m"}
+            objects = [
+                *revision_objects(spec, Placement()),
+                credentials_secret(spec, Placement(), tokens, "uid"),
+            ]
+            for obj in objects:
+                assert validate(obj) == [], (r.metadata.name, obj["kind"])
 
 
 def test_a_revision_is_a_deployment_and_a_service_with_kserves_labels() -> None:

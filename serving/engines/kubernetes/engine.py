@@ -70,14 +70,11 @@ class KubernetesEngine(Engine):
         placement: render.Placement,
         credentials: InternalCredentials | None = None,
         gateway_address: str | None = None,
-        http_port: int = render.HTTP_PORT,
-        grpc_port: int = render.GRPC_PORT,
     ) -> None:
         self.api = api
         self.placement = placement
         self.credentials = credentials
         self.gateway_address = gateway_address
-        self.http_port, self.grpc_port = http_port, grpc_port
         self._pools: dict[str, _Pool] = {}
         #: revision -> pod name -> pod (the watch's view of the namespace).
         self._pods: dict[str, dict[str, dict[str, Any]]] = {}
@@ -247,7 +244,8 @@ class KubernetesEngine(Engine):
     def _replicas(self, revision: str) -> tuple[ReplicaInfo, ...]:
         found = []
         for name, pod in sorted(self._pods.get(revision, {}).items()):
-            replica = replica_of(pod, self.http_port, self.grpc_port, name in self._was_ready)
+            ports = self.placement.http_port, self.placement.grpc_port
+            replica = replica_of(pod, *ports, name in self._was_ready)
             if replica.state is ReplicaState.READY:
                 self._was_ready.add(name)
             found.append(replica)

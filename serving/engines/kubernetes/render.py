@@ -54,6 +54,8 @@ CREDENTIALS_KEYS = {"replica-token": REPLICA_TOKEN_ENV, "metrics-token": METRICS
 _CACHE_DIR = "/var/cache/servegate"
 #: seconds past its own drain timeout a replica gets before the kubelet kills it.
 _DRAIN_SLACK_S = 5
+#: seconds a deleted pod keeps serving before it is told to stop (its endpoints go meanwhile).
+_PRE_STOP_S = 3
 _GPU = "nvidia.com/gpu"
 _H2C = "kubernetes.io/h2c"
 
@@ -70,6 +72,9 @@ class Placement:
     owner_reference: dict[str, Any] | None = None
     drain_timeout_s: float = 30.0
     env: tuple[tuple[str, str], ...] = ()
+    #: the ports a replica container listens on, in its pod.
+    http_port: int = HTTP_PORT
+    grpc_port: int = GRPC_PORT
 
 
 def labels(spec: ReplicaSpec, owner: str = "") -> dict[str, str]:
@@ -103,7 +108,7 @@ def deployment(spec: ReplicaSpec, placement: Placement) -> dict[str, Any]:
     containers = _custom_containers(custom) if custom else [_model_container(spec, placement, pod, mounts)]
     pod_spec: dict[str, Any] = {
         "containers": containers,
-        "terminationGracePeriodSeconds": math.ceil(placement.drain_timeout_s) + _DRAIN_SLACK_S,
+        "terminationGracePeriodSeconds": math.ceil(placement.drain_timeout_s) + _PRE_STOP_S + _DRAIN_SLACK_S,
         # Replicas never call the Kubernetes API: no token in the pod unless the manifest's
         # service account asks for one.
         "automountServiceAccountToken": "serviceAccountName" in pod,
@@ -139,9 +144,10 @@ def service(spec: ReplicaSpec, placement: Placement) -> dict[str, Any]:
     """The revision's Service: named http and grpc ports (h2c), selecting its ready pods. The gateway
     routes to the pods themselves; the Service is for people, probes and in-cluster callers."""
     own = labels(spec, placement.owner)
+    http, grpc = placement.http_port, placement.grpc_port
     ports = [
-        {"name": "http", "port": HTTP_PORT, "targetPort": "http", "protocol": "TCP", "appProtocol": "http"},
-        {"name": "grpc", "port": GRPC_PORT, "targetPort": "grpc", "protocol": "TCP", "appProtocol": _H2C},
+        {"name": "http", "port": http, "targetPort": "http", "protocol": "TCP", "appProtocol": "http"},
+        {"name": "grpc", "port": grpc, "targetPort": "grpc", "protocol": "TCP", "appProtocol": _H2C},
     ]
     return {
         "apiVersion": "v1",
@@ -194,7 +200,14 @@ def _annotations(annotations: dict[str, str] | None) -> dict[str, Any]:
 def _model_container(
     spec: ReplicaSpec, placement: Placement, pod: dict[str, Any], mounts: list[dict[str, Any]]
 ) -> dict[str, Any]:
-    listen = ["--host", "0.0.0.0", "--http-port", str(HTTP_PORT), "--grpc-port", str(GRPC_PORT)]
+    listen = [
+        "--host",
+        "0.0.0.0",
+        "--http-port",
+        str(placement.http_port),
+        "--grpc-port",
+        str(placement.grpc_port),
+    ]
     args = ["model", "serve", *listen, *serve_args(spec, placement.drain_timeout_s, cpus=spec.cpus)]
     mounts = [
         *mounts,
@@ -207,8 +220,8 @@ def _model_container(
         "image": placement.image,
         "args": args,
         "ports": [
-            {"name": "http", "containerPort": HTTP_PORT, "protocol": "TCP"},
-            {"name": "grpc", "containerPort": GRPC_PORT, "protocol": "TCP"},
+            {"name": "http", "containerPort": placement.http_port, "protocol": "TCP"},
+            {"name": "grpc", "containerPort": placement.grpc_port, "protocol": "TCP"},
         ],
         "env": _env(spec, placement, pod),
         "resources": pod.get("resources") or _resources(spec),
@@ -216,6 +229,9 @@ def _model_container(
         "livenessProbe": _probe("/v2/health/live", period_s=10, failures=3),
         # Loading a large model may take minutes: liveness waits until the server first answers.
         "startupProbe": _probe("/v2/health/live", period_s=2, failures=300),
+        # A deleted pod leaves the endpoints while the kubelet already stops it: a few seconds of
+        # serving first, so a gateway that has not yet heard sends it nothing it drops.
+        "lifecycle": {"preStop": {"sleep": {"seconds": _PRE_STOP_S}}},
         "volumeMounts": mounts,
         "securityContext": {
             "allowPrivilegeEscalation": False,
