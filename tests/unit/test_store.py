@@ -233,3 +233,41 @@ def test_a_state_file_from_an_unknown_store_is_refused(tmp_path: Path) -> None:
     db.close()
     with pytest.raises(DatabaseError, match="schema_version of 7"):
         Store(path)
+
+
+# -- servegate up --state-url ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("not a url", "--state-url: bad state database URL 'not a url'"),
+        ("nosuchdb://host/state", "--state-url: no database driver for 'nosuchdb'"),
+        # nothing listens on port 1: refused at once
+        ("postgresql+psycopg://nobody@127.0.0.1:1/state", "--state-url: cannot open the state database"),
+    ],
+)
+def test_up_says_what_is_wrong_with_the_state_url(tmp_path: Path, url: str, message: str) -> None:
+    from click.testing import CliRunner
+
+    from serving.cli.main import cli
+
+    result = CliRunner().invoke(cli, ["up", "--no-auth", "--state-dir", str(tmp_path), "--state-url", url])
+    assert result.exit_code == 1, result.output
+    assert isinstance(result.exception, SystemExit)  # a message, not a traceback
+    assert message in result.output
+    assert "Traceback" not in result.output
+
+
+def test_the_gateway_opens_the_state_url_or_the_state_dir(tmp_path: Path, database_url: str) -> None:
+    from serving.gateway import Gateway, GatewayOptions
+
+    shared = Gateway(GatewayOptions(state_dir=tmp_path / "a", state_url=database_url))
+    shared.store.put_resource("InferenceService", "iris", {})
+    shared.store.close()
+    store = Store(database_url)
+    assert [r.name for r in store.resources()] == ["iris"]
+    store.close()
+    local = Gateway(GatewayOptions(state_dir=tmp_path / "b"))
+    local.store.close()
+    assert (tmp_path / "b" / "state.db").is_file()
