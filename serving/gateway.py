@@ -54,7 +54,7 @@ from serving.pipelines.api import StoreOpener, pipeline_routes
 from serving.registry.api import registry_routes
 from serving.registry.registry import Registry, RegistryConfig
 from serving.spec import ManifestError, load_manifests, read_manifest_paths
-from serving.store import Store
+from serving.store import Store, default_url
 
 __all__ = ["Gateway", "GatewayOptions", "gateway_routes"]
 
@@ -64,7 +64,8 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class GatewayOptions:
     """host / http_port / grpc_port: where the gateway listens (0 picks a free port).
-    state_dir: SQLite state, replica logs and scratch space. manifests: files or folders applied at start.
+    state_dir: SQLite state (unless state_url), replica logs and scratch space. manifests: files or
+    folders applied at start.
     drain_timeout_s: how long stopping waits for in-flight requests (gateway and each replica), seconds.
     """
 
@@ -80,6 +81,9 @@ class GatewayOptions:
     #: every service's data plane answers callers without a token (KServe's open behaviour).
     anonymous_inference: bool = False
     state_dir: Path = Path(".servegate")
+    #: the state store's database (SQLAlchemy URL): PostgreSQL lets several gateways share one
+    #: state; None: `state.db` (SQLite) in `state_dir`.
+    state_url: str | None = None
     manifests: tuple[str, ...] = ()
     max_body_bytes: int = 256 * 1024 * 1024
     drain_timeout_s: float = 30.0
@@ -173,7 +177,7 @@ class Gateway:
         self.registry = CollectorRegistry()
         self.storage_policy = options.storage_policy or StoragePolicy((Path.cwd(), options.state_dir))
         self.router = Router(GatewayMetrics(self.registry), check_urls=self.storage_policy.connectable)
-        self.store = Store(options.state_dir / "state.db")
+        self.store = Store(options.state_url or default_url(options.state_dir))
         #: the tokens of the gateway's own parts (replica pools, Prometheus, transformers' calls back).
         self.credentials = (
             InternalCredentials.kept_in(options.state_dir / INTERNAL_KEY_FILE)

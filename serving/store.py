@@ -1,43 +1,39 @@
 """Embedded state for `servegate up`: applied manifests, revisions, rollout pointers and events, in
-one SQLite file under the state dir (WAL, one transaction per change, a schema version table).
+any SQLAlchemy database: a SQLite file under the state dir by default, or a PostgreSQL that several
+gateways share (high availability). One transaction per change; the schema is in `_store_schema`.
 
 Everything the controller needs to restore every InferenceService after a restart is here; what
 can be recomputed (replica endpoints, readiness) is not.
+
+Every change to resources, revisions or rollouts bumps one counter in the same transaction:
+`version()` reads it (one row), so a gateway that does not write can poll it cheaply and reload only
+when another gateway changed something. Writers lock that counter's row first (SQLite: the write
+lock taken at BEGIN), so a read-then-write such as the next revision number or generation is safe
+between processes sharing one PostgreSQL.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
-import sqlite3
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["Event", "ResourceRow", "RevisionRow", "Rollout", "Store"]
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
 
-SCHEMA_VERSION = 2
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS resources (
-    kind TEXT NOT NULL, name TEXT NOT NULL, manifest TEXT NOT NULL,
-    generation INTEGER NOT NULL, created REAL NOT NULL, updated REAL NOT NULL,
-    PRIMARY KEY (kind, name));
-CREATE TABLE IF NOT EXISTS revisions (
-    name TEXT PRIMARY KEY, service TEXT NOT NULL, component TEXT NOT NULL,
-    number INTEGER NOT NULL, key TEXT NOT NULL, spec TEXT NOT NULL, created REAL NOT NULL);
-CREATE INDEX IF NOT EXISTS revisions_by_service ON revisions (service, component, number);
-CREATE TABLE IF NOT EXISTS rollouts (
-    service TEXT NOT NULL, component TEXT NOT NULL,
-    latest TEXT, previous TEXT, pinned INTEGER NOT NULL DEFAULT 0,
-    PRIMARY KEY (service, component));
-CREATE TABLE IF NOT EXISTS events (
-    id INTEGER PRIMARY KEY AUTOINCREMENT, kind TEXT NOT NULL, name TEXT NOT NULL,
-    time REAL NOT NULL, type TEXT NOT NULL, reason TEXT NOT NULL, message TEXT NOT NULL,
-    actor TEXT NOT NULL DEFAULT '');
-CREATE INDEX IF NOT EXISTS events_by_object ON events (kind, name, id);
-"""
+from serving import sqldb
+from serving._store_schema import MIGRATIONS, counter, events, resources, revisions, rollouts
 
-_SELECT_RESOURCES = "SELECT kind, name, manifest, generation, created, updated FROM resources"
+__all__ = ["Event", "ResourceRow", "RevisionRow", "Rollout", "Store", "default_url"]
+
+
+def default_url(state_dir: Path) -> str:
+    """The state dir's SQLite file, `state.db`, as a SQLAlchemy URL."""
+    return f"sqlite:///{(Path(state_dir).expanduser().resolve() / 'state.db')}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,31 +77,62 @@ class Event:
     actor: str = ""
 
 
-class Store:
-    def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._migrate()
+_RESOURCE_COLUMNS = (
+    resources.c.kind,
+    resources.c.name,
+    resources.c.manifest,
+    resources.c.generation,
+    resources.c.created,
+    resources.c.updated,
+)
+_REVISION_COLUMNS = (
+    revisions.c.name,
+    revisions.c.service,
+    revisions.c.component,
+    revisions.c.number,
+    revisions.c.key,
+    revisions.c.spec,
+    revisions.c.created,
+)
 
-    def _migrate(self) -> None:
-        with self._db:
-            self._db.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
-            row = self._db.execute("SELECT version FROM schema_version").fetchone()
-            if row is not None and row[0] > SCHEMA_VERSION:
-                raise RuntimeError(
-                    f"state database schema {row[0]} is newer than this servegate knows ({SCHEMA_VERSION})"
-                )
-            self._db.executescript(_SCHEMA)
-            if row is None:
-                self._db.execute("INSERT INTO schema_version VALUES (?)", (SCHEMA_VERSION,))
-            elif row[0] < 2:  # 2: events name who caused them (the caller's token)
-                self._db.execute("ALTER TABLE events ADD COLUMN actor TEXT NOT NULL DEFAULT ''")
-                self._db.execute("UPDATE schema_version SET version = ?", (SCHEMA_VERSION,))
+
+def _resource(row: sa.Row[Any]) -> ResourceRow:
+    kind, name, manifest, generation, created, updated = row
+    return ResourceRow(kind, name, json.loads(manifest), generation, created, updated)
+
+
+def _rollout_of(service: str, component: str) -> sa.ColumnElement[bool]:
+    return sa.and_(rollouts.c.service == service, rollouts.c.component == component)
+
+
+class Store:
+    """The state in the database at `location`: a SQLAlchemy URL, or a `Path` to a SQLite file.
+    Raises `sqldb.DatabaseError` when the URL is bad, the database unreachable or newer than this
+    code. Safe to share between threads."""
+
+    def __init__(self, location: str | Path) -> None:
+        url = f"sqlite:///{Path(location).expanduser().resolve()}" if isinstance(location, Path) else location
+        self._engine = sqldb.connect(url, MIGRATIONS)
 
     def close(self) -> None:
-        self._db.close()
+        self._engine.dispose()
+
+    def version(self) -> int:
+        """A counter that every change to resources, revisions or rollouts (any process's) bumps."""
+        with sqldb.reading(self._engine) as conn:
+            return conn.execute(sa.select(counter.c.version).where(counter.c.id == 1)).scalar_one()
+
+    @contextlib.contextmanager
+    def _changing(self) -> Iterator[Connection]:
+        """A write transaction holding the counter's row lock (PostgreSQL; SQLite's BEGIN IMMEDIATE
+        serializes writers already): what it reads stays true until it commits."""
+        with sqldb.writing(self._engine) as conn:
+            conn.execute(sa.select(counter.c.version).where(counter.c.id == 1).with_for_update())
+            yield conn
+
+    @staticmethod
+    def _bump(conn: Connection) -> None:
+        conn.execute(counter.update().where(counter.c.id == 1).values(version=counter.c.version + 1))
 
     # -- resources --------------------------------------------------------------------------------
 
@@ -113,107 +140,126 @@ class Store:
         """Store a manifest; returns "created", "configured" or "unchanged" (kubectl's words)."""
         text = json.dumps(manifest, sort_keys=True)
         now = time.time()
-        with self._db:
-            row = self._db.execute(
-                "SELECT manifest, generation FROM resources WHERE kind = ? AND name = ?", (kind, name)
-            ).fetchone()
-            if row is None:
-                self._db.execute(
-                    "INSERT INTO resources VALUES (?, ?, ?, 1, ?, ?)", (kind, name, text, now, now)
-                )
-                return "created"
-            if row[0] == text:
+        key = sa.and_(resources.c.kind == kind, resources.c.name == name)
+        with self._changing() as conn:
+            row = conn.execute(sa.select(resources.c.manifest, resources.c.generation).where(key)).first()
+            if row is not None and row.manifest == text:
                 return "unchanged"
-            self._db.execute(
-                "UPDATE resources SET manifest = ?, generation = ?, updated = ? WHERE kind = ? AND name = ?",
-                (text, row[1] + 1, now, kind, name),
-            )
-            return "configured"
+            if row is None:
+                conn.execute(
+                    resources.insert().values(
+                        kind=kind, name=name, manifest=text, generation=1, created=now, updated=now
+                    )
+                )
+            else:
+                conn.execute(
+                    resources.update()
+                    .where(key)
+                    .values(manifest=text, generation=row.generation + 1, updated=now)
+                )
+            self._bump(conn)
+        return "created" if row is None else "configured"
 
     def resources(self, kind: str | None = None) -> list[ResourceRow]:
-        rows = (
-            self._db.execute(_SELECT_RESOURCES + " WHERE kind = ? ORDER BY name", (kind,))
-            if kind
-            else self._db.execute(_SELECT_RESOURCES + " ORDER BY created")
-        )
-        return [ResourceRow(k, n, json.loads(m), g, c, u) for k, n, m, g, c, u in rows]
+        query = sa.select(*_RESOURCE_COLUMNS)
+        if kind:
+            query = query.where(resources.c.kind == kind).order_by(resources.c.name)
+        else:
+            query = query.order_by(resources.c.created, resources.c.kind, resources.c.name)
+        with sqldb.reading(self._engine) as conn:
+            return [_resource(row) for row in conn.execute(query)]
 
     def resource(self, kind: str, name: str) -> ResourceRow | None:
-        row = self._db.execute(_SELECT_RESOURCES + " WHERE kind = ? AND name = ?", (kind, name)).fetchone()
-        if row is None:
-            return None
-        k, n, m, g, c, u = row
-        return ResourceRow(k, n, json.loads(m), g, c, u)
+        query = sa.select(*_RESOURCE_COLUMNS).where(resources.c.kind == kind, resources.c.name == name)
+        with sqldb.reading(self._engine) as conn:
+            row = conn.execute(query).first()
+        return None if row is None else _resource(row)
 
     def delete_resource(self, kind: str, name: str) -> bool:
-        with self._db:
-            deleted = self._db.execute(
-                "DELETE FROM resources WHERE kind = ? AND name = ?", (kind, name)
+        with self._changing() as conn:
+            deleted = conn.execute(
+                resources.delete().where(resources.c.kind == kind, resources.c.name == name)
             ).rowcount
+            changed = deleted
             if kind == "InferenceService":
-                self._db.execute("DELETE FROM revisions WHERE service = ?", (name,))
-                self._db.execute("DELETE FROM rollouts WHERE service = ?", (name,))
-            self._db.execute("DELETE FROM events WHERE kind = ? AND name = ?", (kind, name))
+                changed += conn.execute(revisions.delete().where(revisions.c.service == name)).rowcount
+                changed += conn.execute(rollouts.delete().where(rollouts.c.service == name)).rowcount
+            conn.execute(events.delete().where(events.c.kind == kind, events.c.name == name))
+            if changed:
+                self._bump(conn)
         return bool(deleted)
 
     # -- revisions and rollouts ---------------------------------------------------------------------
 
     def revisions(self, service: str, component: str) -> list[RevisionRow]:
-        rows = self._db.execute(
-            "SELECT name, service, component, number, key, spec, created FROM revisions "
-            "WHERE service = ? AND component = ? ORDER BY number",
-            (service, component),
+        query = (
+            sa.select(*_REVISION_COLUMNS)
+            .where(revisions.c.service == service, revisions.c.component == component)
+            .order_by(revisions.c.number)
         )
+        with sqldb.reading(self._engine) as conn:
+            rows = conn.execute(query).all()
         return [RevisionRow(n, s, c, num, k, json.loads(spec), t) for n, s, c, num, k, spec, t in rows]
 
     def add_revision(self, service: str, component: str, key: str, spec: dict[str, Any]) -> RevisionRow:
         now = time.time()
-        with self._db:
-            (last,) = self._db.execute(
-                "SELECT COALESCE(MAX(number), 0) FROM revisions WHERE service = ? AND component = ?",
-                (service, component),
-            ).fetchone()
+        text = json.dumps(spec, sort_keys=True)
+        with self._changing() as conn:
+            last = conn.execute(
+                sa.select(sa.func.coalesce(sa.func.max(revisions.c.number), 0)).where(
+                    revisions.c.service == service, revisions.c.component == component
+                )
+            ).scalar_one()
             number = last + 1
             name = f"{service}-{component}-{number:05d}"
-            self._db.execute(
-                "INSERT INTO revisions VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (name, service, component, number, key, json.dumps(spec, sort_keys=True), now),
+            conn.execute(
+                revisions.insert().values(
+                    name=name,
+                    service=service,
+                    component=component,
+                    number=number,
+                    key=key,
+                    spec=text,
+                    created=now,
+                )
             )
-            self._db.execute(
-                "UPDATE rollouts SET pinned = 0 WHERE service = ? AND component = ?", (service, component)
-            )
+            conn.execute(rollouts.update().where(_rollout_of(service, component)).values(pinned=False))
+            self._bump(conn)
         return RevisionRow(name, service, component, number, key, spec, now)
 
     def rollout(self, service: str, component: str) -> Rollout:
-        row = self._db.execute(
-            "SELECT latest, previous, pinned FROM rollouts WHERE service = ? AND component = ?",
-            (service, component),
-        ).fetchone()
-        return Rollout(row[0], row[1], bool(row[2])) if row else Rollout()
+        query = sa.select(rollouts.c.latest, rollouts.c.previous, rollouts.c.pinned).where(
+            _rollout_of(service, component)
+        )
+        with sqldb.reading(self._engine) as conn:
+            row = conn.execute(query).first()
+        return Rollout(row.latest, row.previous, bool(row.pinned)) if row else Rollout()
 
     def set_rollout(self, service: str, component: str, rollout: Rollout) -> None:
-        with self._db:
-            self._db.execute(
-                "INSERT INTO rollouts VALUES (?, ?, ?, ?, ?) ON CONFLICT (service, component) "
-                "DO UPDATE SET latest = excluded.latest, previous = excluded.previous, "
-                "pinned = excluded.pinned",
-                (service, component, rollout.latest, rollout.previous, int(rollout.pinned)),
-            )
+        values = {"latest": rollout.latest, "previous": rollout.previous, "pinned": rollout.pinned}
+        with self._changing() as conn:
+            # The counter's lock keeps the row from appearing between the two (an upsert without
+            # a dialect's ON CONFLICT).
+            if not conn.execute(
+                rollouts.update().where(_rollout_of(service, component)).values(values)
+            ).rowcount:
+                conn.execute(rollouts.insert().values(service=service, component=component, **values))
+            self._bump(conn)
 
     # -- events -----------------------------------------------------------------------------------
 
     def add_event(self, kind: str, name: str, type_: str, reason: str, message: str, actor: str = "") -> None:
-        with self._db:
-            self._db.execute(
-                "INSERT INTO events (kind, name, time, type, reason, message, actor) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (kind, name, time.time(), type_, reason, message, actor),
-            )
+        row = {"kind": kind, "name": name, "time": time.time(), "type": type_, "reason": reason}
+        with sqldb.writing(self._engine) as conn:
+            conn.execute(events.insert().values(**row, message=message, actor=actor))
 
     def events(self, kind: str, name: str, limit: int = 50) -> list[Event]:
-        rows = self._db.execute(
-            "SELECT time, type, reason, message, actor FROM events "
-            "WHERE kind = ? AND name = ? ORDER BY id DESC LIMIT ?",
-            (kind, name, limit),
-        ).fetchall()
+        query = (
+            sa.select(events.c.time, events.c.type, events.c.reason, events.c.message, events.c.actor)
+            .where(events.c.kind == kind, events.c.name == name)
+            .order_by(events.c.id.desc())
+            .limit(limit)
+        )
+        with sqldb.reading(self._engine) as conn:
+            rows = conn.execute(query).all()
         return [Event(*row) for row in reversed(rows)]

@@ -53,7 +53,14 @@ _SCALING_FLAGS = {
     type=click.Path(file_okay=False, path_type=Path),
     default=Path(".servegate"),
     show_default=True,
-    help="Where state (SQLite), replica logs and scratch files live.",
+    help="Where state (SQLite, unless --state-url), replica logs and scratch files live.",
+)
+@click.option(
+    "--state-url",
+    envvar="SERVEGATE_STATE_URL",
+    help="The state store's database: any SQLAlchemy URL; PostgreSQL lets several gateways share one "
+    "state (high availability), e.g. postgresql+psycopg://user@db/servegate "
+    "[default: state.db (SQLite) in the state dir].",
 )
 @policy_options("manifests, registrations and load requests", "the working directory and the state dir")
 @click.option(
@@ -184,6 +191,7 @@ def up(
     no_auth: bool,
     anonymous_inference: bool,
     state_dir: Path,
+    state_url: str | None,
     storage_roots: tuple[Path, ...],
     allowed_hosts: tuple[str, ...],
     trusted_sources: tuple[str, ...],
@@ -230,6 +238,7 @@ def up(
     from serving.raycluster import RayUnavailable
     from serving.registry import RegistryConfig, RegistryError
     from serving.spec import ManifestError
+    from serving.sqldb import DatabaseError
 
     try:
         scaling = GlobalScalingDefaults(
@@ -279,6 +288,7 @@ def up(
         anonymous_inference=anonymous_inference,
         insecure=insecure,
         state_dir=state_dir,
+        state_url=state_url,
         storage_policy=storage_policy,
         trust=TrustPolicy.from_env(trusted_sources),
         registry=registry,
@@ -298,7 +308,11 @@ def up(
         pod_ports=ports,
     )
     try:
-        uvloop.run(Gateway(options).run())
+        gateway = Gateway(options)  # opens the state store: a bad URL or database stops here
+    except DatabaseError as exc:
+        raise click.ClickException(f"{'--state-url' if state_url else '--state-dir'}: {exc}") from None
+    try:
+        uvloop.run(gateway.run())
     except ManifestError as exc:
         click.echo("error: the manifests cannot be applied; nothing started:", err=True)
         for problem in exc.problems:

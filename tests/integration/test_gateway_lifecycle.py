@@ -28,7 +28,7 @@ from tests.gateway_helpers import (
     storage_roots,
     traffic,
 )
-from tests.servers import GatewayProcess, processes_using, until
+from tests.servers import GatewayProcess, fresh_database, processes_using, until
 
 pytestmark = pytest.mark.integration
 
@@ -101,6 +101,30 @@ def test_restart_restores_every_service(state_dir: Path, model_repo: Path) -> No
     finally:
         code = gateway.stop()
     assert code == 0, gateway.output()[-5000:]
+
+
+def test_state_on_postgresql_outlives_the_state_dir(
+    tmp_path: Path, model_repo: Path, postgres_url: str
+) -> None:
+    """--state-url: a gateway started on another state dir, same database, brings the service back."""
+    name = "pg"
+    with fresh_database(postgres_url) as url:
+        folders = [tmp_path / "first", tmp_path / "second"]
+        for i, folder in enumerate(folders):
+            roots = storage_roots(folder, model_repo)
+            gateway = GatewayProcess(folder, "--drain-timeout", "5", "--state-url", url, *roots).wait_live()
+            try:
+                api = ControlApi(gateway.url, gateway.token)
+                if i == 0:
+                    api.apply(mlp_isvc(name, model_repo))
+                    api.apply(mlp_isvc(name, model_repo, env={"MARK": "2"}))
+                view = predictor_view(api.wait_ready(name))
+                assert view["latestRolledoutRevision"] == revision(name, 2), view
+                api.close()
+            finally:
+                code = gateway.stop()
+            assert code == 0, gateway.output()[-5000:]
+            assert processes_using(folder) == set(), "replicas outlived the gateway"
 
 
 def replica_pids(state_dir: Path, rev: str) -> dict[str, int]:
