@@ -51,7 +51,8 @@ def _every_manifest() -> list[InferenceService]:
     paths = sorted(Path("examples").glob("*.yaml")) + sorted(Path("tests/manifests").glob("*.yaml"))
     found = [r for path in paths for r in load_manifests(path.read_text(), str(path))]
     pods = isvc("pods", predictor={**isvc()["spec"]["predictor"], **POD_FIELDS})
-    containers = isvc("custom", predictor={"containers": [{"name": "server", "image": "example.com/server:1"}]})
+    server = {"name": "server", "image": "example.com/server:1"}
+    containers = isvc("custom", predictor={"containers": [server]})
     found += load_manifests(json.dumps({"apiVersion": "v1", "kind": "List", "items": [pods, containers]}))
     return [r for r in found if isinstance(r, InferenceService)]
 
