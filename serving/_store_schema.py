@@ -2,7 +2,7 @@
 
 Migration 1 is the schema the sqlite3-era store wrote (its own `schema_version` table, at 1 or 2):
 a `state.db` it left is adopted in place, data kept. Migration 2 adds the change counter that
-followers poll (`Store.version()`).
+followers poll (`Store.version()`). Migration 3 adds the secrets gateways sharing one state share.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from sqlalchemy.engine import Connection
 
 from serving import sqldb
 
-__all__ = ["MIGRATIONS", "counter", "events", "resources", "revisions", "rollouts"]
+__all__ = ["MIGRATIONS", "counter", "events", "resources", "revisions", "rollouts", "secrets"]
 
 _meta = sa.MetaData()
 
@@ -73,6 +73,14 @@ counter = sa.Table(
     sa.Column("version", sa.BigInteger, nullable=False),
 )
 
+#: secrets every gateway sharing the state uses alike (the key its internal tokens derive from).
+secrets = sa.Table(
+    "gateway_secrets",
+    _meta,
+    sa.Column("name", sa.Text, primary_key=True),
+    sa.Column("value", sa.Text, nullable=False),
+)
+
 #: the sqlite3-era store's version table, and what it is set to once adopted: that store refuses a
 #: version newer than its own 2, so an older servegate cannot write past the migrations here.
 _LEGACY_TABLE = "schema_version"
@@ -107,4 +115,8 @@ def _v2_change_counter(conn: Connection) -> None:
     conn.execute(counter.insert().values(id=1, version=0))
 
 
-MIGRATIONS = sqldb.Migrations("state", [_v1_state_tables, _v2_change_counter])
+def _v3_shared_secrets(conn: Connection) -> None:
+    _meta.create_all(conn, tables=[secrets])
+
+
+MIGRATIONS = sqldb.Migrations("state", [_v1_state_tables, _v2_change_counter, _v3_shared_secrets])

@@ -49,6 +49,8 @@ from serving.dashboard.history import MetricHistory
 from serving.dashboard.routes import Dashboard
 from serving.engines.base import Engine
 from serving.engines.process import ProcessEngine
+from serving.leader import LeaderElector
+from serving.leader import connect as connect_lease
 from serving.monitoring import ReplicaTarget, targets_path, write_targets
 from serving.pipelines.api import StoreOpener, pipeline_routes
 from serving.registry.api import registry_routes
@@ -93,6 +95,9 @@ class GatewayOptions:
     engine: str = "process"
     #: the Ray cluster of the ray engine (HOST:PORT of its GCS); None: a local Ray for this run.
     ray_address: str | None = None
+    #: with a shared state (state_url): seconds a leader's lease lasts unrenewed before another
+    #: gateway takes over.
+    lease_ttl_s: float = 10.0
     #: the kubernetes engine's cluster: a kubeconfig file (None: in-cluster, else ~/.kube/config),
     #: its namespace, and the image its replicas run.
     kubeconfig: str | None = None
@@ -137,8 +142,21 @@ def _engine(options: GatewayOptions, credentials: InternalCredentials) -> Engine
     return ProcessEngine(options.state_dir, **settings)
 
 
+class GatewayError(Exception):
+    """The gateway cannot start as configured; the message says why."""
+
+
+def _redacted(url: str) -> str:
+    from sqlalchemy.engine.url import make_url
+
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:
+        return "the state URL"
+
+
 def _kubernetes_engine(options: GatewayOptions, credentials: InternalCredentials) -> Engine:
-    from serving.engines.kubernetes.api import KubeApi, owner_id
+    from serving.engines.kubernetes.api import KubeApi
     from serving.engines.kubernetes.engine import KubernetesEngine
     from serving.engines.kubernetes.names import IMAGE
     from serving.engines.kubernetes.render import Placement
@@ -146,7 +164,7 @@ def _kubernetes_engine(options: GatewayOptions, credentials: InternalCredentials
     placement = Placement(
         namespace=options.namespace,
         image=options.image or IMAGE,
-        owner=owner_id(options.state_dir),
+        owner=credentials.owner,
         drain_timeout_s=options.drain_timeout_s,
         http_port=options.pod_ports[0],
         grpc_port=options.pod_ports[1],
@@ -179,11 +197,12 @@ class Gateway:
         self.router = Router(GatewayMetrics(self.registry), check_urls=self.storage_policy.connectable)
         self.store = Store(options.state_url or default_url(options.state_dir))
         #: the tokens of the gateway's own parts (replica pools, Prometheus, transformers' calls back).
-        self.credentials = (
-            InternalCredentials.kept_in(options.state_dir / INTERNAL_KEY_FILE)
-            if options.engine == "ray"  # its replicas outlive this process, and keep their tokens
-            else InternalCredentials()
-        )
+        if options.state_url is not None:  # gateways sharing a state share the replicas' tokens
+            self.credentials = InternalCredentials.shared_in(self.store)
+        elif options.engine in ("ray", "kubernetes"):  # replicas outlive this process, and keep their tokens
+            self.credentials = InternalCredentials.kept_in(options.state_dir / INTERNAL_KEY_FILE)
+        else:
+            self.credentials = InternalCredentials()
         self.engine = _engine(options, self.credentials)
         self.tokens: TokenStore | None = None
         self.http_port: int | None = None
@@ -300,10 +319,13 @@ class Gateway:
         # Prometheus (`servegate prometheus-config`) finds the replicas through this file.
         self.engine.watch(lambda _revision: self._write_targets(f"{local}:{self.http_port}"))
         self._write_targets(f"{local}:{self.http_port}")
+        elector = await self._elect(controller)
         await controller.start()
-        # Every stored revision has asked for its replicas: what an earlier run left that none took goes.
+        # Every stored revision has asked for its replicas: what an earlier run left that none took goes
+        # (with several gateways on one state, the leader does it when it starts leading).
         await controller.settled()
-        await self.engine.release_unclaimed()
+        if elector is None:
+            await self.engine.release_unclaimed()
         if resources:
             await controller.apply(resources)
         await grpc_server.start()
@@ -326,6 +348,8 @@ class Gateway:
         autoscaling = asyncio.create_task(autoscaler.run(), name="autoscaler")
         sampling = asyncio.create_task(dashboard.run(), name="dashboard-history")
         rolling = asyncio.create_task(rollouts.run(), name="rollouts")
+        electing = asyncio.create_task(elector.run(), name="leader-election") if elector else None
+        following = asyncio.create_task(controller.follow_store(), name="state") if elector else None
         log.info("dashboard: %s/", f"{scheme}://{local}:{self.http_port}")
         self.started.set()
         stop_task = asyncio.create_task(self._stop.wait())
@@ -337,7 +361,13 @@ class Gateway:
         await asyncio.gather(http_task, grpc_server.stop(grace=opts.drain_timeout_s), return_exceptions=True)
         autoscaling.cancel()
         rolling.cancel()
-        await asyncio.gather(autoscaling, sampling, rolling, return_exceptions=True)
+        if following is not None:
+            following.cancel()
+        await asyncio.gather(autoscaling, sampling, rolling, following or sampling, return_exceptions=True)
+        if elector is not None:  # a successor takes over at its next attempt, not after the lease's TTL
+            await elector.close()
+            await asyncio.gather(electing or sampling, return_exceptions=True)
+            elector.engine.dispose()
         await autoscaler.aclose()
         await controller.close()
         await self.engine.close()
@@ -350,13 +380,54 @@ class Gateway:
         stop_task.cancel()
         log.info("gateway stopped")
 
+    async def _elect(self, controller: Controller) -> LeaderElector | None:
+        """With a shared state (--state-url), the leader election: one gateway reconciles and scales,
+        the others follow. Only engines whose replicas the others can reach may follow; with another
+        engine a gateway that cannot lead does not start, and one that stops leading stops."""
+        opts = self.options
+        if opts.state_url is None:
+            return None
+        shares = self.engine.shares_replicas
+
+        async def started() -> None:
+            await controller.lead(True)
+
+        async def stopped() -> None:
+            if shares:
+                await controller.lead(False)
+            else:
+                log.error(
+                    "this gateway lost the lead of the shared state; it stops (--engine %s)", opts.engine
+                )
+                self.stop()
+
+        elector = LeaderElector(
+            connect_lease(opts.state_url),
+            ttl_s=opts.lease_ttl_s,
+            on_started_leading=started,
+            on_stopped_leading=stopped,
+        )
+        controller.leading = False
+        self.engine.lead(False)
+        if not await elector.step() and not shares:
+            await elector.close()
+            elector.engine.dispose()
+            raise GatewayError(
+                f"another gateway leads the state at {_redacted(opts.state_url)}: several gateways share "
+                "one state only with --engine kubernetes (their replicas outlive them and all can reach them)"
+            )
+        return elector
+
     def _guard(self) -> Guard:
         """Token authentication (unless --no-auth): the users' tokens and the gateway's own, with an
         admin token in the state dir for this machine's CLI."""
         opts = self.options
         if not opts.auth:
             return Guard(None)
-        self.tokens = TokenStore.in_state_dir(opts.state_dir)
+        # Gateways sharing a state share its users' tokens too.
+        self.tokens = (
+            TokenStore(opts.state_url) if opts.state_url else TokenStore.in_state_dir(opts.state_dir)
+        )
         admin_file = (opts.state_dir / ADMIN_TOKEN_FILE).resolve()
         if self.tokens.ensure_admin_file(admin_file):
             log.info("made an admin token: %s (mode 0600)", admin_file)

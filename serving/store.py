@@ -17,7 +17,7 @@ from __future__ import annotations
 import contextlib
 import json
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,7 +26,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from serving import sqldb
-from serving._store_schema import MIGRATIONS, counter, events, resources, revisions, rollouts
+from serving._store_schema import MIGRATIONS, counter, events, resources, revisions, rollouts, secrets
 
 __all__ = ["Event", "ResourceRow", "RevisionRow", "Rollout", "Store", "default_url"]
 
@@ -133,6 +133,20 @@ class Store:
     @staticmethod
     def _bump(conn: Connection) -> None:
         conn.execute(counter.update().where(counter.c.id == 1).values(version=counter.c.version + 1))
+
+    def secret(self, name: str, make: Callable[[], str]) -> str:
+        """The secret `name` every gateway on this state shares: made with `make()` by the first
+        that asks (a race between two keeps the first written), read by the others."""
+        with sqldb.reading(self._engine) as conn:
+            found = conn.execute(sa.select(secrets.c.value).where(secrets.c.name == name)).scalar()
+        if found is not None:
+            return str(found)
+        with self._changing() as conn:
+            found = conn.execute(sa.select(secrets.c.value).where(secrets.c.name == name)).scalar()
+            if found is None:
+                found = make()
+                conn.execute(secrets.insert().values(name=name, value=found))
+        return str(found)
 
     # -- resources --------------------------------------------------------------------------------
 

@@ -17,6 +17,7 @@ import hashlib
 import hmac
 import secrets
 from pathlib import Path
+from typing import Any
 
 from serving.auth.files import read_token_file, write_secret
 from serving.auth.guard import Authenticator
@@ -73,6 +74,17 @@ class InternalCredentials:
             credentials = cls()
             write_secret(path, credentials._secret.hex())
             return credentials
+
+    @classmethod
+    def shared_in(cls, store: Any) -> InternalCredentials:
+        """The credentials of every gateway on `store`'s state (the secret is kept there, made by the
+        first): pools applied by one gateway take the others' tokens."""
+        return cls(bytes.fromhex(store.secret("internal-key", lambda: secrets.token_bytes(32).hex())))
+
+    @property
+    def owner(self) -> str:
+        """A name for what gateways with this secret made (a label value): the same for all of them."""
+        return "sg-" + hmac.new(self._secret, b"owner", hashlib.sha256).hexdigest()[:12]
 
     def pool_token(self, revision: str) -> str:
         """What the gateway sends to, and only the replicas of, `revision`."""

@@ -62,6 +62,14 @@ _SCALING_FLAGS = {
     "state (high availability), e.g. postgresql+psycopg://user@db/servegate "
     "[default: state.db (SQLite) in the state dir].",
 )
+@click.option(
+    "--leader-lease",
+    type=click.FloatRange(min=1.0),
+    default=10.0,
+    show_default=True,
+    help="With --state-url: seconds a leader's lease lasts unrenewed; when a leader dies, another "
+    "gateway on the state takes over within about this long.",
+)
 @policy_options("manifests, registrations and load requests", "the working directory and the state dir")
 @click.option(
     "--engine",
@@ -192,6 +200,7 @@ def up(
     anonymous_inference: bool,
     state_dir: Path,
     state_url: str | None,
+    leader_lease: float,
     storage_roots: tuple[Path, ...],
     allowed_hosts: tuple[str, ...],
     trusted_sources: tuple[str, ...],
@@ -234,7 +243,7 @@ def up(
     from serving.auth.tls import tls_files
     from serving.cli._serve import prepare_process
     from serving.engines.kubernetes.api import KubernetesUnavailable
-    from serving.gateway import Gateway, GatewayOptions
+    from serving.gateway import Gateway, GatewayError, GatewayOptions
     from serving.raycluster import RayUnavailable
     from serving.registry import RegistryConfig, RegistryError
     from serving.spec import ManifestError
@@ -278,7 +287,10 @@ def up(
         raise click.UsageError(f"--allow-host: {exc}") from None
     prepare_process(log_level)
     defaults = RegistryConfig.from_env(state_dir)
-    registry = RegistryConfig(url=registry_url or defaults.url, artifacts=artifacts or defaults.artifacts)
+    # Gateways sharing a state share its registry too, unless told otherwise (its artifacts need a
+    # store they all reach: --artifacts s3://...).
+    registry_url = registry_url or state_url or defaults.url
+    registry = RegistryConfig(url=registry_url, artifacts=artifacts or defaults.artifacts)
     options = GatewayOptions(
         host=host,
         http_port=http_port,
@@ -306,11 +318,14 @@ def up(
         namespace=namespace,
         image=image,
         pod_ports=ports,
+        lease_ttl_s=leader_lease,
     )
     try:
         gateway = Gateway(options)  # opens the state store: a bad URL or database stops here
     except DatabaseError as exc:
         raise click.ClickException(f"{'--state-url' if state_url else '--state-dir'}: {exc}") from None
+    except KubernetesUnavailable as exc:
+        raise click.ClickException(f"--engine kubernetes: {exc}") from None
     try:
         uvloop.run(gateway.run())
     except ManifestError as exc:
@@ -326,6 +341,8 @@ def up(
         raise click.ClickException(f"--engine ray: {exc}") from None
     except KubernetesUnavailable as exc:
         raise click.ClickException(f"--engine kubernetes: {exc}") from None
+    except GatewayError as exc:
+        raise click.ClickException(str(exc)) from None
 
 
 def _ports(text: str) -> tuple[int, int]:

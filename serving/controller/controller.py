@@ -33,6 +33,7 @@ from serving.controller import rollout as policy
 from serving.controller.following import RegistryFollower, uses_registry
 from serving.controller.status import ConditionClock, rfc3339, service_status
 from serving.engines.base import Engine, ReplicaSpec, ServedModelRef
+from serving.registry.uris import is_registry_uri
 from serving.spec import Component, InferenceService, TrainedModel
 from serving.spec import isvc as isvc_spec
 from serving.spec.common import Problem
@@ -124,20 +125,18 @@ class Controller:
         self.trust = TrustPolicy()
         #: set by the gateway: runs the services' rollout strategies (None: canaries wait for a person).
         self.rollouts: Rollouts | None = None
+        #: whether this gateway reconciles and scales. Of several gateways on one shared state, the
+        #: elected one leads; the others follow: they route by the state it writes and the replicas
+        #: their engine sees, and change neither.
+        self.leading = True
+        self._seen_version: int | None = None
 
     # -- lifecycle --------------------------------------------------------------------------------
 
     async def start(self) -> None:
         """Restore every stored resource and start reconciling."""
-        from serving.spec.manifests import parse_resource
-
         self.engine.watch(self._on_engine)
-        for row in self.store.resources():
-            try:
-                self._remember(parse_resource(row.manifest))
-            except Exception as exc:  # a stored manifest that no longer validates must not stop the rest
-                log.error("cannot restore %s/%s: %s", row.kind, row.name, exc)
-        self._mark(*self.services)
+        self._restore()
         self._task = asyncio.create_task(self._loop(), name="controller")
         if self.registry is not None:
             self._follower = RegistryFollower(self.registry, self.store, self.registry_poll_s)
@@ -146,6 +145,55 @@ class Controller:
                     lambda: self._mark(*(n for n, s in self.services.items() if uses_registry(s)))
                 )
             )
+
+    def _restore(self) -> None:
+        """Every stored resource, as the store has them now (a resource gone from it is forgotten)."""
+        from serving.spec.manifests import parse_resource
+
+        before = set(self.services)
+        self.services, self.trained_models, self.graphs = {}, {}, {}
+        for row in self.store.resources():
+            try:
+                self._remember(parse_resource(row.manifest))
+            except Exception as exc:  # a stored manifest that no longer validates must not stop the rest
+                log.error("cannot restore %s/%s: %s", row.kind, row.name, exc)
+        self._mark(*before, *self.services)
+
+    async def follow_store(self, interval_s: float = 0.5) -> None:
+        """Restore the resources whenever another gateway on the shared state changed them, until
+        cancelled (`Store.version()`: one row read per `interval_s`)."""
+        while True:
+            try:
+                version = await asyncio.to_thread(self.store.version)
+                if self._seen_version is not None and version != self._seen_version:
+                    self._restore()
+                self._seen_version = version
+            except Exception as exc:  # the database away for a moment: keep what is known
+                log.warning("cannot read the shared state: %s", exc)
+            await asyncio.sleep(interval_s)
+
+    async def lead(self, leading: bool) -> None:
+        """Start (or stop) reconciling and scaling: the leader election's callback. A new leader
+        takes the replica counts that run now as its own, so taking over scales nothing down."""
+        if leading == self.leading:
+            return
+        self.leading = leading
+        self.engine.lead(leading)
+        log.info("this gateway %s", "leads: it reconciles and scales" if leading else "follows the leader")
+        if not leading:
+            return
+        for revision in self._autoscaled:
+            if revision not in self._scaled:
+                current = await self.engine.current_replicas(revision)
+                if current is not None:
+                    self._scaled[revision] = current
+        self._desired.clear()  # every revision is scaled (and applied) again, by this gateway now
+        self._restore()
+        self._background(self._claim())
+
+    async def _claim(self) -> None:
+        await self.settled()
+        await self.engine.release_unclaimed()
 
     async def close(self) -> None:
         tasks = [t for t in (self._task, *self._retiring.values(), *self._tasks) if t is not None]
@@ -359,7 +407,7 @@ class Controller:
         pinned = (
             await self._follower.pin(name, self.services[name], component) if self._follower else component
         )
-        if pinned is not None:  # None: the registry cannot say what to run now; keep what runs
+        if pinned is not None and self.leading:  # None: the registry cannot say what to run now
             current = self._revise(name, kind, pinned, revisions, current)
         ready = {r.name for r in revisions if self._counts_as_ready(r.name)}
         names = [r.name for r in revisions]
@@ -371,9 +419,9 @@ class Controller:
                 name, strategy, canary_percent, candidate, current.latest if candidate else None
             )
         plan = policy.plan(names, ready, current, canary_percent)
-        if plan.rollout != current:
+        if plan.rollout != current and self.leading:
             self.store.set_rollout(name, kind, plan.rollout)
-        for change in plan.changes:
+        for change in plan.changes if self.leading else ():
             self.store.add_event("InferenceService", name, "Normal", "RolledOut", change)
         wanted = {rev for rev, _ in plan.traffic} | self._referenced(name)
         if plan.rollout.previous is not None:
@@ -482,8 +530,8 @@ class Controller:
     async def resize(self, revision: str, replicas: int, reason: str) -> None:
         """The autoscaler's decision for one revision: applied by the next reconcile."""
         owner = self._autoscaled.get(revision)
-        if owner is None or self._scaled.get(revision) == replicas:
-            return  # retired meanwhile, or already asked for
+        if owner is None or self._scaled.get(revision) == replicas or not self.leading:
+            return  # retired meanwhile, already asked for, or the leader's to decide
         self._scaled[revision] = replicas
         self.store.add_event("InferenceService", owner[0], "Normal", "Scaled", f"{revision}: {reason}")
         self._mark(owner[0])
@@ -514,7 +562,10 @@ class Controller:
     def _replica_spec(self, service: str, row: RevisionRow) -> ReplicaSpec:
         c = _component_from(row.spec)
         env = c.env
-        if self._follower is not None:  # replicas resolve registry:// URIs themselves (and verify them)
+        # Replicas resolve registry:// URIs themselves (and verify them): those of a registry model,
+        # and multi-model pools (their TrainedModels may name one). Only they: what a replica runs
+        # stays the same whichever gateway of several on one state made it.
+        if self._follower is not None and (is_registry_uri(c.storage_uri) or not c.storage_uri):
             env += self._follower.env()
         if row.component == "transformer":
             # The transformer calls its predictor through this gateway (predictors.transformer).

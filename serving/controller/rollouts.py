@@ -229,7 +229,9 @@ class Rollouts:
         """Look at every running rollout whose interval is up, every `tick_s`, until cancelled."""
         while True:
             now = self._clock()
-            for name, current in list(self._rollouts.items()):
+            # Of several gateways on one state, the leader runs the rollouts.
+            running = list(self._rollouts.items()) if self.controller.leading else []
+            for name, current in running:
                 interval = duration_s(current.strategy.interval)
                 if current.progress.state in progressive.DONE or now - current.last_look < interval:
                     continue

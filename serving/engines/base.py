@@ -158,6 +158,18 @@ class Engine(ABC):
         wildcard (replicas run on this machine); engines with replicas elsewhere say otherwise."""
         return "127.0.0.1" if listen_host in ("0.0.0.0", "::") else listen_host
 
+    #: whether replicas outlive a gateway and another gateway can route to them: only then may
+    #: several gateways share one state (one leads, the others follow).
+    shares_replicas: bool = False
+
+    def lead(self, leading: bool) -> None:  # noqa: B027 - engines that share replicas override it
+        """Start (True) or stop changing replicas. A follower's `scale` and `remove` only tell the
+        engine what the leader runs, so that it reports (and the router routes to) those replicas."""
+
+    async def current_replicas(self, revision: str) -> int | None:
+        """How many replicas `revision` is set to have now (a new leader takes that over), if known."""
+        return None
+
     def manifest_problems(self, resources: list[Resource]) -> list[Problem]:
         """What this engine could not run in `resources`, by field path, found at apply before
         anything is stored (e.g. names a cluster would refuse); none by default."""

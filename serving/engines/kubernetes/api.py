@@ -10,15 +10,13 @@ from __future__ import annotations
 
 import json
 import os
-import secrets
 import threading
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 from serving.engines.kubernetes.names import FIELD_MANAGER, REVISION_LABEL
 
-__all__ = ["KubeApi", "KubernetesUnavailable", "owner_id"]
+__all__ = ["KubeApi", "KubernetesUnavailable"]
 
 _APPLY = "application/apply-patch+yaml"
 _MERGE = "application/merge-patch+json"
@@ -28,24 +26,10 @@ _PREFLIGHT = (
     ("services", "core", "list_namespaced_service"),
     ("pods", "core", "list_namespaced_pod"),
 )
-_OWNER_FILE = "kubernetes-engine.json"
 
 
 class KubernetesUnavailable(Exception):
     """The cluster cannot be reached, or refused a call; the message says which and why."""
-
-
-def owner_id(state_dir: Path) -> str:
-    """The owner label of what the gateway with `state_dir` makes, made on first use and kept there,
-    so a restarted gateway adopts its own replicas and never another gateway's."""
-    path = Path(state_dir) / _OWNER_FILE
-    try:
-        return str(json.loads(path.read_text())["owner"])
-    except (OSError, ValueError, KeyError, TypeError):
-        owner = f"sg-{secrets.token_hex(4)}"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps({"owner": owner}))
-        return owner
 
 
 class KubeApi:
@@ -131,6 +115,11 @@ class KubeApi:
             field_manager=FIELD_MANAGER,
             _content_type=_MERGE,
         )
+
+    def replicas(self, namespace: str, name: str) -> int | None:
+        """Deployment `name`'s replica count now (None: there is no such Deployment)."""
+        found = self._call(self.apps.read_namespaced_deployment_scale, name, namespace, missing_ok=True)
+        return None if found is None else int(found.spec.replicas or 0)
 
     def delete_revision(self, namespace: str, revision: str) -> None:
         """A revision's Deployment (its pods drain), Service and Secret; what is gone already is fine."""

@@ -59,6 +59,9 @@ class _Pool:
 class KubernetesEngine(Engine):
     """Runs revisions in namespace `placement.namespace` of the cluster `api` talks to.
 
+    Several gateways may share the replicas: the leader applies and scales, followers (`lead(False)`)
+    only watch the pods of what the leader runs.
+
     credentials: the gateway's internal tokens; each revision's pool token and the metrics token go
     into a Secret its pods read (None: replicas take any caller, for tests). gateway_address: where
     replicas reach the gateway (its Service's name in the cluster) for transformers' calls.
@@ -84,6 +87,9 @@ class KubernetesEngine(Engine):
         self._stop = threading.Event()
         self._listed = threading.Event()
         self._watcher: threading.Thread | None = None
+        self.leading = True
+
+    shares_replicas = True
 
     @property
     def selector(self) -> str:
@@ -106,6 +112,9 @@ class KubernetesEngine(Engine):
         if pool is None or pool.spec != spec:
             pool = self._pools[spec.revision] = _Pool(spec, scaled=pool.scaled if pool else None)
         pool.desired = replicas
+        if not self.leading:
+            self._notify(spec.revision)
+            return
         async with pool.lock:
             try:
                 if not pool.applied:
@@ -128,8 +137,17 @@ class KubernetesEngine(Engine):
         pool = self._pools.pop(revision, None)
         if pool is not None:
             pool.desired = 0
-        await asyncio.to_thread(self.api.delete_revision, self.placement.namespace, revision)
+        if self.leading:
+            await asyncio.to_thread(self.api.delete_revision, self.placement.namespace, revision)
         self._notify(revision)
+
+    def lead(self, leading: bool) -> None:
+        self.leading = leading
+        for pool in self._pools.values():  # a new leader applies and scales everything once
+            pool.applied, pool.scaled = False, None
+
+    async def current_replicas(self, revision: str) -> int | None:
+        return await asyncio.to_thread(self.api.replicas, self.placement.namespace, revision)
 
     def status(self, revision: str) -> PoolStatus | None:
         pool = self._pools.get(revision)
