@@ -101,8 +101,8 @@ class _Revision:
     desired: int
     #: when a request was last seen (or the seed); None if never.
     last_activity: float | None
-    #: the gateway's request counter at the previous scrape, as (time, value).
-    requests: tuple[float, float] | None = None
+    #: each gateway's request counter at the previous scrape, as (time, value), by its URL.
+    requests: dict[str, tuple[float, float]] = field(default_factory=dict)
     #: each replica's CPU-seconds counter at the previous scrape, as (time, value).
     cpu: dict[str, tuple[float, float]] = field(default_factory=dict)
     status: ScaleStatus | None = None
@@ -121,7 +121,8 @@ class Autoscaler:
     targets: the autoscaled revisions now; called once per tick (and by `poke` for a revision not
         seen yet). A revision missing from it is forgotten, its metrics removed.
     resize: asks the engine for a number of replicas of a revision, with the reason.
-    gateway_url: base URL of the gateway whose `/metrics` gives concurrency and request counts.
+    gateway_url: base URL of the gateway whose `/metrics` gives concurrency and request counts, or
+        a function naming every gateway's (several gateways on one state: their traffic is summed).
     scrape / promql: the metric sources; a ScrapeSource is made when none is given. Without
         `promql`, a revision scaled on a custom metric reports an error and holds its size.
         `aclose` closes both.
@@ -134,7 +135,7 @@ class Autoscaler:
         self,
         targets: Callable[[], Sequence[ScaleTarget]],
         resize: Resize,
-        gateway_url: str,
+        gateway_url: str | Callable[[], Sequence[str]],
         *,
         scrape: ScrapeSource | None = None,
         promql: PromQLSource | None = None,
@@ -146,7 +147,7 @@ class Autoscaler:
             raise ValueError(f"tick_s must be positive, got {tick_s}")
         self._targets = targets
         self._resize = resize
-        self._gateway_url = gateway_url.rstrip("/")
+        self._gateway_urls = gateway_url if callable(gateway_url) else (lambda: [gateway_url])
         self._scrape = scrape if scrape is not None else ScrapeSource()
         #: the PromQL source custom metrics are read from (None: none configured).
         self.promql = promql
@@ -185,12 +186,7 @@ class Autoscaler:
         self._forget({t.revision for t in targets})
         if not targets:
             return
-        gateway: dict[str, GatewaySample] | None = None
-        gateway_error: str | None = None
-        try:
-            gateway = await self._scrape.gateway(self._gateway_url)
-        except MetricSourceError as exc:
-            gateway_error = str(exc)
+        gateway, gateway_error = await self._scrape_gateways()
         results = await asyncio.gather(
             *(self._scale(t, now, gateway, gateway_error) for t in targets), return_exceptions=True
         )
@@ -199,6 +195,26 @@ class Autoscaler:
                 log.error("autoscaling %s failed", target.revision, exc_info=result)
             elif isinstance(result, BaseException):
                 raise result
+
+    async def _scrape_gateways(self) -> tuple[dict[str, dict[str, GatewaySample]] | None, str | None]:
+        """Every gateway's samples by its URL; None (and why) when none answered. One that does not
+        answer is left out of this tick: its requests count again at the next."""
+        urls = [url.rstrip("/") for url in self._gateway_urls()]
+        found = await asyncio.gather(*(self._scrape.gateway(url) for url in urls), return_exceptions=True)
+        samples: dict[str, dict[str, GatewaySample]] = {}
+        errors = []
+        for url, result in zip(urls, found, strict=True):
+            if isinstance(result, MetricSourceError):
+                errors.append(str(result))
+            elif isinstance(result, BaseException):
+                raise result
+            else:
+                samples[url] = result
+        if not samples:
+            return None, "; ".join(errors) or "no gateway to scrape"
+        if errors:
+            log.debug("gateways left out of this tick: %s", "; ".join(errors))
+        return samples, None
 
     def poke(self, revision: str) -> None:
         """Requests wait for `revision`, which has no replica: count it as active now and, if it is
@@ -242,7 +258,7 @@ class Autoscaler:
         self,
         target: ScaleTarget,
         now: float,
-        gateway: dict[str, GatewaySample] | None,
+        gateway: dict[str, dict[str, GatewaySample]] | None,
         gateway_error: str | None,
     ) -> None:
         rev = self._track(target, now)
@@ -255,9 +271,7 @@ class Autoscaler:
         config = target.config
         sample = rps = None
         if gateway is not None:
-            sample = gateway.get(target.revision, _NO_REQUESTS)  # absent: no request yet
-            reading = (now, sample.requests_total)
-            rps, rev.requests = rate(rev.requests, reading), reading
+            sample, rps = _summed(gateway, target.revision, rev, now)
             if sample.concurrency > 0 or (rps or 0.0) > 0:
                 rev.last_activity = now
 
@@ -456,6 +470,24 @@ class Autoscaler:
             rev = self._revisions.pop(revision)
             if self._metrics is not None:
                 self._metrics.forget(rev.service, revision)
+
+
+def _summed(
+    gateways: dict[str, dict[str, GatewaySample]], revision: str, rev: _Revision, now: float
+) -> tuple[GatewaySample, float | None]:
+    """A revision's requests in flight and requests per second over every gateway: rates are taken
+    per gateway (a gateway that leaves is no counter reset) and summed; None before two readings."""
+    concurrency, total, rates = 0.0, 0.0, []
+    readings = {}
+    for url, samples in gateways.items():
+        sample = samples.get(revision, _NO_REQUESTS)  # absent: no request yet
+        concurrency += sample.concurrency
+        total += sample.requests_total
+        readings[url] = (now, sample.requests_total)
+        if (per_second := rate(rev.requests.get(url), readings[url])) is not None:
+            rates.append(per_second)
+    rev.requests = readings
+    return GatewaySample(concurrency, total), (sum(rates) if rates else None)
 
 
 def _reason(

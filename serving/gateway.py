@@ -209,6 +209,8 @@ class Gateway:
         self.model_registry: Registry | None = None
         self.grpc_port: int | None = None
         self.controller: Controller | None = None
+        #: the leader election, with several gateways on one state (None: this gateway leads alone).
+        self.elector: LeaderElector | None = None
         self.started = asyncio.Event()
         self._stop = asyncio.Event()
 
@@ -262,7 +264,8 @@ class Gateway:
         autoscaler = controller.autoscaler = Autoscaler(
             controller.scale_targets,
             controller.resize,
-            gateway_url,
+            # With several gateways on one state: every gateway's traffic (the members of the lease).
+            lambda: (self.elector.members if self.elector is not None else None) or [gateway_url],
             # It scrapes this gateway's own /metrics, by an address the certificate need not name.
             scrape=ScrapeSource(
                 verify=opts.tls.self_context() if opts.tls is not None else True,
@@ -319,7 +322,7 @@ class Gateway:
         # Prometheus (`servegate prometheus-config`) finds the replicas through this file.
         self.engine.watch(lambda _revision: self._write_targets(f"{local}:{self.http_port}"))
         self._write_targets(f"{local}:{self.http_port}")
-        elector = await self._elect(controller)
+        elector = self.elector = await self._elect(controller, gateway_url)
         await controller.start()
         # Every stored revision has asked for its replicas: what an earlier run left that none took goes
         # (with several gateways on one state, the leader does it when it starts leading).
@@ -380,7 +383,7 @@ class Gateway:
         stop_task.cancel()
         log.info("gateway stopped")
 
-    async def _elect(self, controller: Controller) -> LeaderElector | None:
+    async def _elect(self, controller: Controller, gateway_url: str) -> LeaderElector | None:
         """With a shared state (--state-url), the leader election: one gateway reconciles and scales,
         the others follow. Only engines whose replicas the others can reach may follow; with another
         engine a gateway that cannot lead does not start, and one that stops leading stops."""
@@ -406,6 +409,7 @@ class Gateway:
             ttl_s=opts.lease_ttl_s,
             on_started_leading=started,
             on_stopped_leading=stopped,
+            address=gateway_url,
         )
         controller.leading = False
         self.engine.lead(False)

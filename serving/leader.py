@@ -33,7 +33,16 @@ from sqlalchemy.engine import Connection, Engine
 
 from serving import sqldb
 
-__all__ = ["LeaderElector", "LeaseState", "connect", "default_holder", "release", "try_acquire"]
+__all__ = [
+    "LeaderElector",
+    "LeaseState",
+    "announce",
+    "connect",
+    "default_holder",
+    "leave",
+    "release",
+    "try_acquire",
+]
 
 log = logging.getLogger(__name__)
 
@@ -51,11 +60,27 @@ _leases = sa.Table(
 )
 
 
+#: who campaigns for a lease, leader or not, and where others reach it (a gateway's base URL, which
+#: the leader's autoscaler scrapes); a member not seen for a TTL is gone.
+_members = sa.Table(
+    "lease_members",
+    _meta,
+    sa.Column("lease", sa.Text, primary_key=True),
+    sa.Column("member", sa.Text, primary_key=True),
+    sa.Column("address", sa.Text, nullable=False),
+    sa.Column("seen", sa.Float, nullable=False),
+)
+
+
 def _create_schema(conn: Connection) -> None:
-    _meta.create_all(conn)
+    _meta.create_all(conn, tables=[_leases])
 
 
-_MIGRATIONS = sqldb.Migrations("leases", [_create_schema])
+def _add_members(conn: Connection) -> None:
+    _meta.create_all(conn, tables=[_members])
+
+
+_MIGRATIONS = sqldb.Migrations("leases", [_create_schema, _add_members])
 
 
 def connect(url: str) -> Engine:
@@ -112,6 +137,29 @@ def try_acquire(engine: Engine, name: str, holder: str, ttl_s: float, now: float
     return LeaseState(row.holder == holder, row.holder, row.acquired, row.expires)
 
 
+def announce(engine: Engine, name: str, member: str, address: str, now: float, max_age_s: float) -> list[str]:
+    """Say that `member` campaigns for lease `name` and is reached at `address`; returns the
+    addresses of every member seen in the last `max_age_s` seconds (this one included)."""
+    m = _members.c
+    with sqldb.writing(engine) as conn:
+        seen = conn.execute(
+            _members.update().where(m.lease == name, m.member == member).values(address=address, seen=now)
+        ).rowcount
+        if not seen:
+            conn.execute(_members.insert().values(lease=name, member=member, address=address, seen=now))
+        # Members gone for long are forgotten (a crashed gateway says nothing).
+        conn.execute(_members.delete().where(m.lease == name, m.seen < now - 10 * max_age_s))
+        rows = conn.execute(
+            sa.select(m.address).where(m.lease == name, m.seen >= now - max_age_s).order_by(m.member)
+        )
+        return [row.address for row in rows]
+
+
+def leave(engine: Engine, name: str, member: str) -> None:
+    with sqldb.writing(engine) as conn:
+        conn.execute(_members.delete().where(_members.c.lease == name, _members.c.member == member))
+
+
 def release(engine: Engine, name: str, holder: str) -> bool:
     """Give the lease up if `holder` holds it (the next contender takes it at once); whether it did."""
     with sqldb.writing(engine) as conn:
@@ -140,6 +188,7 @@ class LeaderElector:
         ttl_s: float = 10.0,
         on_started_leading: Callable[[], Awaitable[None]] | None = None,
         on_stopped_leading: Callable[[], Awaitable[None]] | None = None,
+        address: str | None = None,
         clock: Callable[[], float] = time.time,
         sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
     ) -> None:
@@ -153,6 +202,9 @@ class LeaderElector:
         self.renew_s = ttl_s / 3
         self._on_started = on_started_leading
         self._on_stopped = on_stopped_leading
+        #: where the others reach this member (announced with every attempt), and where they are.
+        self.address = address
+        self.members: list[str] = [address] if address else []
         self._clock = clock
         self._sleep = sleep
         self._leading = False
@@ -189,6 +241,12 @@ class LeaderElector:
     async def step(self) -> bool:
         """One attempt to acquire or renew the lease, with the callbacks; whether this process leads."""
         now = self._clock()
+        if self.address is not None:
+            try:
+                args = (self.engine, self.name, self.holder, self.address, now, self.ttl_s)
+                self.members = await self._database(announce, *args)
+            except Exception as exc:  # the lease attempt below says it too, and what it means
+                log.debug("lease %r: cannot announce this member: %s", self.name, exc)
         try:
             state = await self._database(try_acquire, self.engine, self.name, self.holder, self.ttl_s, now)
         except Exception as exc:  # unreachable, timed out, refused: the next attempt may do better
@@ -223,6 +281,8 @@ class LeaderElector:
             await asyncio.wait({self._call}, timeout=self.renew_s)
         try:
             await self._database(release, self.engine, self.name, self.holder)
+            if self.address is not None:
+                await self._database(leave, self.engine, self.name, self.holder)
         except Exception as exc:
             log.warning("lease %r: cannot release it (it expires in %.0f s): %s", self.name, self.ttl_s, exc)
         self._thread.shutdown(wait=False)

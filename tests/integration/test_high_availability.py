@@ -43,6 +43,12 @@ def _ready_pods(api: KubeApi) -> int:
     return len(ready)
 
 
+def _echo(max_replicas: int) -> dict[str, object]:
+    """A model that takes 50 ms, scaled on requests in flight: one per replica."""
+    scaling = {"scaleMetric": "concurrency", "scaleTarget": 1, "minReplicas": 1, "maxReplicas": max_replicas}
+    return python_isvc("echo", "Sleeper", env={"SLEEP_SECONDS": "0.05"}, predictor=scaling)
+
+
 def _serves(gateway: GatewayProcess) -> bool:
     try:
         response = httpx.post(
@@ -72,24 +78,25 @@ def test_the_survivor_takes_over_without_a_failed_request_or_a_replica_restart(
 
             # Applied through the follower: the state is shared, the leader runs it.
             control = ControlApi(second.url, second.token)
-            control.apply(python_isvc("echo", "SlowStart", predictor={"minReplicas": 2, "maxReplicas": 2}))
-            until(lambda: _ready_pods(api) == 2, 60, "2 ready pods")
+            control.apply(_echo(max_replicas=3))
+            until(lambda: _ready_pods(api) == 1, 60, "a ready pod")
             until(lambda: _serves(first) and _serves(second), 60, "both gateways to serve echo")
-            started = list(kubelet.started)
 
-            with Load(second.url, "echo", BODY, concurrency=4, token=second.token) as load:
-                load.wait_count(40)
+            with Load(second.url, "echo", BODY, concurrency=6, token=second.token) as load:
+                # The leader scales on the traffic through the follower: it scrapes every gateway.
+                until(lambda: _ready_pods(api) == 3, 90, "the leader to scale to 3 on the follower's load")
+                started = list(kubelet.started)
                 first.signal(signal.SIGKILL)  # the leader dies without a word
                 until(lambda: LEADS in second.output(), 30, "the second gateway to take over")
                 load.wait_count(len(load.snapshot()) + 60)
             assert load.failures() == []
-            assert kubelet.started == started  # no replica was restarted
+            assert kubelet.started == started  # no replica was restarted, none scaled away
 
             # Scaling goes on, by the new leader.
-            control.apply(python_isvc("echo", "SlowStart", predictor={"minReplicas": 3, "maxReplicas": 3}))
-            until(lambda: _ready_pods(api) == 3, 60, "3 ready pods")
+            control.apply(_echo(max_replicas=2))
+            until(lambda: _ready_pods(api) == 2, 60, "2 ready pods")
             deployment = api.list("apps/v1", "deployments", NAMESPACE)[0]
-            assert deployment["spec"]["replicas"] == 3
+            assert deployment["spec"]["replicas"] == 2
             control.close()
         finally:
             if first.process.poll() is None:

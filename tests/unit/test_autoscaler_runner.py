@@ -456,3 +456,47 @@ async def test_aclose_cancels_a_pending_poke() -> None:
     assert len(h.resized) == 1  # under way
     await h.autoscaler.aclose()
     assert h.scrape.closed
+
+
+class Gateways(FakeScrape):
+    """Several gateways on one state, each with its own counters; one may stop answering."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.by_url: dict[str, dict[str, GatewaySample]] = {}
+        self.down: set[str] = set()
+
+    async def gateway(self, base_url: str) -> dict[str, GatewaySample]:
+        if base_url in self.down:
+            raise MetricSourceError(f"cannot scrape {base_url}/metrics")
+        return dict(self.by_url[base_url])
+
+
+async def test_several_gateways_traffic_is_summed_and_one_leaving_is_no_spike() -> None:
+    clock, resized = Clock(), []
+    scrape = Gateways()
+    urls = ["http://a:8080", "http://b:8080"]
+    targets = {"r1": target(metric="rps", target=10)}
+
+    async def resize(revision: str, replicas: int, reason: str) -> None:
+        resized.append(replicas)
+        targets[revision] = replace(targets[revision], desired=replicas, ready=replicas)
+
+    autoscaler = Autoscaler(lambda: list(targets.values()), resize, lambda: urls, scrape=scrape, clock=clock)
+    for a, b in [(100, 1000), (114, 1014)]:  # 7 rps through each: 14 in all
+        scrape.by_url = {urls[0]: {"r1": GatewaySample(0, a)}, urls[1]: {"r1": GatewaySample(0, b)}}
+        clock.t += 2
+        await autoscaler.tick()
+    assert autoscaler.status("r1").observed == 14 and resized == [2]
+    # Gateway b leaves (its large counter with it): a's own rate goes on, no reset is read.
+    urls.pop()
+    scrape.by_url = {urls[0]: {"r1": GatewaySample(0, 128)}}
+    clock.t += 2
+    await autoscaler.tick()
+    # The window holds 14 and now 7 rps, over 2 replicas; read as a reset, b's counter going would
+    # have added a 64 rps spike and a scale-up.
+    assert autoscaler.status("r1").observed == (14 + 7) / 2 / 2 and resized == [2]
+    scrape.down.add(urls[0])  # none answers: the revision holds, with why
+    clock.t += 2
+    await autoscaler.tick()
+    assert "cannot scrape http://a:8080/metrics" in (autoscaler.status("r1").error or "")

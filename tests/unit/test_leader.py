@@ -244,3 +244,35 @@ def test_the_default_holder_names_the_host_and_process(engine: Engine) -> None:
     assert first.startswith(f"{socket.gethostname()}-{os.getpid()}-") and first != second
     with pytest.raises(ValueError, match="ttl_s"):
         LeaderElector(engine, ttl_s=0)
+
+
+def test_members_announce_where_they_are_and_the_gone_drop_out(engine: Engine) -> None:
+    """Every campaigner, leader or not, says where it is reached (the leader's autoscaler scrapes
+    them all); one not heard from for a TTL is left out, one that leaves is gone at once."""
+    assert leader.announce(engine, "gateway", "a", "http://10.0.0.1:8080", 100.0, TTL) == [
+        "http://10.0.0.1:8080"
+    ]
+    both = leader.announce(engine, "gateway", "b", "http://10.0.0.2:8080", 101.0, TTL)
+    assert both == ["http://10.0.0.1:8080", "http://10.0.0.2:8080"]
+    # a is not heard from again: past a TTL it is left out
+    assert leader.announce(engine, "gateway", "b", "http://10.0.0.2:8080", 111.0, TTL) == [
+        "http://10.0.0.2:8080"
+    ]
+    leader.leave(engine, "gateway", "b")
+    assert leader.announce(engine, "other", "c", "http://10.0.0.3:8080", 111.0, TTL) == [
+        "http://10.0.0.3:8080"
+    ]
+
+
+async def test_an_elector_with_an_address_knows_the_members(engine: Engine) -> None:
+    now = [100.0]
+    first = LeaderElector(engine, ttl_s=TTL, holder="a", address="http://a:1", clock=lambda: now[0])
+    second = LeaderElector(engine, ttl_s=TTL, holder="b", address="http://b:1", clock=lambda: now[0])
+    assert await first.step() and not await second.step()
+    assert second.members == ["http://a:1", "http://b:1"]
+    await first.step()
+    assert first.members == ["http://a:1", "http://b:1"]
+    await second.close()
+    await first.step()
+    assert first.members == ["http://a:1"]
+    await first.close()

@@ -17,6 +17,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -182,7 +184,13 @@ class KubernetesEngine(Engine):
         return await asyncio.to_thread(self.api.pod_log, self.placement.namespace, replica_id, lines)
 
     def gateway_host(self, listen_host: str) -> str:
-        return self.gateway_address or super().gateway_host(listen_host)
+        """Its pod's address, for a gateway in the cluster listening on every address (replicas and
+        the other gateways reach it there): the downward API's POD_IP, else the host name's."""
+        if self.gateway_address:
+            return self.gateway_address
+        if listen_host not in ("0.0.0.0", "::"):
+            return listen_host
+        return os.environ.get("POD_IP") or socket.gethostbyname(socket.gethostname())
 
     def manifest_problems(self, resources: list[Resource]) -> list[Problem]:
         return admission.manifest_problems(resources)
