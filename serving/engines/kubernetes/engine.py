@@ -43,6 +43,7 @@ _EVENTS_KEPT = 20
 _WATCH_S = 240
 #: seconds between attempts while the API cannot be reached.
 _RETRY_S = 1.0
+_RETRY_MAX_S = 30.0
 
 
 @dataclass(eq=False)
@@ -54,6 +55,8 @@ class _Pool:
     applied: bool = False
     #: why the last apply or scale failed ("" when it did not): the pool is not schedulable.
     error: str = ""
+    failures: int = 0
+    retry: asyncio.Task[None] | None = None
     events: list[str] = field(default_factory=list)
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
@@ -129,18 +132,41 @@ class KubernetesEngine(Engine):
                     pool.scaled = pool.desired
                     self._event(pool, f"scaled to {pool.desired}")
                 pool.error = ""
+                pool.failures = 0
             except KubernetesUnavailable as exc:
                 pool.error = str(exc)
                 self._event(pool, pool.error)
                 log.warning("revision %s: %s", spec.revision, exc)
+                self._retry(pool)
         self._notify(spec.revision)
+
+    def _retry(self, pool: _Pool) -> None:
+        """Apply and scale `pool` again after a backoff (1 s doubling to 30 s), until it works or
+        the revision is removed: a refused or unreachable API must not leave it half made."""
+        delay = min(_RETRY_MAX_S, _RETRY_S * 2**pool.failures)
+        pool.failures += 1
+
+        async def again() -> None:
+            await asyncio.sleep(delay)
+            pool.retry = None  # this one is done waiting: a failure now schedules the next
+            if self._pools.get(pool.spec.revision) is pool:
+                await self.scale(pool.spec, pool.desired)
+
+        if pool.retry is None or pool.retry.done():
+            pool.retry = asyncio.create_task(again(), name=f"kube-retry-{pool.spec.revision}")
 
     async def remove(self, revision: str) -> None:
         pool = self._pools.pop(revision, None)
         if pool is not None:
             pool.desired = 0
+            if pool.retry is not None:
+                pool.retry.cancel()
         if self.leading:
-            await asyncio.to_thread(self.api.delete_revision, self.placement.namespace, revision)
+            try:
+                await asyncio.to_thread(self.api.delete_revision, self.placement.namespace, revision)
+            except KubernetesUnavailable as exc:
+                # What is left carries this gateway's owner label: the next start deletes it.
+                log.warning("revision %s could not be deleted: %s", revision, exc)
         self._notify(revision)
 
     def lead(self, leading: bool) -> None:
