@@ -18,11 +18,7 @@ NTP keeps machines within milliseconds.
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import logging
-import os
-import secrets
-import socket
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -32,6 +28,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from serving import sqldb
+from serving.election import Elector, default_holder
 
 __all__ = [
     "LeaderElector",
@@ -86,12 +83,6 @@ _MIGRATIONS = sqldb.Migrations("leases", [_create_schema, _add_members])
 def connect(url: str) -> Engine:
     """An engine on the database at `url` (the state store's), with the lease table in it."""
     return sqldb.connect(url, _MIGRATIONS)
-
-
-def default_holder() -> str:
-    """This process's identity: host name, pid and a random suffix (a restarted pid is not the same
-    holder)."""
-    return f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -168,15 +159,11 @@ def release(engine: Engine, name: str, holder: str) -> bool:
         )
 
 
-class LeaderElector:
+class LeaderElector(Elector):
     """Campaigns for the lease `name` in `engine`'s database (from `connect`; the caller disposes
-    of it): `run()` tries to acquire or renew it every `ttl_s / 3` seconds until `close()`.
-
-    `on_started_leading` and `on_stopped_leading` are awaited when leadership changes; keep them
-    short (start work, do not do it: the next renewal waits for them); an exception in one is
-    logged and changes nothing. Leadership ends when another holder has the lease, or when renewing
-    failed (database errors are logged and retried) and less than one renewal interval is left.
-    `clock` (wall-clock seconds, shared with the other holders) and `sleep` are for tests.
+    of it): `run()` tries to acquire or renew it every `ttl_s / 3` seconds until `close()` (see
+    `Elector`). With an `address`, every attempt also announces where this member is reached, and
+    `members` lists the addresses of every member seen within a TTL (this one included).
     """
 
     def __init__(
@@ -192,125 +179,28 @@ class LeaderElector:
         clock: Callable[[], float] = time.time,
         sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
     ) -> None:
-        if ttl_s <= 0:
-            raise ValueError(f"the lease's ttl_s must be positive, not {ttl_s}")
+        super().__init__(
+            f"lease {name!r}",
+            holder=holder,
+            ttl_s=ttl_s,
+            retry_s=None,
+            on_started_leading=on_started_leading,
+            on_stopped_leading=on_stopped_leading,
+            clock=clock,
+            sleep=sleep,
+        )
         self.engine = engine
         self.name = name
-        self.holder = holder or default_holder()
-        self.ttl_s = ttl_s
-        #: seconds between two attempts; also the margin a leader keeps before its lease expires.
-        self.renew_s = ttl_s / 3
-        self._on_started = on_started_leading
-        self._on_stopped = on_stopped_leading
-        #: where the others reach this member (announced with every attempt), and where they are.
         self.address = address
         self.members: list[str] = [address] if address else []
-        self._clock = clock
-        self._sleep = sleep
-        self._leading = False
-        self._expires = 0.0  # of the lease this elector last wrote
-        self._closed = False
-        self._task: asyncio.Task[None] | None = None
-        self._call: asyncio.Future[Any] | None = None  # a database call, possibly still running
-        # Its own thread: renewals never queue behind the gateway's other work in the default pool.
-        self._thread = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix=f"lease-{name}")
 
-    @property
-    def is_leader(self) -> bool:
-        """Whether this process leads: false as soon as its lease has less than one renewal interval
-        left, even before the loop notices (a stalled event loop)."""
-        return self._leading and self._clock() + self.renew_s < self._expires
-
-    async def run(self) -> None:
-        """Acquire or renew every `renew_s` seconds; returns once `close()` is called. Cancelled, it
-        steps down too, but leaves the lease to expire."""
-        self._task = task = asyncio.current_task()
-        try:
-            while not self._closed:
-                await self.step()
-                await self._sleep(self.renew_s)
-        except asyncio.CancelledError:
-            if not self._closed:
-                raise
-            if task is not None:
-                task.uncancel()  # close() stopped it: run() returns
-        finally:
-            if self._leading:
-                await self._step_down("the elector stopped", logging.INFO)
-
-    async def step(self) -> bool:
-        """One attempt to acquire or renew the lease, with the callbacks; whether this process leads."""
-        now = self._clock()
+    def _attempt(self, now: float) -> tuple[str | None, float]:
         if self.address is not None:
-            try:
-                args = (self.engine, self.name, self.holder, self.address, now, self.ttl_s)
-                self.members = await self._database(announce, *args)
-            except Exception as exc:  # the lease attempt below says it too, and what it means
-                log.debug("lease %r: cannot announce this member: %s", self.name, exc)
-        try:
-            state = await self._database(try_acquire, self.engine, self.name, self.holder, self.ttl_s, now)
-        except Exception as exc:  # unreachable, timed out, refused: the next attempt may do better
-            log.warning("lease %r: cannot reach the database: %s", self.name, exc)
-            if self._leading and not self.is_leader:
-                await self._step_down("its lease could not be renewed before it expires")
-            return self.is_leader
-        if state.held and self._clock() + self.renew_s < state.expires:
-            self._expires = state.expires
-            if not self._leading:
-                self._leading = True
-                log.info("lease %r: %s leads", self.name, self.holder)
-                await self._callback(self._on_started)
-        elif self._leading:
-            await self._step_down(
-                f"the lease is held by {state.holder}" if not state.held else "renewed too late"
-            )
-        return self.is_leader
+            self.members = announce(self.engine, self.name, self.holder, self.address, now, self.ttl_s)
+        state = try_acquire(self.engine, self.name, self.holder, self.ttl_s, now)
+        return state.holder, state.expires
 
-    async def close(self) -> None:
-        """Stop campaigning; step down and release the lease, so that a successor takes over at its
-        next attempt instead of after the TTL."""
-        self._closed = True
-        task = self._task
-        if task is not None and task is not asyncio.current_task() and not task.done():
-            task.cancel()
-            await asyncio.wait({task})
-        if self._leading:
-            await self._step_down("closing", logging.INFO)
-        if self._call is not None and not self._call.done():
-            # A renewal still on its way would hold the lease again after the release.
-            await asyncio.wait({self._call}, timeout=self.renew_s)
-        try:
-            await self._database(release, self.engine, self.name, self.holder)
-            if self.address is not None:
-                await self._database(leave, self.engine, self.name, self.holder)
-        except Exception as exc:
-            log.warning("lease %r: cannot release it (it expires in %.0f s): %s", self.name, self.ttl_s, exc)
-        self._thread.shutdown(wait=False)
-
-    async def _step_down(self, why: str, level: int = logging.WARNING) -> None:
-        self._leading = False
-        self._expires = 0.0
-        log.log(level, "lease %r: %s stops leading: %s", self.name, self.holder, why)
-        await self._callback(self._on_stopped)
-
-    async def _callback(self, callback: Callable[[], Awaitable[None]] | None) -> None:
-        if callback is None:
-            return
-        try:
-            await callback()
-        except Exception:
-            log.exception("lease %r: a leadership callback failed", self.name)
-
-    async def _database(self, function: Callable[..., _T], *args: Any) -> _T:
-        """`function(*args)` in a thread, waited for at most `renew_s` seconds: a database that hangs
-        must not keep a leader from stepping down. One call at a time (a hung one is not repeated)."""
-        if self._call is not None and not self._call.done():
-            raise TimeoutError("the previous database call has not returned")
-        call = asyncio.get_running_loop().run_in_executor(self._thread, function, *args)
-        # A call given up on may still fail: its error was logged as the timeout already.
-        call.add_done_callback(lambda f: f.cancelled() or f.exception())
-        self._call = call
-        done, _ = await asyncio.wait({call}, timeout=self.renew_s)
-        if not done:
-            raise TimeoutError(f"no answer in {self.renew_s:.1f} s")
-        return call.result()
+    def _release(self, now: float) -> None:
+        release(self.engine, self.name, self.holder)
+        if self.address is not None:
+            leave(self.engine, self.name, self.holder)

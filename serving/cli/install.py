@@ -33,7 +33,11 @@ def _name(ctx: click.Context, param: click.Parameter, value: str | None) -> str 
 )
 @click.option("--image", default=IMAGE, show_default=True, help="The servegate image both run.")
 @click.option(
-    "--gateway-replicas", type=click.IntRange(min=1), default=2, show_default=True, help="Gateway pods."
+    "--gateway-replicas",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Gateway pods; more than one share the state of --state-url-secret (one leads, all route).",
 )
 @click.option(
     "--state-url-secret",

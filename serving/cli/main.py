@@ -10,6 +10,7 @@ from serving import __version__
 from serving.cli.grafana import grafana_dashboard_command
 from serving.cli.install import install_command
 from serving.cli.model import model
+from serving.cli.operator import operator_command
 from serving.cli.pipeline import pipeline_group
 from serving.cli.prometheus import prometheus_config
 from serving.cli.registry import registry
@@ -34,6 +35,7 @@ cli.add_command(up)
 cli.add_command(prometheus_config)
 cli.add_command(grafana_dashboard_command)
 cli.add_command(install_command)
+cli.add_command(operator_command)
 cli.add_command(registry)
 cli.add_command(token_group)
 cli.add_command(rollout_group)

@@ -27,6 +27,7 @@ __all__ = [
     "GATEWAY_NAME",
     "OPERATOR_HEALTH_PORT",
     "OPERATOR_NAME",
+    "OPERATOR_TOKEN_SECRET",
     "SERVICE_ACCOUNT",
     "STATE_URL_ENV",
     "cluster_role_rules",
@@ -41,6 +42,9 @@ OPERATOR_NAME = "servegate-operator"
 GATEWAY_NAME = "servegate-gateway"
 #: the operator's /healthz and /readyz (it serves no traffic).
 OPERATOR_HEALTH_PORT = 8082
+#: the Secret whose `token` key is the gateway admin token the operator applies with (made by the
+#: admin: `servegate token create`); optional, the operator says what is missing when it is.
+OPERATOR_TOKEN_SECRET = "servegate-operator-token"
 #: the environment variable the gateway's `--state-url $(...)` reads, filled from a Secret.
 STATE_URL_ENV = "SERVEGATE_STATE_URL"
 #: writable folders on the read-only root filesystem: scratch space, and `servegate up`'s state dir.
@@ -110,7 +114,7 @@ def lease_rules() -> list[dict[str, Any]]:
 def install_objects(
     namespace: str = DEFAULT_NAMESPACE,
     image: str = IMAGE,
-    gateway_replicas: int = 2,
+    gateway_replicas: int = 1,
     state_url_secret: str | None = None,
     state_url_key: str = "url",
     operator_replicas: int = 2,
@@ -119,8 +123,9 @@ def install_objects(
     Namespace, the ServiceAccount and its RBAC, the gateway's Service, then the two Deployments.
 
     `state_url_secret` names a Secret in `namespace` whose `state_url_key` holds the gateway's
-    state URL (SQLAlchemy, e.g. PostgreSQL); without it each gateway keeps state in an emptyDir.
-    Raises ValueError for a bad name or image, or a replica count below 1.
+    state URL (SQLAlchemy, e.g. PostgreSQL), which several gateway pods share (one leads, all
+    route); without it the one gateway keeps its state in an emptyDir. Raises ValueError for a bad
+    name or image, a replica count below 1, or several gateways without a shared state.
     """
     for what, value in (("namespace", namespace), ("state_url_secret", state_url_secret)):
         problem = value is not None and name_problem(value)
@@ -130,6 +135,11 @@ def install_objects(
         raise ValueError(f"image: {image!r} is not an image reference")
     if gateway_replicas < 1 or operator_replicas < 1:
         raise ValueError("gateway_replicas and operator_replicas must be at least 1")
+    if gateway_replicas > 1 and state_url_secret is None:
+        raise ValueError(
+            "gateway_replicas: several gateways need one shared state: give state_url_secret "
+            "(a Secret holding a PostgreSQL URL)"
+        )
     return [
         *load_crds(),
         {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace, "labels": _labels(None)}},
@@ -251,11 +261,27 @@ def _operator_deployment(namespace: str, image: str, replicas: int) -> dict[str,
         "name": "operator",
         "image": image,
         "command": ["servegate"],
-        "args": ["operator", "--namespace", namespace, "--health-port", str(OPERATOR_HEALTH_PORT)],
-        # The leader election's identity and the namespace of its Lease.
+        "args": [
+            "operator",
+            "--namespace",
+            namespace,
+            "--health-port",
+            str(OPERATOR_HEALTH_PORT),
+            # The kubelet's probes come from outside the pod.
+            "--health-host",
+            "0.0.0.0",
+        ],
+        # The leader election's identity and the namespace of its Lease (and of the gateway's
+        # Service, which the operator reaches at servegate-gateway.$(POD_NAMESPACE).svc by default).
         "env": [
             _field_env("POD_NAME", "metadata.name"),
             _field_env("POD_NAMESPACE", "metadata.namespace"),
+            {
+                "name": "SERVEGATE_TOKEN",
+                "valueFrom": {
+                    "secretKeyRef": {"name": OPERATOR_TOKEN_SECRET, "key": "token", "optional": True}
+                },
+            },
             _home(),
         ],
         "ports": [{"name": "health", "containerPort": OPERATOR_HEALTH_PORT, "protocol": "TCP"}],
@@ -274,7 +300,8 @@ def _gateway_deployment(
     # Revisions run in servegate's namespace, from the gateway's own image.
     args = ["up", "--engine", "kubernetes", "--namespace", namespace, "--image", image, "--host", "0.0.0.0"]
     args += ["--http-port", str(HTTP_PORT), "--grpc-port", str(GRPC_PORT), "--state-dir", _STATE_DIR]
-    env: list[dict[str, Any]] = [_home()]
+    # Its pod's address: where revisions' replicas and the other gateways reach it.
+    env: list[dict[str, Any]] = [_home(), _field_env("POD_IP", "status.podIP")]
     if state_url_secret is not None:
         args += ["--state-url", f"$({STATE_URL_ENV})"]
         secret = {"secretKeyRef": {"name": state_url_secret, "key": state_url_key}}

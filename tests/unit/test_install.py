@@ -203,7 +203,13 @@ def test_gateway_service_selects_the_gateway_pods(objects: list[dict[str, Any]])
 
 @pytest.mark.parametrize(
     "settings",
-    [{"namespace": "Bad_NS"}, {"state_url_secret": "-db"}, {"gateway_replicas": 0}, {"image": "a b"}],
+    [
+        {"namespace": "Bad_NS"},
+        {"state_url_secret": "-db"},
+        {"gateway_replicas": 0},
+        {"image": "a b"},
+        {"gateway_replicas": 2},  # several gateways, each with a state of its own
+    ],
 )
 def test_bad_settings_raise(settings: dict[str, Any]) -> None:
     with pytest.raises(ValueError):
@@ -214,13 +220,16 @@ def test_bad_settings_raise(settings: dict[str, Any]) -> None:
 
 
 def test_install_prints_multi_document_yaml() -> None:
-    result = CliRunner().invoke(cli, ["install", "-n", "ml-serving", "--gateway-replicas", "3"])
+    args = ["install", "-n", "ml-serving", "--gateway-replicas", "3", "--state-url-secret", "state-db"]
+    result = CliRunner().invoke(cli, args)
     assert result.exit_code == 0, result.output
     first, _, _ = result.stdout.partition("\n")
     assert first.startswith("# servegate ") and __version__ in first
     assert "\n---\n" in result.stdout
     documents = list(yaml.load_all(result.stdout, Loader=_LOADER))
-    assert documents == install.install_objects(namespace="ml-serving", gateway_replicas=3)
+    assert documents == install.install_objects(
+        namespace="ml-serving", gateway_replicas=3, state_url_secret="state-db"
+    )
     assert "&id" not in result.stdout  # no YAML anchors
 
 

@@ -242,7 +242,7 @@ async def test_run_keeps_the_lease_and_survives_failing_callbacks(engine: Engine
 def test_the_default_holder_names_the_host_and_process(engine: Engine) -> None:
     first, second = LeaderElector(engine).holder, LeaderElector(engine).holder
     assert first.startswith(f"{socket.gethostname()}-{os.getpid()}-") and first != second
-    with pytest.raises(ValueError, match="ttl_s"):
+    with pytest.raises(ValueError, match="duration must be positive"):
         LeaderElector(engine, ttl_s=0)
 
 

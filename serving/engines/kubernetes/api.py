@@ -16,7 +16,7 @@ from typing import Any
 
 from serving.engines.kubernetes.names import FIELD_MANAGER, REVISION_LABEL
 
-__all__ = ["KubeApi", "KubernetesUnavailable"]
+__all__ = ["KubeApi", "KubernetesUnavailable", "status_message"]
 
 _APPLY = "application/apply-patch+yaml"
 _MERGE = "application/merge-patch+json"
@@ -148,21 +148,32 @@ class KubeApi:
     def watch_pods(
         self, namespace: str, selector: str, version: str, timeout_s: int
     ) -> Iterator[tuple[str, dict[str, Any], str]]:
-        """(event type, pod, resourceVersion) from `version` on, for up to `timeout_s` seconds or until
-        the connection drops or `interrupt`; KubeApi.Gone when `version` is too old."""
+        """The pods matching `selector`, watched from `version` (see `watch`)."""
+        method = self.core.list_namespaced_pod
+        return self.watch(
+            method, namespace, what="pod", version=version, timeout_s=timeout_s, label_selector=selector
+        )
+
+    def watch(
+        self, method: Any, *args: Any, what: str, version: str, timeout_s: int, **kwargs: Any
+    ) -> Iterator[tuple[str, dict[str, Any], str]]:
+        """(event type, object, resourceVersion) of the watch the list call `method(*args, **kwargs)`
+        makes, from `version` on, for up to `timeout_s` seconds or until the connection drops or
+        `interrupt`. Bookmarks come as ("BOOKMARK", {}, version): they only move the version on.
+        KubeApi.Gone when `version` is too old."""
+        from urllib3.exceptions import HTTPError
+
         response = self._call(
-            self.core.list_namespaced_pod,
-            namespace,
-            label_selector=selector,
+            method,
+            *args,
             watch=True,
             resource_version=version,
             allow_watch_bookmarks=True,
             timeout_seconds=timeout_s,
             _preload_content=False,
             _request_timeout=(10, timeout_s + 30),
+            **kwargs,
         )
-        from urllib3.exceptions import HTTPError
-
         with self._response_lock:
             self._response = response
         try:
@@ -172,10 +183,9 @@ class KubeApi:
                 if kind == "ERROR":
                     if obj.get("code") == 410:
                         raise KubeApi.Gone(obj.get("message", "too old"))
-                    raise KubernetesUnavailable(f"the pod watch failed: {obj.get('message', obj)}")
+                    raise KubernetesUnavailable(f"the {what} watch failed: {obj.get('message', obj)}")
                 version = (obj.get("metadata") or {}).get("resourceVersion") or version
-                if kind != "BOOKMARK":
-                    yield kind, obj, version
+                yield kind, ({} if kind == "BOOKMARK" else obj), version
         except (HTTPError, OSError, ValueError):
             return  # dropped, cut short or garbled: the caller watches again from the last version
         finally:
@@ -215,10 +225,7 @@ class KubeApi:
             ) from None
 
     def _refusal(self, exc: Any) -> str:
-        try:
-            message = json.loads(exc.body or "{}").get("message") or exc.reason
-        except ValueError:
-            message = exc.body or exc.reason
+        message = status_message(exc)
         if exc.status == 401:
             return (
                 f"the Kubernetes API at {self.host} did not accept servegate's credentials "
@@ -228,6 +235,14 @@ class KubeApi:
             grant = "grant it in servegate's ClusterRole (see `servegate install`)"
             return f"the Kubernetes API refused: {message} ({grant})"
         return f"the Kubernetes API answered {exc.status} {exc.reason}: {message}"
+
+
+def status_message(exc: Any) -> str:
+    """The message of the Status an API error (an `ApiException`) carries, else its reason."""
+    try:
+        return str(json.loads(exc.body or "{}").get("message") or exc.reason)
+    except ValueError:
+        return str(exc.body or exc.reason)
 
 
 def _lines(response: Any) -> Iterator[bytes]:
