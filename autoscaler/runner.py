@@ -29,6 +29,7 @@ import math
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from autoscaler.config import ScalingConfig
 from autoscaler.metrics import AutoscalerMetrics
@@ -41,6 +42,8 @@ from autoscaler.windows import MetricWindow
 __all__ = ["Autoscaler", "Resize", "ScaleStatus", "ScaleTarget"]
 
 log = logging.getLogger(__name__)
+
+_S = TypeVar("_S")
 
 #: (revision, replicas, reason): asks the engine for `replicas` of the revision.
 Resize = Callable[[str, int, str], Awaitable[None]]
@@ -200,16 +203,7 @@ class Autoscaler:
         """Every gateway's samples by its URL; None (and why) when none answered. One that does not
         answer is left out of this tick: its requests count again at the next."""
         urls = [url.rstrip("/") for url in self._gateway_urls()]
-        found = await asyncio.gather(*(self._scrape.gateway(url) for url in urls), return_exceptions=True)
-        samples: dict[str, dict[str, GatewaySample]] = {}
-        errors = []
-        for url, result in zip(urls, found, strict=True):
-            if isinstance(result, MetricSourceError):
-                errors.append(str(result))
-            elif isinstance(result, BaseException):
-                raise result
-            else:
-                samples[url] = result
+        samples, errors = await _answers(self._scrape.gateway, urls)
         if not samples:
             return None, "; ".join(errors) or "no gateway to scrape"
         if errors:
@@ -396,16 +390,7 @@ class Autoscaler:
 
     async def _scrape_replicas(self, urls: Sequence[str]) -> dict[str, ReplicaSample]:
         """The replicas that answered; MetricSourceError when none did."""
-        results = await asyncio.gather(*(self._scrape.replica(url) for url in urls), return_exceptions=True)
-        samples: dict[str, ReplicaSample] = {}
-        errors: list[str] = []
-        for url, result in zip(urls, results, strict=True):
-            if isinstance(result, MetricSourceError):
-                errors.append(str(result))
-            elif isinstance(result, BaseException):
-                raise result
-            else:
-                samples[url] = result
+        samples, errors = await _answers(self._scrape.replica, urls)
         if not samples:
             raise MetricSourceError("; ".join(errors))
         if errors:
@@ -470,6 +455,23 @@ class Autoscaler:
             rev = self._revisions.pop(revision)
             if self._metrics is not None:
                 self._metrics.forget(rev.service, revision)
+
+
+async def _answers(
+    scrape: Callable[[str], Awaitable[_S]], urls: Sequence[str]
+) -> tuple[dict[str, _S], list[str]]:
+    """`scrape(url)` of every url at once: the answers by url, and why the others did not answer."""
+    results = await asyncio.gather(*(scrape(url) for url in urls), return_exceptions=True)
+    answers: dict[str, _S] = {}
+    errors: list[str] = []
+    for url, result in zip(urls, results, strict=True):
+        if isinstance(result, MetricSourceError):
+            errors.append(str(result))
+        elif isinstance(result, BaseException):
+            raise result
+        else:
+            answers[url] = result
+    return answers, errors
 
 
 def _summed(

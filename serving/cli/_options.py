@@ -12,8 +12,10 @@ import click
 __all__ = [
     "TOKEN_HINT",
     "ByteSize",
+    "dns_label",
     "given_token",
     "listen_options",
+    "manifest_paths_option",
     "output_option",
     "policy_options",
     "security_options",
@@ -104,6 +106,29 @@ security_options = _options(
         help="Allow listening on a non-loopback --host with authentication off (a trusted network only).",
     ),
 )
+
+
+def dns_label(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """A click callback: `value` (a namespace, a Secret's name) must be a DNS-1123 label."""
+    from serving.spec.common import dns_label_problem
+
+    problem = value is not None and dns_label_problem(value)
+    if problem:
+        raise click.BadParameter(f"{problem} (a DNS-1123 label)", ctx=ctx, param=param)
+    return value
+
+
+def manifest_paths_option(function: F) -> F:
+    """`-f/--filename FILE|DIR|-` (repeatable): the manifests a command reads, as `paths`."""
+    return click.option(
+        "-f",
+        "--filename",
+        "paths",
+        multiple=True,
+        required=True,
+        metavar="FILE|DIR|-",
+        help="Manifest file, folder of *.yaml/*.yml/*.json, or - for stdin (repeatable).",
+    )(function)
 
 
 def policy_options(reads: str, default_roots: str) -> Callable[[F], F]:

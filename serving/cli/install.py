@@ -8,18 +8,10 @@ from typing import Any
 import click
 
 from serving import __version__
+from serving.cli._options import dns_label
 from serving.engines.kubernetes.names import IMAGE
 
 __all__ = ["install_command", "manifests_yaml"]
-
-
-def _name(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
-    from serving.operator.install import name_problem
-
-    problem = value is not None and name_problem(value)
-    if problem:
-        raise click.BadParameter(f"{problem} (a DNS-1123 label)", ctx=ctx, param=param)
-    return value
 
 
 @click.command("install")
@@ -28,7 +20,7 @@ def _name(ctx: click.Context, param: click.Parameter, value: str | None) -> str 
     "--namespace",
     default="servegate",
     show_default=True,
-    callback=_name,
+    callback=dns_label,
     help="Namespace of the operator, the gateway and their ServiceAccount (created).",
 )
 @click.option("--image", default=IMAGE, show_default=True, help="The servegate image both run.")
@@ -42,7 +34,7 @@ def _name(ctx: click.Context, param: click.Parameter, value: str | None) -> str 
 @click.option(
     "--state-url-secret",
     metavar="NAME",
-    callback=_name,
+    callback=dns_label,
     help="Secret in the namespace whose `url` key is the gateway's state database (SQLAlchemy URL, "
     "e.g. PostgreSQL) [default: each gateway pod keeps its own state in an emptyDir].",
 )

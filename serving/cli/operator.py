@@ -7,21 +7,14 @@ from pathlib import Path
 
 import click
 
+from serving.cli._options import dns_label
+
 __all__ = ["operator_command"]
 
 #: set by the operator's Deployment (`servegate install`) from the pod's own metadata.
 _POD_NAME_ENV = "POD_NAME"
 _POD_NAMESPACE_ENV = "POD_NAMESPACE"
 _IN_CLUSTER_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
-
-
-def _name(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
-    from serving.operator.install import name_problem
-
-    problem = value is not None and name_problem(value)
-    if problem:
-        raise click.BadParameter(f"{problem} (a DNS-1123 label)", ctx=ctx, param=param)
-    return value
 
 
 @click.command("operator")
@@ -34,7 +27,7 @@ def _name(ctx: click.Context, param: click.Parameter, value: str | None) -> str 
 @click.option(
     "-n",
     "--namespace",
-    callback=_name,
+    callback=dns_label,
     help="Watch this namespace [default: POD_NAMESPACE, else the kubeconfig context's, else default].",
 )
 @click.option("-A", "--all-namespaces", is_flag=True, help="Watch every namespace.")

@@ -7,20 +7,20 @@ from typing import Any
 
 import click
 
+from serving.cli._options import dns_label, manifest_paths_option
+
 __all__ = ["render_command"]
 
 
 @click.command("render")
+@manifest_paths_option
 @click.option(
-    "-f",
-    "--filename",
-    "paths",
-    multiple=True,
-    required=True,
-    metavar="FILE|DIR|-",
-    help="Manifest file, folder of *.yaml/*.yml/*.json, or - for stdin (repeatable).",
+    "--namespace",
+    default="default",
+    show_default=True,
+    callback=dns_label,
+    help="The namespace the objects go in.",
 )
-@click.option("--namespace", default="default", show_default=True, help="The namespace the objects go in.")
 @click.option("--image", help="The image replicas run [default: servegate's, this version].")
 @click.option(
     "-o",

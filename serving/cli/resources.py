@@ -20,7 +20,13 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
-from serving.cli._options import given_token, output_option, token_options, with_token_hint
+from serving.cli._options import (
+    given_token,
+    manifest_paths_option,
+    output_option,
+    token_options,
+    with_token_hint,
+)
 from serving.cli._output import describe_resource, dump, fail, parse_time, print_table, rows_for
 
 if TYPE_CHECKING:
@@ -97,15 +103,7 @@ def gateway_client(url: str | None) -> Iterator[Client]:
 
 
 @click.command()
-@click.option(
-    "-f",
-    "--filename",
-    "paths",
-    multiple=True,
-    required=True,
-    metavar="FILE|DIR|-",
-    help="Manifest file, folder of *.yaml/*.yml/*.json, or - for stdin (repeatable).",
-)
+@manifest_paths_option
 @click.option("--wait", is_flag=True, help="Wait until every applied InferenceService is Ready.")
 @click.option(
     "--timeout",

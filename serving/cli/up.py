@@ -2,20 +2,17 @@
 
 from __future__ import annotations
 
-import re
 import sys
 from pathlib import Path
 
 import click
 import uvloop
 
-from serving.cli._options import listen_options, policy_options, security_options, server_options
+from serving.cli._options import dns_label, listen_options, policy_options, security_options, server_options
 
 __all__ = ["up"]
 
 #: GlobalScalingDefaults field -> the flag that sets it (to name a rejected value by its flag).
-#: a Kubernetes namespace's name (an RFC 1123 label).
-_DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
 _SCALING_FLAGS = {
     "target_utilization": "--target-utilization",
     "stable_window_s": "--stable-window",
@@ -96,6 +93,7 @@ _SCALING_FLAGS = {
     "--namespace",
     default="default",
     show_default=True,
+    callback=dns_label,
     help="The namespace --engine kubernetes runs revisions in.",
 )
 @click.option(
@@ -272,11 +270,6 @@ def up(
     if engine != "kubernetes" and (image is not None or namespace != "default" or pod_ports != "8080,8081"):
         raise click.UsageError("--namespace, --image and --pod-ports need --engine kubernetes")
     ports = _ports(pod_ports)
-    if not _DNS_LABEL.fullmatch(namespace):
-        raise click.BadParameter(
-            f"'{namespace}' is not a namespace name (lower-case letters, digits and '-', at most 63)",
-            param_hint="--namespace",
-        )
     try:
         tls = tls_files(tls_cert, tls_key)
     except ValueError as exc:

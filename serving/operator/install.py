@@ -20,7 +20,7 @@ from serving.engines.kubernetes.names import (
     SERVING_GROUP,
 )
 from serving.operator.crds import load_crds
-from serving.spec.common import NAME_PATTERN
+from serving.spec.common import dns_label_problem
 
 __all__ = [
     "DEFAULT_NAMESPACE",
@@ -33,7 +33,6 @@ __all__ = [
     "cluster_role_rules",
     "install_objects",
     "lease_rules",
-    "name_problem",
 ]
 
 DEFAULT_NAMESPACE = "servegate"
@@ -58,15 +57,6 @@ _GATEWAY_GRACE_S = 45
 _ALL = ("get", "list", "watch", "create", "update", "patch", "delete")
 _READ = ("get", "list", "watch")
 _KSERVE_KINDS = ("inferenceservices", "trainedmodels", "inferencegraphs")
-
-
-def name_problem(value: str) -> str | None:
-    """Why `value` is not a DNS-1123 label (a namespace or object name), else None."""
-    if len(value) > 63:
-        return f"'{value}' is longer than 63 characters"
-    if not re.match(NAME_PATTERN, value):
-        return f"'{value}' must be lowercase letters, digits and '-', starting and ending alphanumeric"
-    return None
 
 
 def cluster_role_rules() -> list[dict[str, Any]]:
@@ -128,7 +118,7 @@ def install_objects(
     name or image, a replica count below 1, or several gateways without a shared state.
     """
     for what, value in (("namespace", namespace), ("state_url_secret", state_url_secret)):
-        problem = value is not None and name_problem(value)
+        problem = value is not None and dns_label_problem(value)
         if problem:
             raise ValueError(f"{what}: {problem}")
     if not image or any(c.isspace() for c in image):

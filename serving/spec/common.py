@@ -33,6 +33,15 @@ API_GROUP = "serving.kserve.io"
 NAME_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 
 
+def dns_label_problem(value: str) -> str | None:
+    """Why `value` is not a DNS-1123 label (a namespace or an object's name), else None."""
+    if len(value) > 63:
+        return f"'{value}' is longer than 63 characters"
+    if not re.match(NAME_PATTERN, value):
+        return f"'{value}' must be lowercase letters, digits and '-', starting and ending alphanumeric"
+    return None
+
+
 class KModel(BaseModel):
     """Base of every manifest model: camelCase on the wire, snake_case in Python, extras kept."""
 
