@@ -327,3 +327,54 @@ def test_pod_addresses_restarts_and_scheduling() -> None:
         ],
     )
     assert unschedulable(stuck) == "no GPU" and unschedulable(pod()) is None
+
+
+# -- the command line ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--namespace", "models"], "--namespace, --image and --pod-ports need --engine kubernetes"),
+        (["--engine", "kubernetes", "--namespace", "Models"], "'Models' must be lowercase letters"),
+        (["--engine", "kubernetes", "--pod-ports", "8080"], "'8080' is not HTTP,GRPC"),
+        (["--engine", "kubernetes", "--pod-ports", "8080,8080"], "two different ports"),
+        (
+            ["--engine", "kubernetes", "--kubeconfig", "/dev/null"],
+            "--engine kubernetes: no usable Kubernetes",
+        ),
+    ],
+)
+def test_up_says_what_is_wrong_with_a_kubernetes_flag(tmp_path: Path, args: list[str], message: str) -> None:
+    from click.testing import CliRunner
+
+    from serving.cli.main import cli
+
+    result = CliRunner().invoke(cli, ["up", "--no-auth", "--state-dir", str(tmp_path), *args])
+    assert result.exit_code in (1, 2), result.output
+    assert message in result.output and "Traceback" not in result.output
+
+
+def test_render_prints_the_objects_or_the_problems(tmp_path: Path) -> None:
+    import yaml
+    from click.testing import CliRunner
+
+    from serving.cli.main import cli
+
+    good, bad = tmp_path / "good.yaml", tmp_path / "bad.yaml"
+    good.write_text(json.dumps(isvc()))
+    local = isvc(predictor={"model": {"modelFormat": {"name": "onnx"}, "storageUri": "/models/iris.onnx"}})
+    bad.write_text(json.dumps(local))
+    result = CliRunner().invoke(cli, ["render", "-f", str(good), "--namespace", "models"])
+    assert result.exit_code == 0, result.output
+    objects = list(yaml.safe_load_all(result.stdout))
+    assert [(o["kind"], o["metadata"]["namespace"]) for o in objects] == [
+        ("Deployment", "models"),
+        ("Service", "models"),
+    ]
+    result = CliRunner().invoke(cli, ["render", "-f", str(bad)])
+    assert result.exit_code == 2
+    assert (
+        "InferenceService/iris: spec.predictor.model.storageUri: a path on the gateway's machine"
+        in result.output
+    )
