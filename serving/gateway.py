@@ -362,14 +362,13 @@ class Gateway:
         dashboard.close()  # its live streams would hold the HTTP server's shutdown
         http.should_exit = True
         await asyncio.gather(http_task, grpc_server.stop(grace=opts.drain_timeout_s), return_exceptions=True)
-        autoscaling.cancel()
-        rolling.cancel()
-        if following is not None:
-            following.cancel()
-        await asyncio.gather(autoscaling, sampling, rolling, following or sampling, return_exceptions=True)
-        if elector is not None:  # a successor takes over at its next attempt, not after the lease's TTL
-            await elector.close()
-            await asyncio.gather(electing or sampling, return_exceptions=True)
+        loops = [task for task in (autoscaling, rolling, following) if task is not None]
+        for task in loops:
+            task.cancel()
+        await asyncio.gather(sampling, *loops, return_exceptions=True)
+        if elector is not None and electing is not None:
+            await elector.close()  # a successor takes over at its next attempt, not after the lease's TTL
+            await asyncio.gather(electing, return_exceptions=True)
             elector.engine.dispose()
         await autoscaler.aclose()
         await controller.close()
@@ -413,7 +412,13 @@ class Gateway:
         )
         controller.leading = False
         self.engine.lead(False)
-        if not await elector.step() and not shares:
+        leading = await elector.step()
+        # A gateway of this state that just died may still hold the lease: wait it out, once.
+        deadline = asyncio.get_running_loop().time() + opts.lease_ttl_s + elector.renew_s
+        while not leading and not shares and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(elector.renew_s)
+            leading = await elector.step()
+        if not leading and not shares:
             await elector.close()
             elector.engine.dispose()
             raise GatewayError(

@@ -103,3 +103,34 @@ def test_the_survivor_takes_over_without_a_failed_request_or_a_replica_restart(
                 first.stop()
             if second is not None:
                 assert second.stop() == 0, second.output()[-5000:]
+
+
+def test_with_replicas_that_die_with_their_gateway_a_second_gateway_does_not_start(
+    postgres_url: str, tmp_path: Path
+) -> None:
+    """Process replicas are children of their gateway: a second gateway on the state could not take
+    them over, so it refuses to start rather than run the same services twice."""
+    import subprocess
+    import sys
+
+    with fresh_database(postgres_url) as state_url:
+        common = ("--state-url", state_url, "--leader-lease", "2")
+        first = GatewayProcess(tmp_path / "first", *common)
+        try:
+            first.wait_live(timeout=60)
+            command = [
+                sys.executable,
+                "-m",
+                "serving",
+                "up",
+                "--state-dir",
+                str(tmp_path / "second"),
+                *common,
+            ]
+            command += ["--http-port", str(free_port()), "--grpc-port", str(free_port())]
+            done = subprocess.run(command, capture_output=True, text=True, timeout=60)
+        finally:
+            assert first.stop() == 0, first.output()[-5000:]
+    assert done.returncode == 1, done.stderr
+    assert "another gateway leads the state at postgresql" in done.stderr, done.stderr
+    assert "only with --engine kubernetes" in done.stderr
