@@ -83,8 +83,13 @@ def test_a_corrupted_artifact_fails_the_load_loudly(tmp_path: Path, sources: lis
 
     with ReplicaProcess("--model-name", "mlp", "--model-uri", "registry://mlp/1", env=env) as server:
         server.wait_live()
+        # A load in progress says LOADING: wait for where it ends (a loaded machine takes its time).
         index = until(
-            lambda: [m for m in httpx.post(f"{server.url}/v2/repository/index").json() if m.get("state")],
+            lambda: [
+                m
+                for m in httpx.post(f"{server.url}/v2/repository/index").json()
+                if m.get("state") not in (None, "", "LOADING")
+            ],
             what="the load to finish",
         )
         assert index[0]["state"] == "UNAVAILABLE" or index[0]["state"] == "FAILED", index
