@@ -1,7 +1,8 @@
 """Two `servegate up --engine kubernetes` on one PostgreSQL state (`--state-url`): both route, the
-elected one reconciles and scales; when it dies the other takes over, with no replica restarted and
-no request through the survivor failed, and scaling goes on. The cluster is the in-memory
-Kubernetes API (tests/kube_api) whose kubelet runs each pod as a real replica process.
+elected one reconciles and scales (on the traffic through both); when it dies the other takes over,
+with no replica restarted and no request through the survivor failed, and scaling goes on. The
+cluster is the in-memory Kubernetes API (tests/kube_api) whose kubelet runs each pod as a real
+replica process.
 """
 
 from __future__ import annotations
@@ -82,14 +83,18 @@ def test_the_survivor_takes_over_without_a_failed_request_or_a_replica_restart(
             until(lambda: _ready_pods(api) == 1, 60, "a ready pod")
             until(lambda: _serves(first) and _serves(second), 60, "both gateways to serve echo")
 
-            with Load(second.url, "echo", BODY, concurrency=6, token=second.token) as load:
-                # The leader scales on the traffic through the follower: it scrapes every gateway.
-                until(lambda: _ready_pods(api) == 3, 90, "the leader to scale to 3 on the follower's load")
+            with (
+                Load(first.url, "echo", BODY, concurrency=2, token=first.token) as through_leader,
+                Load(second.url, "echo", BODY, concurrency=6, token=second.token) as load,
+            ):
+                # The leader scales on the traffic through both: it scrapes every gateway.
+                until(lambda: _ready_pods(api) == 3, 90, "the leader to scale to 3 on both gateways' load")
+                assert through_leader.failures() == [] and load.failures() == []
                 started = list(kubelet.started)
                 first.signal(signal.SIGKILL)  # the leader dies without a word
                 until(lambda: LEADS in second.output(), 30, "the second gateway to take over")
                 load.wait_count(len(load.snapshot()) + 60)
-            assert load.failures() == []
+            assert load.failures() == []  # none through the survivor
             assert kubelet.started == started  # no replica was restarted, none scaled away
 
             # Scaling goes on, by the new leader.
