@@ -24,7 +24,7 @@ from serving.auth.tls import TlsFiles
 from serving.client import Client, ServegateError
 from tests.conftest import MLP_SIZES
 from tests.gateway_helpers import mlp_body, mlp_isvc, storage_roots
-from tests.servers import ROOT, GatewayProcess, ReplicaProcess, TlsCertificates, make_certificates
+from tests.servers import ROOT, GatewayProcess, ReplicaProcess, TlsCertificates, make_certificates, until
 
 pytestmark = pytest.mark.integration
 
@@ -155,7 +155,8 @@ def test_workers_serve_tls_too(certs: TlsCertificates, tmp_path: Path) -> None:
         with grpcclient.InferenceServerClient(
             server.grpc_url, ssl=True, root_certificates=str(certs.ca)
         ) as grpc:
-            assert grpc.is_model_ready("mlp")
+            # Each worker loads the model itself: the one this connection reached may still be at it.
+            until(lambda: grpc.is_model_ready("mlp"), 30, "the gRPC worker's model to be ready")
         assert server.stop() == 0, server.output()[-5000:]
 
 

@@ -1,9 +1,10 @@
 """The calls the Kubernetes engine makes, through the official `kubernetes` client, with errors said
 the way a person can act on: which permission is missing, which API cannot be reached.
 
-Blocking (the client is synchronous): the engine calls these in threads. The Pod watch reads the
-API's stream of events itself, so `interrupt` can end a read that would otherwise wait out its
-timeout, and a 410 Gone (the watch's place is too old) is told apart from a dropped connection.
+Blocking (the client is synchronous): the engine and the operator call these in threads. A watch
+reads the API's stream of events itself (`watch`), so `interrupt` can end a read that would
+otherwise wait out its timeout, and a 410 Gone (the watch's place is too old) is told apart from a
+dropped connection.
 """
 
 from __future__ import annotations
@@ -20,11 +21,11 @@ __all__ = ["KubeApi", "KubernetesUnavailable", "status_message"]
 
 _APPLY = "application/apply-patch+yaml"
 _MERGE = "application/merge-patch+json"
-#: the reads a gateway needs before it runs anything: (what, how to list it).
+#: the reads a gateway needs before it runs anything: (which API, its list call).
 _PREFLIGHT = (
-    ("deployments", "apps", "list_namespaced_deployment"),
-    ("services", "core", "list_namespaced_service"),
-    ("pods", "core", "list_namespaced_pod"),
+    ("apps", "list_namespaced_deployment"),
+    ("core", "list_namespaced_service"),
+    ("core", "list_namespaced_pod"),
 )
 
 
@@ -82,7 +83,7 @@ class KubeApi:
 
     def preflight(self, namespace: str) -> None:
         """Fail now, naming the permission, rather than at the first revision."""
-        for _, api, method in _PREFLIGHT:
+        for api, method in _PREFLIGHT:
             self._call(getattr(self.core if api == "core" else self.apps, method), namespace, limit=1)
 
     def apply(self, obj: dict[str, Any]) -> dict[str, Any]:
