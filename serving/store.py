@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -113,6 +114,9 @@ class Store:
     def __init__(self, location: str | Path) -> None:
         url = f"sqlite:///{Path(location).expanduser().resolve()}" if isinstance(location, Path) else location
         self._engine = sqldb.connect(url, MIGRATIONS)
+        #: versions this Store's own writes made, not yet passed by `changed_elsewhere`.
+        self._own: set[int] = set()
+        self._own_lock = threading.Lock()
 
     def close(self) -> None:
         self._engine.dispose()
@@ -126,9 +130,24 @@ class Store:
     def _changing(self) -> Iterator[Connection]:
         """A write transaction holding the counter's row lock (PostgreSQL; SQLite's BEGIN IMMEDIATE
         serializes writers already): what it reads stays true until it commits."""
+        version = sa.select(counter.c.version).where(counter.c.id == 1)
         with sqldb.writing(self._engine) as conn:
-            conn.execute(sa.select(counter.c.version).where(counter.c.id == 1).with_for_update())
+            before = conn.execute(version.with_for_update()).scalar_one()
             yield conn
+            after = conn.execute(version).scalar_one()
+        if after != before:  # committed: a version this process made
+            with self._own_lock:
+                self._own.add(after)
+
+    def changed_elsewhere(self, since: int) -> tuple[int, bool]:
+        """The version now, and whether any change after version `since` was another process's (a
+        gateway sharing the state): this Store's own writes do not count. For one caller, which
+        passes the version it got last."""
+        now = self.version()
+        with self._own_lock:
+            theirs = any(v not in self._own for v in range(since + 1, now + 1))
+            self._own = {v for v in self._own if v > now}
+        return now, theirs
 
     @staticmethod
     def _bump(conn: Connection) -> None:

@@ -161,13 +161,16 @@ class Controller:
 
     async def follow_store(self, interval_s: float = 0.5) -> None:
         """Restore the resources whenever another gateway on the shared state changed them, until
-        cancelled (`Store.version()`: one row read per `interval_s`)."""
+        cancelled (one row read per `interval_s`; this gateway's own changes are known already)."""
         while True:
             try:
-                version = await asyncio.to_thread(self.store.version)
-                if self._seen_version is not None and version != self._seen_version:
-                    self._restore()
-                self._seen_version = version
+                if self._seen_version is None:
+                    self._seen_version = await asyncio.to_thread(self.store.version)
+                else:
+                    seen = self._seen_version
+                    self._seen_version, theirs = await asyncio.to_thread(self.store.changed_elsewhere, seen)
+                    if theirs:
+                        self._restore()
             except Exception as exc:  # the database away for a moment: keep what is known
                 log.warning("cannot read the shared state: %s", exc)
             await asyncio.sleep(interval_s)

@@ -107,6 +107,24 @@ def test_the_version_counts_changes_seen_from_another_store(store: Store, databa
         other.close()
 
 
+def test_a_store_tells_another_gateways_changes_from_its_own(store: Store, database_url: str) -> None:
+    """A gateway reloads the shared state only for what another one changed."""
+    other = Store(database_url)
+    try:
+        seen = store.version()
+        store.put_resource("InferenceService", "iris", {"a": 1})
+        store.add_revision("iris", "predictor", "k", {})
+        seen, theirs = store.changed_elsewhere(seen)
+        assert (seen, theirs) == (store.version(), False)
+        other.set_rollout("iris", "predictor", Rollout("iris-predictor-00001"))
+        store.put_resource("InferenceService", "iris", {"a": 2})  # after the other's: still theirs seen
+        seen, theirs = store.changed_elsewhere(seen)
+        assert theirs
+        assert store.changed_elsewhere(seen) == (seen, False)  # nothing since
+    finally:
+        other.close()
+
+
 def test_writers_in_two_stores_never_reuse_a_number_or_generation(database_url: str) -> None:
     """Two gateways on one database: add_revision's number and put_resource's generation are read
     then written, under the counter's lock."""
