@@ -16,6 +16,7 @@ from sqlalchemy.engine import Engine
 
 from serving import leader
 from serving.leader import LeaderElector, LeaseState, connect, release, try_acquire
+from tests.election_fakes import FakeTime, Recorder
 
 TTL = 10.0
 
@@ -107,34 +108,6 @@ def test_two_contenders_racing_never_both_win(database_url: str) -> None:
 
 
 # -- the elector --------------------------------------------------------------------------------------
-
-
-class FakeTime:
-    def __init__(self, now: float = 1000.0) -> None:
-        self.now = now
-
-    def clock(self) -> float:
-        return self.now
-
-    async def sleep(self, seconds: float) -> None:
-        self.now += seconds
-        await asyncio.sleep(0)
-
-
-class Recorder:
-    """A gateway's callbacks: what it was told, in order."""
-
-    def __init__(self, fail: bool = False) -> None:
-        self.calls: list[str] = []
-        self.fail = fail
-
-    async def started(self) -> None:
-        self.calls.append("started")
-        if self.fail:
-            raise RuntimeError("boom")
-
-    async def stopped(self) -> None:
-        self.calls.append("stopped")
 
 
 def _elector(

@@ -4,7 +4,6 @@ Lease decisions, as tables stepped through a fake clock; then the elector on an 
 
 from __future__ import annotations
 
-import asyncio
 import copy
 import threading
 from typing import Any
@@ -16,6 +15,7 @@ from serving.operator.kube import Conflict
 from serving.operator.kubelease import LeaseElector, decide, micro_time, parse_time, released
 from serving.operator.status import cr_status, gateway_manifest, invalid_status, merge_patch
 from serving.spec.common import Problem
+from tests.election_fakes import FakeTime, Recorder
 
 URL = "http://gw:8080/v2/models/iris"
 T0 = "2026-12-04T16:07:16Z"
@@ -399,29 +399,6 @@ class FakeLeases:
         return self.lease["spec"]["holderIdentity"] if self.lease else None
 
 
-class FakeTime:
-    def __init__(self) -> None:
-        self.now = BASE
-
-    def clock(self) -> float:
-        return self.now
-
-    async def sleep(self, seconds: float) -> None:
-        self.now += seconds
-        await asyncio.sleep(0)
-
-
-class Recorder:
-    def __init__(self) -> None:
-        self.calls: list[str] = []
-
-    async def started(self) -> None:
-        self.calls.append("started")
-
-    async def stopped(self) -> None:
-        self.calls.append("stopped")
-
-
 def _elector(leases: FakeLeases, holder: str, fake: FakeTime, calls: Recorder) -> LeaseElector:
     return LeaseElector(
         leases,  # type: ignore[arg-type]  # the two Lease calls are all it makes
@@ -436,7 +413,7 @@ def _elector(leases: FakeLeases, holder: str, fake: FakeTime, calls: Recorder) -
 
 
 async def test_the_elector_leads_renews_and_a_successor_takes_an_expired_lease() -> None:
-    leases, fake, a_calls, b_calls = FakeLeases(), FakeTime(), Recorder(), Recorder()
+    leases, fake, a_calls, b_calls = FakeLeases(), FakeTime(BASE), Recorder(), Recorder()
     a, b = _elector(leases, "a", fake, a_calls), _elector(leases, "b", fake, b_calls)
     assert await a.step() and not await b.step()
     assert b.reached  # a follower that read the Lease is ready
@@ -458,7 +435,7 @@ async def test_the_elector_leads_renews_and_a_successor_takes_an_expired_lease()
 
 
 async def test_the_elector_steps_down_when_renewals_fail_past_the_deadline() -> None:
-    leases, fake, calls = FakeLeases(), FakeTime(), Recorder()
+    leases, fake, calls = FakeLeases(), FakeTime(BASE), Recorder()
     a = _elector(leases, "a", fake, calls)
     assert await a.step()
     leases.down = True
@@ -476,7 +453,7 @@ async def test_the_elector_steps_down_when_renewals_fail_past_the_deadline() -> 
 
 
 async def test_closing_releases_the_lease_for_an_immediate_successor() -> None:
-    leases, fake, a_calls, b_calls = FakeLeases(), FakeTime(), Recorder(), Recorder()
+    leases, fake, a_calls, b_calls = FakeLeases(), FakeTime(BASE), Recorder(), Recorder()
     a, b = _elector(leases, "a", fake, a_calls), _elector(leases, "b", fake, b_calls)
     assert await a.step()
     await a.close()
@@ -487,7 +464,7 @@ async def test_closing_releases_the_lease_for_an_immediate_successor() -> None:
 
 
 async def test_a_lost_race_for_the_lease_is_not_leadership() -> None:
-    leases, fake, calls = FakeLeases(), FakeTime(), Recorder()
+    leases, fake, calls = FakeLeases(), FakeTime(BASE), Recorder()
     a = _elector(leases, "a", fake, calls)
     original = leases.write_lease
 
