@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from serving.engines.kubernetes.names import FIELD_MANAGER, REVISION_LABEL
+from serving.engines.kubernetes.render import credentials_name
 
 __all__ = ["KubeApi", "KubernetesUnavailable", "status_message"]
 
@@ -127,7 +128,7 @@ class KubeApi:
         for method, name in (
             (self.apps.delete_namespaced_deployment, revision),
             (self.core.delete_namespaced_service, revision),
-            (self.core.delete_namespaced_secret, f"{revision}-credentials"),
+            (self.core.delete_namespaced_secret, credentials_name(revision)),
         ):
             self._call(method, name, namespace, propagation_policy="Background", missing_ok=True)
 

@@ -68,8 +68,7 @@ class KubernetesEngine(Engine):
     only watch the pods of what the leader runs.
 
     credentials: the gateway's internal tokens; each revision's pool token and the metrics token go
-    into a Secret its pods read (None: replicas take any caller, for tests). gateway_address: where
-    replicas reach the gateway (its Service's name in the cluster) for transformers' calls.
+    into a Secret its pods read (None: replicas take any caller, for tests).
     """
 
     def __init__(
@@ -77,12 +76,10 @@ class KubernetesEngine(Engine):
         api: KubeApi,
         placement: render.Placement,
         credentials: InternalCredentials | None = None,
-        gateway_address: str | None = None,
     ) -> None:
         self.api = api
         self.placement = placement
         self.credentials = credentials
-        self.gateway_address = gateway_address
         self._pools: dict[str, _Pool] = {}
         #: revision -> pod name -> pod (the watch's view of the namespace).
         self._pods: dict[str, dict[str, dict[str, Any]]] = {}
@@ -212,8 +209,6 @@ class KubernetesEngine(Engine):
     def gateway_host(self, listen_host: str) -> str:
         """Its pod's address, for a gateway in the cluster listening on every address (replicas and
         the other gateways reach it there): the downward API's POD_IP, else the host name's."""
-        if self.gateway_address:
-            return self.gateway_address
         if listen_host not in ("0.0.0.0", "::"):
             return listen_host
         return os.environ.get("POD_IP") or socket.gethostbyname(socket.gethostname())

@@ -62,16 +62,13 @@ _H2C = "kubernetes.io/h2c"
 
 @dataclass(frozen=True, slots=True)
 class Placement:
-    """Where and how the engine runs revisions: the namespace, the image, the owner of what it makes
-    (an ownerReference, e.g. the InferenceService object in operator mode; None: the gateway owns it
-    through its `owner` label), the replicas' drain timeout, and variables for every replica."""
+    """Where and how the engine runs revisions: the namespace, the image, the owner label of what it
+    makes (the gateways of one state; "" for none), and the replicas' drain timeout."""
 
     namespace: str = "default"
     image: str = IMAGE
     owner: str = ""
-    owner_reference: dict[str, Any] | None = None
     drain_timeout_s: float = 30.0
-    env: tuple[tuple[str, str], ...] = ()
     #: the ports a replica container listens on, in its pod.
     http_port: int = HTTP_PORT
     grpc_port: int = GRPC_PORT
@@ -188,8 +185,6 @@ def _metadata(
 ) -> dict[str, Any]:
     metadata: dict[str, Any] = {"name": name, "namespace": placement.namespace, "labels": own}
     metadata.update(_annotations(annotations))
-    if placement.owner_reference is not None:
-        metadata["ownerReferences"] = [placement.owner_reference]
     return metadata
 
 
@@ -223,7 +218,7 @@ def _model_container(
             {"name": "http", "containerPort": placement.http_port, "protocol": "TCP"},
             {"name": "grpc", "containerPort": placement.grpc_port, "protocol": "TCP"},
         ],
-        "env": _env(spec, placement, pod),
+        "env": _env(spec, pod),
         "resources": pod.get("resources") or _resources(spec),
         "readinessProbe": _probe("/v2/health/ready", period_s=2, failures=3),
         "livenessProbe": _probe("/v2/health/live", period_s=10, failures=3),
@@ -247,13 +242,13 @@ def _custom_containers(containers: list[dict[str, Any]]) -> list[dict[str, Any]]
     return [first, *containers[1:]]
 
 
-def _env(spec: ReplicaSpec, placement: Placement, pod: dict[str, Any]) -> list[dict[str, Any]]:
-    """The replica's variables: the manifest's, the engine's (storage roots of the pod, not of the
+def _env(spec: ReplicaSpec, pod: dict[str, Any]) -> list[dict[str, Any]]:
+    """The replica's variables: the spec's, the pod's own (storage roots of the pod, not of the
     gateway's machine), references to secrets and config maps, and its tokens from its Secret."""
     refs = pod.get("envFrom", [])
     referenced = {ref["name"] for ref in refs}
     # A variable the manifest takes from a secret or config map is in spec.env without its value.
-    values = {k: v for k, v in spec.env if k not in referenced} | dict(placement.env)
+    values = {k: v for k, v in spec.env if k not in referenced}
     values |= {STORAGE_ROOTS_ENV: PVC_ROOT, "SERVEGATE_CACHE_DIR": _CACHE_DIR, "HOME": "/tmp"}
     values.setdefault(ALLOWED_HOSTS_ENV, "")
     env: list[dict[str, Any]] = [{"name": k, "value": v} for k, v in values.items()]
