@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import inspect
 import json
-import re
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +31,7 @@ from serving.pipelines.types import (
     Resources,
     StepSpec,
 )
-from serving.spec.common import parse_quantity
+from serving.spec.common import is_label_key, is_label_value, parse_quantity
 
 __all__ = ["coerce_params", "compile_pipeline", "load_pipeline"]
 
@@ -162,13 +161,6 @@ def _step(task: Task, problems: list[Problem]) -> StepSpec:
     )
 
 
-# Kubernetes' label syntax, which Ray's node labels share: an optional DNS-subdomain prefix and a
-# name; a value is a name. Only equality is asked for: Ray reads `!v` or `in(v, w)` as operators.
-_LABEL_NAME = r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?"
-_LABEL_KEY = re.compile(rf"([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?{_LABEL_NAME}")
-_LABEL_VALUE = re.compile(_LABEL_NAME)
-
-
 def _resources(task: Task, where: str, problems: list[Problem]) -> Resources:
     """The task's placement asks, checked: positive CPUs and memory, a whole number of GPUs, node
     labels in Kubernetes' syntax."""
@@ -201,10 +193,12 @@ def _resources(task: Task, where: str, problems: list[Problem]) -> Resources:
             gpus = None
         else:
             gpus = int(text)
+    # Kubernetes' label syntax (Ray's node labels share it); a value is never empty: only equality
+    # is asked for, and Ray reads `!v` or `in(v, w)` as operators.
     for label, value in task.node_selector.items():
-        if not isinstance(label, str) or len(label) > 317 or not _LABEL_KEY.fullmatch(label):
+        if not is_label_key(label):
             problems.append(Problem(f"{where}: node selector", f"{label!r} is not a node label name"))
-        if not isinstance(value, str) or not _LABEL_VALUE.fullmatch(value):
+        if not is_label_value(value):
             problems.append(
                 Problem(
                     f"{where}: node selector {label}",

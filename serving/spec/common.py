@@ -42,6 +42,30 @@ def dns_label_problem(value: str) -> str | None:
     return None
 
 
+#: Kubernetes' label syntax, which Ray's node labels share: a name (also a non-empty value), and a
+#: key's optional DNS-subdomain prefix.
+_LABEL_NAME = re.compile(r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?")
+_SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
+
+
+def is_dns_subdomain(value: object) -> bool:
+    """Whether `value` is a DNS-1123 subdomain (a service account's or a label prefix's name)."""
+    return isinstance(value, str) and len(value) <= 253 and bool(_SUBDOMAIN.fullmatch(value))
+
+
+def is_label_key(key: object) -> bool:
+    """Whether `key` is a label (or annotation) key: NAME or PREFIX/NAME."""
+    if not isinstance(key, str):
+        return False
+    prefix, slash, name = key.rpartition("/")
+    return bool(_LABEL_NAME.fullmatch(name)) and (not slash or is_dns_subdomain(prefix))
+
+
+def is_label_value(value: object) -> bool:
+    """Whether `value` is a non-empty label value (Kubernetes takes "" too: callers that do say so)."""
+    return isinstance(value, str) and bool(_LABEL_NAME.fullmatch(value))
+
+
 class KModel(BaseModel):
     """Base of every manifest model: camelCase on the wire, snake_case in Python, extras kept."""
 

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from typing import Any
 from urllib.parse import urlsplit
 
-from serving.spec.common import Problem, parse_quantity
+from serving.spec.common import Problem, is_dns_subdomain, is_label_key, is_label_value, parse_quantity
 from serving.spec.isvc import InferenceService, PredictorSpec, TransformerSpec
 from serving.spec.manifests import Resource
 from serving.spec.trained_model import TrainedModel
@@ -19,8 +19,6 @@ __all__ = ["MAX_SERVICE_NAME", "manifest_problems"]
 
 #: Deployments and Services are named NAME-transformer-00001 and are at most 63 characters.
 MAX_SERVICE_NAME = 63 - len("-transformer-00001")
-_LABEL_NAME = re.compile(r"([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]")
-_SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
 _ENV_NAME = re.compile(r"[-._a-zA-Z][-._a-zA-Z0-9]*")
 _LOCAL = "a path on the gateway's machine, which pods cannot read: use pvc://CLAIM/PATH, s3://, https:// or registry://"
 
@@ -54,7 +52,7 @@ def _service_problems(r: InferenceService) -> Iterator[tuple[str, str]]:
         yield from _labels(f"{prefix}.annotations", spec.annotations, values=False)
         yield from _labels(f"{prefix}.nodeSelector", spec.node_selector, values=True)
         account = spec.service_account_name
-        if account is not None and not (isinstance(account, str) and _SUBDOMAIN.fullmatch(account)):
+        if account is not None and not is_dns_subdomain(account):
             yield f"{prefix}.serviceAccountName", f"'{account}' is not a service account name"
         for source in spec.sources():
             fields = getattr(spec, source)
@@ -77,14 +75,11 @@ def _labels(path: str, given: Any, values: bool) -> Iterator[tuple[str, str]]:
             yield path, "must be a map of strings"
         return
     for key, value in given.items():
-        prefix, _, name = str(key).rpartition("/")
-        if not (_LABEL_NAME.fullmatch(name) and len(name) <= 63) or (
-            prefix and not (_SUBDOMAIN.fullmatch(prefix) and len(prefix) <= 253)
-        ):
+        if not is_label_key(key):
             yield f"{path}.{key}", "is not a valid key (NAME or PREFIX/NAME: letters, digits, '-', '_', '.')"
         elif not isinstance(value, str):
             yield f"{path}.{key}", "must be a string"
-        elif values and value and not (_LABEL_NAME.fullmatch(value) and len(value) <= 63):
+        elif values and value and not is_label_value(value):
             yield (
                 f"{path}.{key}",
                 f"'{value}' is not a label value (at most 63 letters, digits, '-', '_', '.')",
