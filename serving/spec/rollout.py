@@ -74,8 +74,8 @@ class RolloutCheck(KModel):
 
     - errorRate: `maxIncrease`, how much higher (a share, 0.01 = one point) the canary's error rate
       may be before a one-sided exact test says it is worse;
-    - latency: `quantile` (p50 or p99) and `maxRatio`, how much slower it may be; a rank test
-      (Mann-Whitney U) on both revisions' latencies must also find it slower;
+    - latency: `quantile` (p50 or p99) and `maxRatio`, how much slower it may be: a rank test
+      must find the canary surely slower than `maxRatio` times the stable (see analysis.latency);
     - promql: `query` (with `{{revision}}`, `{{service}}`), judged against `max` and/or `min`;
     - agreement: during the shadow phase, the share of mirrored requests whose answers agree:
       the same argmax for classifiers, within `tolerance` for regressors; at least `minShare`.

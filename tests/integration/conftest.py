@@ -13,6 +13,17 @@ from tests.gateway_helpers import ControlApi, gateway_process
 from tests.servers import GatewayProcess
 
 
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    """A failed test shows the end of its gateway's log: what the gateway decided, and why, is
+    often the only account of a failure seen once on another machine."""
+    outcome = yield
+    report = outcome.get_result()
+    gateway = getattr(item, "funcargs", {}).get("gateway")
+    if report.failed and isinstance(gateway, GatewayProcess):
+        report.sections.append(("gateway log (its end)", gateway.output()[-12000:]))
+
+
 @pytest.fixture(scope="module")
 def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
     """`servegate up` with its own state dir, shared by the tests of one module; it may read models
