@@ -9,6 +9,7 @@ payload over as bytes; nothing here decodes a tensor.
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import random
 import time
@@ -28,7 +29,7 @@ from router.forward import (
 from router.metrics import GatewayMetrics, status_for_http
 from router.multimodel import Placer
 from router.payload_logger import PayloadLogger
-from router.policies.traffic import pick_weighted, sticky_point, take_shadow
+from router.policies.traffic import pick_weighted, shadow_has_room, sticky_point, take_shadow
 from router.replica_client import ReplicaClient
 from router.routes import Backend, RoutingTable, ServiceRoute, Split
 from router.samples import RevisionSamples
@@ -47,7 +48,8 @@ VARIANT_HEADER = "x-servegate-variant"
 REVISION_HEADER = "x-servegate-revision"
 #: attempts at reaching a replica before giving up on a request (it also stops at its deadline).
 MAX_ATTEMPTS = 5
-#: mirrored requests in flight at once; more are dropped (and counted) rather than queued.
+#: mirrored requests in flight at once, over every shadow; more are dropped (and counted). Each
+#: shadow takes copies only while it has room (`shadow_has_room`).
 SHADOW_LIMIT = 64
 
 
@@ -87,6 +89,8 @@ class Router:
         self.external = HttpForwarder(check_urls)
         self._rng = rng or random.Random()
         self._shadows: set[asyncio.Task[None]] = set()
+        #: mirrored copies in flight per shadow revision (a copy not yet sent is not outstanding yet).
+        self._mirrored: collections.Counter[str] = collections.Counter()
         self.placer = Placer(self.http)
         #: what canary analysis reads: revisions' outcomes and mirrored answers' agreement.
         self.samples = RevisionSamples()
@@ -210,12 +214,21 @@ class Router:
     def _mirror(
         self, route: ServiceRoute, shadow: Backend, send: Send, answered: HttpReply | None, protocol: str
     ) -> None:
-        if len(self._shadows) >= SHADOW_LIMIT:
-            self.metrics.shadow_requests.labels(route.service, shadow.revision, "dropped").inc()
+        pool, revision = shadow.pool, shadow.revision
+        waiting = max(pool.outstanding + pool.queued, self._mirrored[revision])
+        if len(self._shadows) >= SHADOW_LIMIT or not shadow_has_room(pool.size, waiting):
+            self.metrics.shadow_requests.labels(route.service, revision, "dropped").inc()
             return
         task = asyncio.create_task(self._shadow(route, shadow, send, answered, protocol))
         self._shadows.add(task)
-        task.add_done_callback(self._shadows.discard)
+        self._mirrored[revision] += 1
+        task.add_done_callback(lambda done: self._mirror_done(done, revision))
+
+    def _mirror_done(self, task: asyncio.Task[None], revision: str) -> None:
+        self._shadows.discard(task)
+        self._mirrored[revision] -= 1
+        if self._mirrored[revision] <= 0:
+            del self._mirrored[revision]
 
     async def _shadow(
         self, route: ServiceRoute, shadow: Backend, send: Send, answered: HttpReply | None, protocol: str

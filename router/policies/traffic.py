@@ -1,5 +1,5 @@
 """Pure traffic policies: weighted choice (canary, splitter), sticky variant assignment (A/B), and the
-shadow coin. No I/O, no clocks: randomness comes in as a number, so tests can table the outcomes.
+shadow coin and room. No I/O, no clocks: randomness comes in as a number, so tests can table the outcomes.
 """
 
 from __future__ import annotations
@@ -8,7 +8,10 @@ import hashlib
 from collections.abc import Sequence
 from typing import TypeVar
 
-__all__ = ["effective_weights", "pick_weighted", "sticky_point", "take_shadow"]
+__all__ = ["effective_weights", "pick_weighted", "shadow_has_room", "sticky_point", "take_shadow"]
+
+#: requests a shadow's replica may hold before mirrored copies are dropped rather than queued.
+SHADOW_DEPTH = 2
 
 T = TypeVar("T")
 
@@ -57,3 +60,13 @@ def effective_weights(configured: Sequence[tuple[T, int]], ready: set[T]) -> lis
 def take_shadow(percent: int, point: float) -> bool:
     """Whether this request is mirrored, for a shadow taking `percent` of traffic (`point` in [0, 1))."""
     return point * 100 < percent
+
+
+def shadow_has_room(replicas: int, waiting: int) -> bool:
+    """Whether a mirrored copy may go to a shadow with `replicas` ready replicas and `waiting`
+    requests sent to it and not yet answered (queued in front of it too). Copies use only spare room:
+    queued behind one another they would delay the shadow's own answers, and when a rollout's canary
+    goes live right after its shadow phase, its first live requests would wait behind them (and be
+    judged slow). A shadow with no replica (scaling from zero) may take a copy or two: they wake it.
+    """
+    return waiting < max(1, replicas) * SHADOW_DEPTH

@@ -10,7 +10,13 @@ from collections import Counter
 import pytest
 
 from router.policies.placement import Budget, evictions, pick_host
-from router.policies.traffic import effective_weights, pick_weighted, sticky_point, take_shadow
+from router.policies.traffic import (
+    effective_weights,
+    pick_weighted,
+    shadow_has_room,
+    sticky_point,
+    take_shadow,
+)
 from tests.servers import ROOT
 
 # -- pick_weighted ---------------------------------------------------------------------------------
@@ -171,6 +177,23 @@ def test_take_shadow_mirrors_its_percent() -> None:
     rng = random.Random(11)
     taken = sum(take_shadow(25, rng.random()) for _ in range(20_000))
     assert taken / 20_000 == pytest.approx(0.25, abs=0.015)
+
+
+@pytest.mark.parametrize(
+    ("replicas", "waiting", "expected"),
+    [
+        (1, 0, True),
+        (1, 1, True),
+        (1, 2, False),  # a copy would queue behind two others
+        (3, 5, True),
+        (3, 6, False),
+        (0, 0, True),  # scaling from zero: a copy or two wake it
+        (0, 1, True),
+        (0, 2, False),
+    ],
+)
+def test_shadow_has_room(replicas: int, waiting: int, expected: bool) -> None:
+    assert shadow_has_room(replicas, waiting) is expected
 
 
 # -- multi-model placement ------------------------------------------------------------------------
