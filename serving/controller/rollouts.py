@@ -195,17 +195,13 @@ class Rollouts:
     async def pause(self, name: str, actor: str = "") -> str:
         current = self._running(name)
         current.progress = progressive.pause(current.progress, actor or "someone")
-        return self._record(
-            name, ("RolloutPaused", f"{current.progress.canary}: {current.progress.reason}"), actor
-        )
+        return self._said(name, current, "RolloutPaused", actor)
 
     async def resume(self, name: str, actor: str = "") -> str:
         current = self._running(name)
         current.progress = progressive.resume(current.progress, self._clock(), actor or "someone")
         self._open_windows(current)
-        return self._record(
-            name, ("RolloutResumed", f"{current.progress.canary}: {current.progress.reason}"), actor
-        )
+        return self._said(name, current, "RolloutResumed", actor)
 
     async def abort(self, name: str, actor: str = "") -> str:
         current = self._running(name)
@@ -213,6 +209,7 @@ class Rollouts:
         return await self._apply(name, current, decision, actor)
 
     def _said(self, name: str, current: _Rollout, reason: str, actor: str) -> str:
+        """Record a person's step as event `reason` (its message: the progress's reason) and export."""
         self._export(name, current)
         return self._record(name, (reason, f"{current.progress.canary}: {current.progress.reason}"), actor)
 

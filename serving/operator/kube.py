@@ -33,10 +33,6 @@ class Kind:
     version: str
     group: str = SERVING_GROUP
 
-    @property
-    def api_version(self) -> str:
-        return f"{self.group}/{self.version}"
-
 
 KINDS = (
     Kind("InferenceService", "inferenceservices", "v1beta1"),
