@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import yaml
 
 from tests.kube_api import _errors as errors
-from tests.kube_api._fields import ApplyConflict, record_update, server_side_apply
+from tests.kube_api._fields import SERVER_METADATA, ApplyConflict, record_update, server_side_apply
 from tests.kube_api._patch import json_patch, merge_patch
 from tests.kube_api._resources import Registry, Resource, resources_of_crd
 from tests.kube_api._selectors import ObjectPredicate
@@ -24,17 +24,6 @@ MERGE = "application/merge-patch+json"
 STRATEGIC = "application/strategic-merge-patch+json"
 JSON_PATCH = "application/json-patch+json"
 
-#: metadata a client cannot set; updates keep the live object's
-_SERVER_METADATA = (
-    "uid",
-    "resourceVersion",
-    "generation",
-    "creationTimestamp",
-    "deletionTimestamp",
-    "deletionGracePeriodSeconds",
-    "managedFields",
-    "selfLink",
-)
 _NAME_ALPHABET = "bcdfghjklmnpqrstvwxz2456789"
 
 
@@ -124,7 +113,7 @@ class Cluster:
         rest = {k: v for k, v in copy.deepcopy(body).items() if k not in ("apiVersion", "kind")}
         obj = {"apiVersion": resource.api_version, "kind": resource.kind, **rest}
         meta = obj.setdefault("metadata", {})
-        for key in _SERVER_METADATA:
+        for key in SERVER_METADATA:
             meta.pop(key, None)
         if resource.namespaced:
             if meta.get("namespace", target.namespace) != target.namespace:
@@ -212,7 +201,7 @@ class Cluster:
             raise errors.bad_request("the apply patch must be an object")
         meta = applied.setdefault("metadata", {})
         precondition = {k: meta.pop(k) for k in ("resourceVersion", "uid") if k in meta}
-        for key in _SERVER_METADATA:
+        for key in SERVER_METADATA:
             meta.pop(key, None)
         meta["name"] = target.name
         if resource.namespaced:
@@ -276,7 +265,7 @@ class Cluster:
                 return self.create(target, obj, manager=manager, keep_status=True)
             new = copy.deepcopy(obj)
             new_meta = new.setdefault("metadata", {})
-            for key in _SERVER_METADATA:
+            for key in SERVER_METADATA:
                 if key in live["metadata"]:
                     new_meta[key] = live["metadata"][key]
                 else:
@@ -340,7 +329,7 @@ class Cluster:
         new = copy.deepcopy(body)
         new["apiVersion"], new["kind"] = live["apiVersion"], live["kind"]
         meta = new.setdefault("metadata", {})
-        kept = [k for k in _SERVER_METADATA if not (keep_managed_fields and k == "managedFields")]
+        kept = [k for k in SERVER_METADATA if not (keep_managed_fields and k == "managedFields")]
         for key in (*kept, "name", "namespace"):
             if key in live["metadata"]:
                 meta[key] = live["metadata"][key]

@@ -29,21 +29,19 @@ class _Missing:
 
 MISSING: Any = _Missing()
 
-#: metadata the server sets; nobody owns it
-_SYSTEM_METADATA = frozenset(
-    {
-        "name",
-        "namespace",
-        "uid",
-        "resourceVersion",
-        "generation",
-        "creationTimestamp",
-        "deletionTimestamp",
-        "deletionGracePeriodSeconds",
-        "managedFields",
-        "selfLink",
-    }
+#: metadata a client cannot set; updates keep the live object's
+SERVER_METADATA = (
+    "uid",
+    "resourceVersion",
+    "generation",
+    "creationTimestamp",
+    "deletionTimestamp",
+    "deletionGracePeriodSeconds",
+    "managedFields",
+    "selfLink",
 )
+#: what no field manager owns: the server's metadata and the object's identity
+_SYSTEM_METADATA = frozenset({"name", "namespace", *SERVER_METADATA})
 
 
 class ApplyConflict(Exception):
