@@ -19,6 +19,7 @@ from serving.engines.kubernetes.names import (
     MANAGED_BY_LABEL,
     SERVING_GROUP,
 )
+from serving.engines.kubernetes.render import hardened_container, http_probe
 from serving.operator.crds import load_crds
 from serving.spec.common import dns_label_problem
 
@@ -275,8 +276,8 @@ def _operator_deployment(namespace: str, image: str, replicas: int) -> dict[str,
             _home(),
         ],
         "ports": [{"name": "health", "containerPort": OPERATOR_HEALTH_PORT, "protocol": "TCP"}],
-        "readinessProbe": _probe("/readyz", "health", period_s=10),
-        "livenessProbe": _probe("/healthz", "health", period_s=20),
+        "readinessProbe": http_probe("/readyz", period_s=10, port="health"),
+        "livenessProbe": http_probe("/healthz", period_s=20, port="health"),
         "resources": {"requests": {"cpu": "100m", "memory": "256Mi"}, "limits": {"memory": "1Gi"}},
         "securityContext": _container_security(),
         "volumeMounts": [{"name": "tmp", "mountPath": _TMP}],
@@ -306,8 +307,8 @@ def _gateway_deployment(
             {"name": "http", "containerPort": HTTP_PORT, "protocol": "TCP"},
             {"name": "grpc", "containerPort": GRPC_PORT, "protocol": "TCP"},
         ],
-        "readinessProbe": _probe("/v2/health/ready", "http", period_s=5),
-        "livenessProbe": _probe("/v2/health/live", "http", period_s=20),
+        "readinessProbe": http_probe("/v2/health/ready", period_s=5),
+        "livenessProbe": http_probe("/v2/health/live", period_s=20),
         "resources": {"requests": {"cpu": "500m", "memory": "512Mi"}},
         "securityContext": _container_security(),
         "volumeMounts": [{"name": "tmp", "mountPath": _TMP}, {"name": "state", "mountPath": _STATE_DIR}],
@@ -332,12 +333,7 @@ def _gateway_deployment(
 
 
 def _container_security() -> dict[str, Any]:
-    return {
-        "runAsNonRoot": True,
-        "allowPrivilegeEscalation": False,
-        "readOnlyRootFilesystem": True,
-        "capabilities": {"drop": ["ALL"]},
-    }
+    return {"runAsNonRoot": True, **hardened_container()}
 
 
 def _pod_security() -> dict[str, Any]:
@@ -383,10 +379,6 @@ def _deployment(
             },
         },
     }
-
-
-def _probe(path: str, port: str, period_s: int) -> dict[str, Any]:
-    return {"httpGet": {"path": path, "port": port}, "periodSeconds": period_s, "timeoutSeconds": 2}
 
 
 def _field_env(name: str, field: str) -> dict[str, Any]:

@@ -42,6 +42,8 @@ __all__ = [
     "credentials_name",
     "credentials_secret",
     "deployment",
+    "hardened_container",
+    "http_probe",
     "labels",
     "revision_objects",
     "service",
@@ -220,19 +222,15 @@ def _model_container(
         ],
         "env": _env(spec, pod),
         "resources": pod.get("resources") or _resources(spec),
-        "readinessProbe": _probe("/v2/health/ready", period_s=2, failures=3),
-        "livenessProbe": _probe("/v2/health/live", period_s=10, failures=3),
+        "readinessProbe": http_probe("/v2/health/ready", period_s=2, failures=3),
+        "livenessProbe": http_probe("/v2/health/live", period_s=10, failures=3),
         # Loading a large model may take minutes: liveness waits until the server first answers.
-        "startupProbe": _probe("/v2/health/live", period_s=2, failures=300),
+        "startupProbe": http_probe("/v2/health/live", period_s=2, failures=300),
         # A deleted pod leaves the endpoints while the kubelet already stops it: a few seconds of
         # serving first, so a gateway that has not yet heard sends it nothing it drops.
         "lifecycle": {"preStop": {"sleep": {"seconds": _PRE_STOP_S}}},
         "volumeMounts": mounts,
-        "securityContext": {
-            "allowPrivilegeEscalation": False,
-            "readOnlyRootFilesystem": True,
-            "capabilities": {"drop": ["ALL"]},
-        },
+        "securityContext": hardened_container(),
     }
 
 
@@ -273,12 +271,22 @@ def _resources(spec: ReplicaSpec) -> dict[str, Any]:
     return {"limits": limits} if limits else {}
 
 
-def _probe(path: str, period_s: int, failures: int) -> dict[str, Any]:
+def http_probe(
+    path: str, period_s: int, *, port: str = "http", failures: int | None = None
+) -> dict[str, Any]:
+    """A probe GETting `path` on the named container `port` (servegate's containers and the installed
+    gateway's and operator's); without `failures`, Kubernetes' default threshold (3)."""
+    probe = {"httpGet": {"path": path, "port": port}, "periodSeconds": period_s, "timeoutSeconds": 2}
+    return probe if failures is None else {**probe, "failureThreshold": failures}
+
+
+def hardened_container() -> dict[str, Any]:
+    """A servegate container's securityContext: no privilege escalation, a read-only root
+    filesystem, no capabilities."""
     return {
-        "httpGet": {"path": path, "port": "http"},
-        "periodSeconds": period_s,
-        "timeoutSeconds": 2,
-        "failureThreshold": failures,
+        "allowPrivilegeEscalation": False,
+        "readOnlyRootFilesystem": True,
+        "capabilities": {"drop": ["ALL"]},
     }
 
 
