@@ -81,7 +81,7 @@ class KubernetesEngine(Engine):
         self.placement = placement
         self.credentials = credentials
         self._pools: dict[str, _Pool] = {}
-        #: revision -> pod name -> pod (the watch's view of the namespace).
+        #: revision -> pod name -> pod (the watch's view of the namespace; changed on the event loop).
         self._pods: dict[str, dict[str, dict[str, Any]]] = {}
         self._was_ready: set[str] = set()
         self._listeners: list[Callable[[str], None]] = []
@@ -244,17 +244,18 @@ class KubernetesEngine(Engine):
 
     def _watch_pods(self) -> None:
         """List, then watch from the list's resourceVersion; a dropped watch goes on from the last
-        event it saw, and a 410 Gone lists again. Runs in its own thread until `close`."""
+        event it saw, and a 410 Gone lists again. Runs in its own thread until `close`; what it sees
+        is applied on the event loop, the one thread that reads and changes the pods."""
         namespace, version = self.placement.namespace, None
         while not self._stop.is_set():
             try:
                 if version is None:
                     pods, version = self.api.list_pods(namespace, self.selector)
-                    self._replace_pods(pods)
+                    self._in_loop(self._replace_pods, pods)  # before `start` goes on: callbacks keep order
                     self._listed.set()
                 for kind, pod, seen in self.api.watch_pods(namespace, self.selector, version, _WATCH_S):
                     version = seen
-                    self._on_pod(kind, pod)
+                    self._in_loop(self._on_pod, kind, pod)
                     if self._stop.is_set():
                         return
             except KubeApi.Gone:
@@ -273,7 +274,7 @@ class KubernetesEngine(Engine):
         changed = set(seen) | set(self._pods)
         self._pods = seen
         for revision in changed:
-            self._notify_threadsafe(revision)
+            self._notify(revision)
 
     def _on_pod(self, kind: str, pod: dict[str, Any]) -> None:
         revision = revision_of(pod)
@@ -286,12 +287,12 @@ class KubernetesEngine(Engine):
             self._was_ready.discard(name)
         else:
             pods[name] = pod
-        self._notify_threadsafe(revision)
+        self._notify(revision)
 
     def _replicas(self, revision: str) -> tuple[ReplicaInfo, ...]:
         found = []
+        ports = self.placement.http_port, self.placement.grpc_port
         for name, pod in sorted(self._pods.get(revision, {}).items()):
-            ports = self.placement.http_port, self.placement.grpc_port
             replica = replica_of(pod, *ports, name in self._was_ready)
             if replica.state is ReplicaState.READY:
                 self._was_ready.add(name)
@@ -300,11 +301,12 @@ class KubernetesEngine(Engine):
 
     # -- listeners -------------------------------------------------------------------------------
 
-    def _notify_threadsafe(self, revision: str) -> None:
+    def _in_loop(self, apply: Callable[..., None], *args: Any) -> None:
+        """`apply(*args)` on the event loop, from the pod watch's thread."""
         loop = self._loop
         if loop is not None and not loop.is_closed():
             with contextlib.suppress(RuntimeError):  # the loop closed in between
-                loop.call_soon_threadsafe(self._notify, revision)
+                loop.call_soon_threadsafe(apply, *args)
 
     def _notify(self, revision: str) -> None:
         for listener in self._listeners:
