@@ -32,7 +32,8 @@ from typing import Any, NamedTuple
 
 from serving.client import Client, Problem, ServegateError
 from serving.controller.status import rfc3339
-from serving.engines.kubernetes.api import KubeApi, KubernetesUnavailable
+from serving.engines.kubernetes.api import KubernetesUnavailable
+from serving.engines.kubernetes.informer import BACKOFF, Reporter, list_then_watch
 from serving.operator.kube import KINDS, Conflict, Kind, OperatorApi
 from serving.operator.status import FINALIZER, cr_status, gateway_manifest, invalid_status, merge_patch
 
@@ -46,8 +47,6 @@ _WATCH_S = 300
 _GATEWAY = "gateway"
 #: what a gateway that refuses the operator's token needs.
 _TOKEN_HINT = "the operator needs an admin token of the gateway: --token-file, or SERVEGATE_TOKEN"
-#: backoff of a failing object or watch: first delay, factor, ceiling (seconds).
-_BACKOFF = (0.5, 2.0, 30.0)
 
 
 class Key(NamedTuple):
@@ -73,27 +72,6 @@ class Refused:
     generation: int
     problems: tuple[Problem, ...]
     since: str
-
-
-class _Reporter:
-    """Logs a failure once per distinct message, and when it clears; safe from any thread."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._failing: dict[str, str] = {}
-
-    def failed(self, what: str, message: str) -> None:
-        with self._lock:
-            if self._failing.get(what) == message:
-                return
-            self._failing[what] = message
-        log.warning("%s: %s; retrying", what, message)
-
-    def recovered(self, what: str) -> None:
-        with self._lock:
-            if self._failing.pop(what, None) is None:
-                return
-        log.info("%s: working again", what)
 
 
 @dataclass
@@ -125,7 +103,7 @@ class Syncer:
         self.synced = False
         self._state = _State()
         self._wake = asyncio.Event()
-        self._report = _Reporter()
+        self._report = Reporter()
 
     async def run(self) -> None:
         """Watch and sync until cancelled; the watch threads end with it."""
@@ -159,34 +137,16 @@ class Syncer:
     # -- watching (one thread per kind) --------------------------------------------------------------
 
     def _watch(self, kind: Kind, emit: Callable[[Kind, str, Any], None], stop: threading.Event) -> None:
-        api, version, delay = self._watch_apis[kind], None, _BACKOFF[0]
-        what = f"watching {kind.plural}"
-        while not stop.is_set():
-            started = time.monotonic()
-            try:
-                if version is None:
-                    items, version = api.list_objects(kind, self._namespace)
-                    emit(kind, "LISTED", items)
-                if stop.is_set():
-                    return
-                for event, obj, seen in api.watch_objects(kind, self._namespace, version, _WATCH_S):
-                    version = seen
-                    if event != "BOOKMARK":
-                        emit(kind, event, obj)
-                    if stop.is_set():
-                        return
-                self._report.recovered(what)
-            except KubeApi.Gone:
-                log.info("%s: resourceVersion %s is too old; listing again", what, version)
-                version = None
-            except KubernetesUnavailable as exc:
-                self._report.failed(what, str(exc))
-                stop.wait(delay)
-                delay = min(delay * _BACKOFF[1], _BACKOFF[2])
-                continue
-            delay = _BACKOFF[0]
-            if time.monotonic() - started < 1.0:
-                stop.wait(1.0)  # a watch the server keeps cutting short is not made again at once
+        api = self._watch_apis[kind]
+        list_then_watch(
+            lambda: api.list_objects(kind, self._namespace),
+            lambda version: api.watch_objects(kind, self._namespace, version, _WATCH_S),
+            lambda items: emit(kind, "LISTED", items),
+            lambda event, obj: emit(kind, event, obj),
+            stop,
+            what=f"watching {kind.plural}",
+            report=self._report,
+        )
 
     def _on_event(self, kind: Kind, event: str, payload: Any) -> None:
         state = self._state
@@ -239,7 +199,7 @@ class Syncer:
             await step(key)
         except Exception as exc:
             failures = state.failures[key] = state.failures.get(key, 0) + 1
-            delay = min(_BACKOFF[0] * _BACKOFF[1] ** (failures - 1), _BACKOFF[2])
+            delay = min(BACKOFF[0] * BACKOFF[1] ** (failures - 1), BACKOFF[2])
             if not isinstance(exc, KubernetesUnavailable | ServegateError):
                 log.exception("%s: sync failed; retrying in %.1f s", key, delay)
             else:

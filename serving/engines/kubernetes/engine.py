@@ -8,8 +8,8 @@ engines, so the gateway must reach pod IPs: run it in the cluster (`servegate in
 
 Replicas outlive the gateway: a gateway that starts again lists the Pods and Deployments it made
 (its `owner` label) and keeps what its revisions still need; `release_unclaimed` deletes the rest.
-The Pod watch restarts where it stopped after a dropped connection, and lists again when the API
-says its place is too old (410 Gone).
+The Pod watch (informer.py) restarts where it stopped after a dropped connection, and lists again
+when the API says its place is too old (410 Gone).
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ from serving.auth.internal import InternalCredentials
 from serving.engines.base import Engine, PoolStatus, ReplicaInfo, ReplicaSpec, ReplicaState
 from serving.engines.kubernetes import admission, render
 from serving.engines.kubernetes.api import KubeApi, KubernetesUnavailable
+from serving.engines.kubernetes.informer import Reporter, list_then_watch
 from serving.engines.kubernetes.names import MANAGED_BY, MANAGED_BY_LABEL, OWNER_LABEL
 from serving.engines.kubernetes.pods import replica_of, revision_of, unschedulable
 from serving.spec.common import Problem
@@ -41,7 +42,7 @@ log = logging.getLogger(__name__)
 _EVENTS_KEPT = 20
 #: seconds a watch request lasts before it is made again (the API closes long ones itself).
 _WATCH_S = 240
-#: seconds between attempts while the API cannot be reached.
+#: seconds between attempts to apply or scale while the API cannot be reached: first, ceiling.
 _RETRY_S = 1.0
 _RETRY_MAX_S = 30.0
 
@@ -243,27 +244,24 @@ class KubernetesEngine(Engine):
     # -- watching --------------------------------------------------------------------------------
 
     def _watch_pods(self) -> None:
-        """List, then watch from the list's resourceVersion; a dropped watch goes on from the last
-        event it saw, and a 410 Gone lists again. Runs in its own thread until `close`; what it sees
-        is applied on the event loop, the one thread that reads and changes the pods."""
-        namespace, version = self.placement.namespace, None
-        while not self._stop.is_set():
-            try:
-                if version is None:
-                    pods, version = self.api.list_pods(namespace, self.selector)
-                    self._in_loop(self._replace_pods, pods)  # before `start` goes on: callbacks keep order
-                    self._listed.set()
-                for kind, pod, seen in self.api.watch_pods(namespace, self.selector, version, _WATCH_S):
-                    version = seen
-                    self._in_loop(self._on_pod, kind, pod)
-                    if self._stop.is_set():
-                        return
-            except KubeApi.Gone:
-                version = None
-            except KubernetesUnavailable as exc:
-                if not self._stop.is_set():
-                    log.warning("watching pods: %s; retrying", exc)
-                    self._stop.wait(_RETRY_S)
+        """The pods this gateway made, listed and watched (see informer.py) in their own thread
+        until `close`; what it sees is applied on the event loop, the one thread that reads and
+        changes the pods."""
+        namespace = self.placement.namespace
+
+        def listed(pods: list[dict[str, Any]]) -> None:
+            self._in_loop(self._replace_pods, pods)  # before `start` goes on: callbacks keep order
+            self._listed.set()
+
+        list_then_watch(
+            lambda: self.api.list_pods(namespace, self.selector),
+            lambda version: self.api.watch_pods(namespace, self.selector, version, _WATCH_S),
+            listed,
+            lambda kind, pod: self._in_loop(self._on_pod, kind, pod),
+            self._stop,
+            what="watching pods",
+            report=Reporter(),
+        )
 
     def _replace_pods(self, pods: list[dict[str, Any]]) -> None:
         seen: dict[str, dict[str, dict[str, Any]]] = {}
